@@ -1,0 +1,218 @@
+//! The series catalog: per (tenant, UTC day), every series (table + labels) that has
+//! rows in that day's segments, with a dense `u32` id (its position in the file).
+//!
+//! Partitioning by day (as VictoriaMetrics does with its per-day index) means series
+//! that churn away — users, sessions, model versions — leave with the days they
+//! lived in instead of growing one global index forever. Label names, label values
+//! and series counts for a time range come from the catalog files of the days in the
+//! range plus the head, without opening any segment.
+//!
+//! File `catalog/<tenant>/<day>.cat`: 24-byte header (magic `SONDECAT`, version,
+//! CRC32C of the body, body length), then the body: a varint count, then per series a
+//! table name and its labels. Ids never change: new series are appended.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use sonde_types::{Labels, TimestampMs};
+
+use crate::codec::{Dec, Enc};
+use crate::segment::index::SegmentIndex;
+use crate::vfs::{Vfs, write_atomic};
+use crate::{Error, Result, Storage};
+
+pub const MAGIC: &[u8; 8] = b"SONDECAT";
+pub const VERSION: u32 = 1;
+const HEADER_LEN: usize = 24;
+
+/// The series of one tenant-day; a series' id is its index in `series`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayCatalog {
+    pub series: Vec<(String, Labels)>,
+}
+
+fn path(dir: &Path, tenant: &str, day: i64) -> PathBuf {
+    dir.join("catalog").join(tenant).join(format!("{day}.cat"))
+}
+
+impl DayCatalog {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc(Vec::new());
+        e.uvar(self.series.len() as u64);
+        for (table, labels) in &self.series {
+            e.str(table);
+            e.uvar(labels.len() as u64);
+            for (k, v) in labels.iter() {
+                e.str(k);
+                e.str(v);
+            }
+        }
+        let body = e.0;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
+        if data.len() < HEADER_LEN || &data[..8] != MAGIC {
+            return Err(Error::format(path, "not a Sonde catalog (bad magic)"));
+        }
+        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+        if version != VERSION {
+            return Err(Error::format(path, format!("catalog version {version}")));
+        }
+        let crc = u32::from_le_bytes(data[12..16].try_into().unwrap());
+        let len = u64::from_le_bytes(data[16..24].try_into().unwrap()) as usize;
+        let body = &data[HEADER_LEN..];
+        if body.len() != len || crc32c::crc32c(body) != crc {
+            return Err(Error::format(path, "catalog checksum or length mismatch"));
+        }
+        let parse = || -> Result<Self, crate::codec::DecodeError> {
+            let mut d = Dec::new(body);
+            let n = d.len("series count", 2)?;
+            let mut series = Vec::with_capacity(n);
+            for _ in 0..n {
+                let table = d.str("table")?;
+                let nl = d.len("label count", 2)?;
+                let mut pairs = Vec::with_capacity(nl);
+                for _ in 0..nl {
+                    pairs.push((d.str("label name")?, d.str("label value")?));
+                }
+                let labels = Labels::new(pairs).map_err(|_| crate::codec::DecodeError {
+                    what: "labels",
+                })?;
+                series.push((table, labels));
+            }
+            Ok(DayCatalog { series })
+        };
+        parse().map_err(|e| Error::format(path, e.to_string()))
+    }
+
+    /// Loads a tenant-day's catalog; empty if the day has none.
+    pub fn load(vfs: &dyn Vfs, dir: &Path, tenant: &str, day: i64) -> Result<Self> {
+        let p = path(dir, tenant, day);
+        match vfs.read(&p) {
+            Ok(data) => Self::decode(&data, &p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::io("reading catalog", &p, e)),
+        }
+    }
+}
+
+/// Adds a new segment's series to its tenant-day catalog (atomically replaced).
+pub fn update(vfs: &dyn Vfs, dir: &Path, tenant: &str, day: i64, index: &SegmentIndex) -> Result<()> {
+    let mut cat = DayCatalog::load(vfs, dir, tenant, day)?;
+    let before = cat.series.len();
+    let known: HashSet<(&str, &Labels)> = cat.series.iter().map(|(t, l)| (t.as_str(), l)).collect();
+    let mut new = Vec::new();
+    for t in &index.tables {
+        for s in &t.series {
+            if !known.contains(&(t.name.as_str(), &s.labels)) {
+                new.push((t.name.clone(), s.labels.clone()));
+            }
+        }
+    }
+    drop(known);
+    cat.series.extend(new);
+    if cat.series.len() == before {
+        return Ok(());
+    }
+    let p = path(dir, tenant, day);
+    let parent = p.parent().expect("catalog path has a parent");
+    vfs.create_dir_all(parent)
+        .map_err(|e| Error::io("creating catalog directory", parent, e))?;
+    write_atomic(vfs, &p, &cat.encode()).map_err(|e| Error::io("writing catalog", &p, e))?;
+    vfs.sync_dir(&dir.join("catalog"))
+        .map_err(|e| Error::io("syncing catalog directory", &p, e))
+}
+
+impl Storage {
+    /// Every series (table, labels) of `tenant` with data in `[start, end]`, at day
+    /// granularity for persisted data, from the catalog and the head.
+    pub fn series(
+        &self,
+        tenant: &str,
+        start: TimestampMs,
+        end: TimestampMs,
+    ) -> Result<BTreeSet<(String, Labels)>> {
+        let inner = &self.inner;
+        let mut out = BTreeSet::new();
+        let days: BTreeSet<i64> = inner
+            .state
+            .read()
+            .manifest
+            .segments
+            .iter()
+            .filter(|s| s.tenant == tenant && s.max_time >= start && s.min_time <= end)
+            .map(|s| s.day)
+            .collect();
+        for day in days {
+            let cat = DayCatalog::load(inner.vfs.as_ref(), &inner.dir, tenant, day)?;
+            out.extend(cat.series);
+        }
+        let st = inner.state.read();
+        let mut add = |h: &crate::head::Head| {
+            if let Some(tables) = h.tenants.get(tenant) {
+                for (name, th) in tables {
+                    if th.max_time < start || th.min_time > end {
+                        continue;
+                    }
+                    for (labels, _) in &th.series {
+                        out.insert((name.clone(), labels.clone()));
+                    }
+                }
+            }
+        };
+        add(&st.active.read());
+        for f in &st.frozen {
+            add(&f.head);
+        }
+        Ok(out)
+    }
+
+    /// Label names used by `tenant`'s series in `[start, end]` (plus `__name__`).
+    pub fn label_names(&self, tenant: &str, start: TimestampMs, end: TimestampMs) -> Result<Vec<String>> {
+        let mut names = BTreeSet::from([sonde_types::NAME_LABEL.to_string()]);
+        for (_, labels) in self.series(tenant, start, end)? {
+            names.extend(labels.iter().map(|(k, _)| k.to_string()));
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Values of label `name` (`__name__` gives table names) in `[start, end]`.
+    pub fn label_values(
+        &self,
+        tenant: &str,
+        name: &str,
+        start: TimestampMs,
+        end: TimestampMs,
+    ) -> Result<Vec<String>> {
+        let mut values = BTreeSet::new();
+        for (table, labels) in self.series(tenant, start, end)? {
+            if name == sonde_types::NAME_LABEL {
+                values.insert(table);
+            } else if let Some(v) = labels.get(name) {
+                values.insert(v.to_string());
+            }
+        }
+        Ok(values.into_iter().collect())
+    }
+
+    /// Series count per table in `[start, end]`.
+    pub fn series_counts(
+        &self,
+        tenant: &str,
+        start: TimestampMs,
+        end: TimestampMs,
+    ) -> Result<BTreeMap<String, usize>> {
+        let mut counts = BTreeMap::new();
+        for (table, _) in self.series(tenant, start, end)? {
+            *counts.entry(table).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+}

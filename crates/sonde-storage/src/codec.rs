@@ -1,0 +1,251 @@
+//! Little binary encoding helpers (LEB128 varints, length-prefixed strings) and the
+//! persisted form of a write batch, used by WAL records.
+//!
+//! The persisted form is separate from the runtime [`WriteBatch`]: the first byte of
+//! every encoded batch is [`BATCH_FORMAT`], so the runtime type can change without
+//! making old WAL files unreadable.
+
+use sonde_types::{
+    FieldColumn, FieldDef, FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteBatch,
+};
+
+/// Version of the persisted write-batch encoding.
+pub const BATCH_FORMAT: u8 = 1;
+
+/// A decoding failure: what was being read when the bytes ran out or made no sense.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("malformed {what}")]
+pub struct DecodeError {
+    pub what: &'static str,
+}
+
+fn bad(what: &'static str) -> DecodeError {
+    DecodeError { what }
+}
+
+/// Appends little-endian primitives and varints to a `Vec<u8>`.
+#[derive(Debug, Default)]
+pub struct Enc(pub Vec<u8>);
+
+impl Enc {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn uvar(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+    pub fn ivar(&mut self, v: i64) {
+        self.uvar(((v << 1) ^ (v >> 63)) as u64);
+    }
+    pub fn str(&mut self, s: &str) {
+        self.uvar(s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.uvar(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+}
+
+/// Reads what [`Enc`] wrote.
+#[derive(Debug)]
+pub struct Dec<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Dec { buf }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        let (&b, rest) = self.buf.split_first().ok_or(bad(what))?;
+        self.buf = rest;
+        Ok(b)
+    }
+    pub fn uvar(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(bad(what))
+    }
+    pub fn ivar(&mut self, what: &'static str) -> Result<i64, DecodeError> {
+        let u = self.uvar(what)?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+    /// A length that must fit in what is left of the buffer (each item at least
+    /// `min_item` bytes), so corrupt input cannot trigger a huge allocation.
+    pub fn len(&mut self, what: &'static str, min_item: usize) -> Result<usize, DecodeError> {
+        let n = self.uvar(what)? as usize;
+        if n.saturating_mul(min_item.max(1)) > self.buf.len() && min_item > 0 {
+            return Err(bad(what));
+        }
+        Ok(n)
+    }
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        if n > self.buf.len() {
+            return Err(bad(what));
+        }
+        let (a, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(a)
+    }
+    pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let n = self.len(what, 1)?;
+        self.take(n, what)
+    }
+    pub fn str(&mut self, what: &'static str) -> Result<String, DecodeError> {
+        let b = self.bytes(what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| bad(what))
+    }
+}
+
+/// Encodes `(tenant, batch)` as a WAL record payload.
+pub fn encode_batch(tenant: &str, batch: &WriteBatch) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(64 + batch.sample_count() * 9));
+    e.u8(BATCH_FORMAT);
+    e.str(tenant);
+    e.uvar(batch.tables.len() as u64);
+    for t in &batch.tables {
+        e.str(&t.table);
+        e.u8(t.kind as u8);
+        e.uvar(t.fields.len() as u64);
+        for f in &t.fields {
+            e.str(&f.name);
+            e.u8(f.ty as u8);
+        }
+        e.uvar(t.series.len() as u64);
+        for s in &t.series {
+            e.uvar(s.labels.len() as u64);
+            for (k, v) in s.labels.iter() {
+                e.str(k);
+                e.str(v);
+            }
+            e.uvar(s.timestamps.len() as u64);
+            let mut prev = 0i64;
+            for &ts in &s.timestamps {
+                e.ivar(ts.wrapping_sub(prev));
+                prev = ts;
+            }
+            for col in &s.fields {
+                match col {
+                    FieldColumn::F64(v) => v
+                        .iter()
+                        .for_each(|x| e.0.extend_from_slice(&x.to_bits().to_le_bytes())),
+                    FieldColumn::I64(v) => v.iter().for_each(|&x| e.ivar(x)),
+                }
+            }
+        }
+    }
+    e.0
+}
+
+/// Decodes what [`encode_batch`] wrote.
+pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch), DecodeError> {
+    let mut d = Dec::new(buf);
+    if d.u8("batch format")? != BATCH_FORMAT {
+        return Err(bad("batch format version"));
+    }
+    let tenant = d.str("tenant")?;
+    let n_tables = d.len("table count", 3)?;
+    let mut tables = Vec::with_capacity(n_tables);
+    for _ in 0..n_tables {
+        let table = d.str("table name")?;
+        let kind = MetricKind::from_u8(d.u8("kind")?).ok_or(bad("kind"))?;
+        let n_fields = d.len("field count", 2)?;
+        let mut fields = Vec::with_capacity(n_fields);
+        for _ in 0..n_fields {
+            let name = d.str("field name")?;
+            let ty = FieldType::from_u8(d.u8("field type")?).ok_or(bad("field type"))?;
+            fields.push(FieldDef { name, ty });
+        }
+        let n_series = d.len("series count", 2)?;
+        let mut series = Vec::with_capacity(n_series);
+        for _ in 0..n_series {
+            let n_labels = d.len("label count", 2)?;
+            let mut pairs = Vec::with_capacity(n_labels);
+            for _ in 0..n_labels {
+                pairs.push((d.str("label name")?, d.str("label value")?));
+            }
+            let labels = Labels::new(pairs).map_err(|_| bad("labels"))?;
+            let n = d.len("row count", 1)?;
+            let mut timestamps = Vec::with_capacity(n);
+            let mut prev = 0i64;
+            for _ in 0..n {
+                prev = prev.wrapping_add(d.ivar("timestamp")?);
+                timestamps.push(prev);
+            }
+            let mut cols = Vec::with_capacity(fields.len());
+            for f in &fields {
+                cols.push(match f.ty {
+                    FieldType::F64 => {
+                        let raw = d.take(n * 8, "f64 values")?;
+                        FieldColumn::F64(
+                            raw.chunks_exact(8)
+                                .map(|c| f64::from_bits(u64::from_le_bytes(c.try_into().unwrap())))
+                                .collect(),
+                        )
+                    }
+                    FieldType::I64 => FieldColumn::I64(
+                        (0..n)
+                            .map(|_| d.ivar("i64 value"))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                });
+            }
+            series.push(SeriesBatch {
+                labels,
+                timestamps,
+                fields: cols,
+            });
+        }
+        tables.push(TableBatch {
+            table,
+            kind,
+            fields,
+            series,
+        });
+    }
+    if !d.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok((tenant, WriteBatch { tables }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_roundtrip() {
+        let mut t = TableBatch::single("m", MetricKind::Gauge, FieldType::F64);
+        t.series.push(SeriesBatch::f64(
+            Labels::new([("a", "x")]).unwrap(),
+            vec![-5, 1000, 999],
+            vec![1.5, f64::NAN, -0.0],
+        ));
+        let mut t2 = TableBatch::single("n", MetricKind::DeltaSum, FieldType::I64);
+        t2.series.push(SeriesBatch::i64(Labels::default(), vec![1], vec![i64::MIN]));
+        let b = WriteBatch {
+            tables: vec![t, t2],
+        };
+        let enc = encode_batch("acme", &b);
+        let (tenant, got) = decode_batch(&enc).unwrap();
+        assert_eq!(tenant, "acme");
+        assert_eq!(format!("{got:?}"), format!("{b:?}")); // NaN != NaN, compare text
+        for cut in 0..enc.len() {
+            assert!(decode_batch(&enc[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,765 @@
+//! [`Storage`]: open and recover, write (WAL thread with group commit), flush.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use sonde_types::{
+    Clock, DAY_MS, FieldDef, FieldType, Labels, Limits, MetricKind, SystemClock, WriteBatch, day_of,
+};
+
+use crate::catalog;
+use crate::codec;
+use crate::head::Head;
+use crate::manifest::{Manifest, SegmentMeta};
+use crate::segment::{self, TableChunk, WriteOptions, index::SegmentIndex};
+use crate::vfs::{OsVfs, Vfs};
+use crate::wal::{self, WalWriter};
+use crate::{Error, Result};
+
+/// When a write is acknowledged relative to fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Acknowledge only after fsync (group commit across concurrent writers). Nothing
+    /// acknowledged is lost, even on power loss. The default.
+    Always,
+    /// Acknowledge once written to the OS; fsync every interval. A process crash loses
+    /// nothing; a power loss may lose up to the interval's worth of writes.
+    Interval(Duration),
+}
+
+/// Storage settings. `Config::new(dir)` gives production defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    /// Roll to a new WAL file past this size.
+    pub wal_file_bytes: u64,
+    /// Flush the head into segments once it holds this many bytes.
+    pub max_head_bytes: usize,
+    /// … or once its oldest write is this old.
+    pub max_head_age: Duration,
+    /// Run the background flusher (size and age bounds). Tests that want to control
+    /// flushes turn it off and call [`Storage::flush`].
+    pub background_flush: bool,
+    pub limits: Limits,
+    pub segment: WriteOptions,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            fsync: FsyncPolicy::Always,
+            wal_file_bytes: 64 << 20,
+            max_head_bytes: 256 << 20,
+            max_head_age: Duration::from_secs(15 * 60),
+            background_flush: true,
+            limits: Limits::default(),
+            segment: WriteOptions::default(),
+        }
+    }
+}
+
+/// What an acknowledged write got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// The WAL sequence number of the write.
+    pub seq: u64,
+    pub rows: usize,
+    pub samples: usize,
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlushStats {
+    pub segments: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub wal_files_removed: usize,
+}
+
+/// The logical schema of a table: its kind, fields and every tag key seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSchema {
+    pub kind: MetricKind,
+    pub fields: Vec<FieldDef>,
+    pub tags: BTreeSet<String>,
+}
+
+/// A head that no longer takes writes, waiting to be persisted.
+#[derive(Debug)]
+pub(crate) struct Frozen {
+    pub head: Head,
+    /// Every WAL record ≤ this is in `head` or already persisted.
+    pub watermark: u64,
+}
+
+/// What readers snapshot: swapped atomically under one lock.
+#[derive(Debug)]
+pub(crate) struct ReadState {
+    pub active: Arc<RwLock<Head>>,
+    pub frozen: Vec<Arc<Frozen>>,
+    pub manifest: Arc<Manifest>,
+}
+
+type Reply<T> = SyncSender<Result<T>>;
+
+enum WalMsg {
+    Append {
+        tenant: String,
+        batch: WriteBatch,
+        payload: Vec<u8>,
+        reply: Reply<u64>,
+    },
+    /// Cut the WAL and freeze the active head (if it holds anything).
+    Rotate(Reply<Option<Arc<Frozen>>>),
+    Shutdown(Reply<()>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub vfs: Arc<dyn Vfs>,
+    pub dir: PathBuf,
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub state: RwLock<ReadState>,
+    pub schemas: RwLock<HashMap<String, BTreeMap<String, TableSchema>>>,
+    pub index_cache: Mutex<HashMap<u64, Arc<SegmentIndex>>>,
+    flush_lock: Mutex<()>,
+    /// Set when the WAL failed: the engine refuses writes from then on.
+    failed: Mutex<Option<String>>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// The storage engine. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct Storage {
+    pub(crate) inner: Arc<Inner>,
+    wal_tx: Mutex<Option<Sender<WalMsg>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for WalMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WalMsg::Append { .. } => "Append",
+            WalMsg::Rotate(_) => "Rotate",
+            WalMsg::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+impl Storage {
+    /// Opens (or creates) a store on the local disk with the system clock.
+    pub fn open(config: Config) -> Result<Self> {
+        Self::open_with(config, Arc::new(OsVfs), Arc::new(SystemClock))
+    }
+
+    /// Opens with an explicit file system and clock; recovers from the WAL.
+    pub fn open_with(config: Config, vfs: Arc<dyn Vfs>, clock: Arc<dyn Clock>) -> Result<Self> {
+        let dir = config.data_dir.clone();
+        let wal_dir = dir.join("wal");
+        for d in [&dir, &wal_dir, &dir.join("segments"), &dir.join("catalog")] {
+            vfs.create_dir_all(d)
+                .map_err(|e| Error::io("creating directory", d, e))?;
+        }
+        vfs.sync_dir(&dir)
+            .map_err(|e| Error::io("syncing data directory", &dir, e))?;
+        let manifest = Manifest::load(vfs.as_ref(), &dir)?;
+        remove_orphans(vfs.as_ref(), &dir, &manifest)?;
+
+        let mut schemas: HashMap<String, BTreeMap<String, TableSchema>> = HashMap::new();
+        for seg in &manifest.segments {
+            for t in &seg.tables {
+                merge_schema(
+                    schemas.entry(seg.tenant.clone()).or_default(),
+                    &t.name,
+                    t.kind(),
+                    &t.field_defs(),
+                    t.tags.iter().cloned(),
+                );
+            }
+        }
+
+        let mut head = Head::default();
+        let now = clock.now_ms();
+        let stats = wal::replay(vfs.as_ref(), &wal_dir, manifest.wal_watermark, |seq, payload| {
+            let (tenant, batch) = codec::decode_batch(payload).map_err(|e| {
+                Error::format(&wal_dir, format!("WAL record {seq}: {e}"))
+            })?;
+            register_batch(schemas.entry(tenant.clone()).or_default(), &batch);
+            head.apply(&tenant, &batch, seq, now);
+            Ok(())
+        })?;
+        if stats.records > 0 || stats.truncated_bytes > 0 {
+            tracing::info!(
+                records = stats.records,
+                truncated_bytes = stats.truncated_bytes,
+                last_seq = stats.last_seq,
+                "replayed WAL"
+            );
+        }
+        let next_seq = stats.last_seq.max(manifest.wal_watermark) + 1;
+        let writer = WalWriter::create(vfs.as_ref(), &wal_dir, next_seq, config.wal_file_bytes)?;
+
+        let inner = Arc::new(Inner {
+            vfs,
+            dir,
+            clock,
+            state: RwLock::new(ReadState {
+                active: Arc::new(RwLock::new(head)),
+                frozen: Vec::new(),
+                manifest: Arc::new(manifest),
+            }),
+            schemas: RwLock::new(schemas),
+            index_cache: Mutex::new(HashMap::new()),
+            flush_lock: Mutex::new(()),
+            failed: Mutex::new(None),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            config,
+        });
+        let (tx, rx) = mpsc::channel();
+        let mut threads = Vec::new();
+        let wal_inner = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("sonde-wal".into())
+                .spawn(move || wal_thread(wal_inner, writer, rx))
+                .map_err(|e| Error::io("spawning WAL thread", Path::new("-"), e))?,
+        );
+        let storage = Storage {
+            inner,
+            wal_tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(Vec::new()),
+        };
+        if storage.inner.config.background_flush {
+            let tx = storage.wal_tx.lock().clone().expect("just created");
+            let inner = storage.inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sonde-flush".into())
+                    .spawn(move || flush_thread(inner, tx))
+                    .map_err(|e| Error::io("spawning flush thread", Path::new("-"), e))?,
+            );
+        }
+        *storage.threads.lock() = threads;
+        Ok(storage)
+    }
+
+    /// Validates and stores a batch. Returns once the batch is acknowledged: durable
+    /// under [`FsyncPolicy::Always`], written to the OS under `Interval`; in both cases
+    /// readable by [`Storage::scan`]. A rejected batch stores nothing.
+    pub fn write(&self, tenant: &str, batch: WriteBatch) -> Result<WriteReceipt> {
+        sonde_types::validate_tenant(tenant)?;
+        batch.validate(&self.inner.config.limits, self.inner.clock.now_ms())?;
+        self.check_schema(tenant, &batch)?;
+        let rows = batch.row_count();
+        let samples = batch.sample_count();
+        let payload = codec::encode_batch(tenant, &batch);
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(WalMsg::Append {
+            tenant: tenant.to_string(),
+            batch,
+            payload,
+            reply,
+        })?;
+        let seq = rx.recv().map_err(|_| self.closed_error())??;
+        if self.inner.state.read().active.read().bytes() >= self.inner.config.max_head_bytes {
+            self.inner.wake.notify_one();
+        }
+        Ok(WriteReceipt { seq, rows, samples })
+    }
+
+    fn send(&self, msg: WalMsg) -> Result<()> {
+        if let Some(reason) = self.inner.failed.lock().clone() {
+            return Err(Error::Closed(reason));
+        }
+        let tx = self.wal_tx.lock();
+        let tx = tx.as_ref().ok_or_else(|| Error::Closed("shut down".into()))?;
+        tx.send(msg).map_err(|_| self.closed_error())
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(
+            self.inner
+                .failed
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "shut down".into()),
+        )
+    }
+
+    /// Rejects fields whose type conflicts with the table's, then records new fields
+    /// and tags so concurrent writers agree. (An i64 field written as f64 is widened.)
+    fn check_schema(&self, tenant: &str, batch: &WriteBatch) -> Result<()> {
+        let mut schemas = self.inner.schemas.write();
+        let tables = schemas.entry(tenant.to_string()).or_default();
+        for t in &batch.tables {
+            if let Some(s) = tables.get(&t.table) {
+                for f in &t.fields {
+                    if let Some(g) = s.fields.iter().find(|g| g.name == f.name) {
+                        if g.ty == FieldType::F64 && f.ty == FieldType::I64 {
+                            return Err(Error::FieldTypeConflict {
+                                table: t.table.clone(),
+                                field: f.name.clone(),
+                                existing: g.ty,
+                                got: f.ty,
+                            });
+                        }
+                    }
+                    if s.tags.contains(&f.name) {
+                        return Err(Error::Invalid(sonde_types::Error::Invalid {
+                            field: format!("table {:?} field {:?}", t.table, f.name),
+                            reason: "is already a tag of this table".into(),
+                        }));
+                    }
+                }
+            }
+        }
+        register_batch(tables, batch);
+        Ok(())
+    }
+
+    /// Persists everything acknowledged so far into segments and returns once the
+    /// manifest naming them is durable.
+    pub fn flush(&self) -> Result<FlushStats> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(WalMsg::Rotate(reply))?;
+        rx.recv().map_err(|_| self.closed_error())??;
+        flush_frozen(&self.inner)
+    }
+
+    /// The current manifest (live segments).
+    pub fn manifest(&self) -> Arc<Manifest> {
+        self.inner.state.read().manifest.clone()
+    }
+
+    /// Bytes held by the active head.
+    pub fn head_bytes(&self) -> usize {
+        self.inner.state.read().active.read().bytes()
+    }
+
+    /// Tables of a tenant with their schemas.
+    pub fn tables(&self, tenant: &str) -> BTreeMap<String, TableSchema> {
+        self.inner
+            .schemas
+            .read()
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Tenants that have written anything.
+    pub fn tenants(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.inner.schemas.read().keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Stops background work and makes the WAL durable. Called by `Drop` too.
+    pub fn close(&self) -> Result<()> {
+        *self.inner.stop.lock() = true;
+        self.inner.wake.notify_all();
+        let tx = self.wal_tx.lock().take();
+        let mut result = Ok(());
+        if let Some(tx) = tx {
+            let (reply, rx) = mpsc::sync_channel(1);
+            if tx.send(WalMsg::Shutdown(reply)).is_ok() {
+                result = rx.recv().unwrap_or(Ok(()));
+            }
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing storage");
+        }
+    }
+}
+
+fn merge_schema(
+    tables: &mut BTreeMap<String, TableSchema>,
+    name: &str,
+    kind: MetricKind,
+    fields: &[FieldDef],
+    tags: impl Iterator<Item = String>,
+) {
+    let s = tables.entry(name.to_string()).or_insert_with(|| TableSchema {
+        kind,
+        fields: Vec::new(),
+        tags: BTreeSet::new(),
+    });
+    for f in fields {
+        match s.fields.iter_mut().find(|g| g.name == f.name) {
+            Some(g) if g.ty == FieldType::I64 && f.ty == FieldType::F64 => g.ty = FieldType::F64,
+            Some(_) => {}
+            None => s.fields.push(f.clone()),
+        }
+    }
+    s.tags.extend(tags);
+}
+
+fn register_batch(tables: &mut BTreeMap<String, TableSchema>, batch: &WriteBatch) {
+    for t in &batch.tables {
+        let mut tags = BTreeSet::new();
+        for s in &t.series {
+            for (k, _) in s.labels.iter() {
+                if !tags.contains(k) {
+                    tags.insert(k.to_string());
+                }
+            }
+        }
+        merge_schema(tables, &t.table, t.kind, &t.fields, tags.into_iter());
+    }
+}
+
+/// Removes segment files the manifest does not name (left by a crash mid-flush) and
+/// temporary files.
+fn remove_orphans(vfs: &dyn Vfs, dir: &Path, manifest: &Manifest) -> Result<()> {
+    let live: BTreeSet<&str> = manifest
+        .segments
+        .iter()
+        .flat_map(|s| [s.path.as_str(), s.index_path.as_str()])
+        .collect();
+    let seg_dir = dir.join("segments");
+    let list = |p: &Path| vfs.list(p).map_err(|e| Error::io("listing", p, e));
+    for tenant in list(&seg_dir)? {
+        for day in list(&seg_dir.join(&tenant))? {
+            let day_dir = seg_dir.join(&tenant).join(&day);
+            for f in list(&day_dir)? {
+                let rel = format!("segments/{tenant}/{day}/{f}");
+                if !live.contains(rel.as_str()) {
+                    tracing::info!(file = %rel, "removing file not in the manifest");
+                    let p = day_dir.join(&f);
+                    vfs.remove_file(&p)
+                        .map_err(|e| Error::io("removing orphan", &p, e))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
+    let vfs = inner.vfs.clone();
+    let interval = match inner.config.fsync {
+        FsyncPolicy::Always => None,
+        FsyncPolicy::Interval(d) => Some(d),
+    };
+    let mut dirty = false;
+    let mut last_sync = Instant::now();
+    let fail = |inner: &Inner, e: &Error| {
+        tracing::error!(error = %e, "WAL failure; refusing further writes");
+        *inner.failed.lock() = Some(format!("WAL failure: {e}"));
+    };
+    loop {
+        let first = match interval {
+            Some(d) if dirty => match rx.recv_timeout(d.saturating_sub(last_sync.elapsed())) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = writer.sync() {
+                        fail(&inner, &e);
+                        return;
+                    }
+                    dirty = false;
+                    last_sync = Instant::now();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            _ => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+        };
+        let mut msgs = vec![first];
+        while msgs.len() < 4096 {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut appends: Vec<(String, WriteBatch, Vec<u8>, Reply<u64>)> = Vec::new();
+        let mut control = Vec::new();
+        let drain = |appends: &mut Vec<(String, WriteBatch, Vec<u8>, Reply<u64>)>,
+                         writer: &mut WalWriter,
+                         dirty: &mut bool,
+                         last_sync: &mut Instant|
+         -> Result<()> {
+            if appends.is_empty() {
+                return Ok(());
+            }
+            let res = writer
+                .append(vfs.as_ref(), appends.iter().map(|a| a.2.as_slice()))
+                .and_then(|first| {
+                    let sync_now = match interval {
+                        None => true,
+                        Some(d) => last_sync.elapsed() >= d,
+                    };
+                    if sync_now {
+                        writer.sync()?;
+                        *dirty = false;
+                        *last_sync = Instant::now();
+                    } else {
+                        *dirty = true;
+                    }
+                    Ok(first)
+                });
+            match res {
+                Ok(first) => {
+                    let now = inner.clock.now_ms();
+                    let st = inner.state.read();
+                    let mut head = st.active.write();
+                    for (i, (tenant, batch, _, reply)) in appends.drain(..).enumerate() {
+                        let seq = first + i as u64;
+                        head.apply(&tenant, &batch, seq, now);
+                        let _ = reply.send(Ok(seq));
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    for (_, _, _, reply) in appends.drain(..) {
+                        let _ = reply.send(Err(Error::Closed(format!("WAL failure: {e}"))));
+                    }
+                    Err(e)
+                }
+            }
+        };
+        for m in msgs {
+            match m {
+                WalMsg::Append {
+                    tenant,
+                    batch,
+                    payload,
+                    reply,
+                } => appends.push((tenant, batch, payload, reply)),
+                other => {
+                    if let Err(e) = drain(&mut appends, &mut writer, &mut dirty, &mut last_sync) {
+                        fail(&inner, &e);
+                        return;
+                    }
+                    control.push(other);
+                    for c in control.drain(..) {
+                        match c {
+                            WalMsg::Rotate(reply) => {
+                                let r = rotate(&inner, &mut writer);
+                                if let Err(e) = &r {
+                                    fail(&inner, e);
+                                }
+                                let failed = r.is_err();
+                                let _ = reply.send(r);
+                                if failed {
+                                    return;
+                                }
+                            }
+                            WalMsg::Shutdown(reply) => {
+                                let _ = reply.send(writer.sync());
+                                return;
+                            }
+                            WalMsg::Append { .. } => unreachable!(),
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = drain(&mut appends, &mut writer, &mut dirty, &mut last_sync) {
+            fail(&inner, &e);
+            return;
+        }
+    }
+    let _ = writer.sync();
+}
+
+/// Cuts the WAL and moves the active head to the frozen list, atomically for readers.
+fn rotate(inner: &Inner, writer: &mut WalWriter) -> Result<Option<Arc<Frozen>>> {
+    let mut st = inner.state.write();
+    if st.active.read().is_empty() {
+        return Ok(None);
+    }
+    writer.rotate(inner.vfs.as_ref())?;
+    let head = std::mem::take(&mut *st.active.write());
+    let frozen = Arc::new(Frozen {
+        head,
+        watermark: writer.next_seq() - 1,
+    });
+    st.frozen.push(frozen.clone());
+    Ok(Some(frozen))
+}
+
+fn flush_thread(inner: Arc<Inner>, tx: Sender<WalMsg>) {
+    loop {
+        {
+            let mut stop = inner.stop.lock();
+            if *stop {
+                return;
+            }
+            inner.wake.wait_for(&mut stop, Duration::from_secs(1));
+            if *stop {
+                return;
+            }
+        }
+        let (bytes, first) = {
+            let st = inner.state.read();
+            let h = st.active.read();
+            (h.bytes(), h.first_write_ms)
+        };
+        let age_ms = first.map_or(0, |f| inner.clock.now_ms() - f);
+        let over_age = age_ms >= inner.config.max_head_age.as_millis() as i64;
+        if bytes < inner.config.max_head_bytes && !(first.is_some() && over_age) {
+            continue;
+        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        if tx.send(WalMsg::Rotate(reply)).is_err() {
+            return;
+        }
+        match rx.recv() {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        match flush_frozen(&inner) {
+            Ok(s) => tracing::info!(segments = s.segments, rows = s.rows, bytes = s.bytes, "flushed head"),
+            Err(e) => tracing::error!(error = %e, "background flush failed; will retry"),
+        }
+    }
+}
+
+/// Persists every frozen head, oldest first.
+fn flush_frozen(inner: &Inner) -> Result<FlushStats> {
+    let _guard = inner.flush_lock.lock();
+    let mut total = FlushStats::default();
+    loop {
+        let next = inner.state.read().frozen.first().cloned();
+        let Some(frozen) = next else { break };
+        let s = persist(inner, &frozen)?;
+        total.segments += s.segments;
+        total.rows += s.rows;
+        total.bytes += s.bytes;
+        total.wal_files_removed += s.wal_files_removed;
+    }
+    Ok(total)
+}
+
+/// Groups a head's rows into per-(tenant, day) table chunks, sorted for the segment.
+fn partitions(head: &Head) -> BTreeMap<(String, i64), Vec<TableChunk>> {
+    let mut out: BTreeMap<(String, i64), Vec<TableChunk>> = BTreeMap::new();
+    for (tenant, tables) in &head.tenants {
+        for (name, th) in tables {
+            let mut order: Vec<usize> = (0..th.series.len()).collect();
+            order.sort_by(|&a, &b| th.series[a].0.cmp(&th.series[b].0));
+            let mut by_day: BTreeMap<i64, Vec<(Labels, crate::series::SeriesData)>> =
+                BTreeMap::new();
+            for i in order {
+                let (labels, data) = &th.series[i];
+                let rows = data.normalized(th.kind);
+                let (Some(&lo), Some(&hi)) = (rows.ts.first(), rows.ts.last()) else {
+                    continue;
+                };
+                if day_of(lo) == day_of(hi) {
+                    by_day.entry(day_of(lo)).or_default().push((labels.clone(), rows));
+                } else {
+                    for day in day_of(lo)..=day_of(hi) {
+                        let part = rows.time_slice(day * DAY_MS, day * DAY_MS + DAY_MS - 1);
+                        if !part.is_empty() {
+                            by_day.entry(day).or_default().push((labels.clone(), part));
+                        }
+                    }
+                }
+            }
+            for (day, series) in by_day {
+                out.entry((tenant.clone(), day)).or_default().push(TableChunk {
+                    name: name.clone(),
+                    kind: th.kind,
+                    fields: th.fields.clone(),
+                    series,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
+    let vfs = inner.vfs.as_ref();
+    let mut manifest = (*inner.state.read().manifest).clone();
+    let mut stats = FlushStats::default();
+    let mut synced_dirs = BTreeSet::new();
+    for ((tenant, day), chunks) in partitions(&frozen.head) {
+        let enc = segment::encode_segment(&chunks, &inner.config.segment)?;
+        if enc.rows == 0 {
+            continue;
+        }
+        let id = manifest.next_segment_id;
+        manifest.next_segment_id += 1;
+        let rel_dir = format!("segments/{tenant}/{day}");
+        let abs_dir = inner.dir.join(&rel_dir);
+        vfs.create_dir_all(&abs_dir)
+            .map_err(|e| Error::io("creating segment directory", &abs_dir, e))?;
+        let path = format!("{rel_dir}/{id:016}.parquet");
+        let index_path = format!("{rel_dir}/{id:016}.sidx");
+        let index_bytes = enc.index.encode();
+        for (rel, data) in [(&path, &enc.parquet), (&index_path, &index_bytes)] {
+            let p = inner.dir.join(rel);
+            vfs.write_synced(&p, data)
+                .map_err(|e| Error::io("writing segment", &p, e))?;
+        }
+        synced_dirs.insert(abs_dir);
+        synced_dirs.insert(inner.dir.join(format!("segments/{tenant}")));
+        catalog::update(vfs, &inner.dir, &tenant, day, &enc.index)?;
+        inner
+            .index_cache
+            .lock()
+            .insert(id, Arc::new(enc.index));
+        stats.segments += 1;
+        stats.rows += enc.rows;
+        stats.bytes += enc.parquet.len() as u64;
+        manifest.segments.push(SegmentMeta {
+            id,
+            tenant,
+            day,
+            path,
+            index_path,
+            rows: enc.rows,
+            series: enc.tables.iter().map(|t| t.series).sum(),
+            bytes: enc.parquet.len() as u64,
+            index_bytes: index_bytes.len() as u64,
+            min_time: enc.min_time,
+            max_time: enc.max_time,
+            tables: enc.tables,
+        });
+    }
+    synced_dirs.insert(inner.dir.join("segments"));
+    // Deepest first, so a directory's entry is durable in its parent after its content.
+    for d in synced_dirs.iter().rev() {
+        vfs.sync_dir(d)
+            .map_err(|e| Error::io("syncing segment directory", d, e))?;
+    }
+    manifest.generation += 1;
+    manifest.wal_watermark = manifest.wal_watermark.max(frozen.watermark);
+    manifest.store(vfs, &inner.dir)?;
+    let watermark = manifest.wal_watermark;
+    {
+        let mut st = inner.state.write();
+        st.manifest = Arc::new(manifest);
+        st.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
+    }
+    stats.wal_files_removed = wal::remove_below(vfs, &inner.dir.join("wal"), watermark)?;
+    Ok(stats)
+}

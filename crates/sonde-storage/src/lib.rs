@@ -1,0 +1,40 @@
+//! Sonde's storage engine.
+//!
+//! [`Storage`] is the one entry point: [`Storage::write`] validates a batch, appends it
+//! to the WAL (acknowledging only once it is durable under the default
+//! [`FsyncPolicy::Always`], with group commit across concurrent writers) and applies
+//! it to the in-memory head; [`Storage::flush`] turns the head into Parquet segments
+//! with a croaring index and commits them through the manifest; [`Storage::scan`]
+//! reads a table's matching series over a time range from the head and the segments.
+//!
+//! Layout of a data directory (byte-level details in `storage-format.md`):
+//! ```text
+//! MANIFEST                                   live segments + WAL watermark
+//! wal/<first-seq>.wal                        write-ahead log files
+//! segments/<tenant>/<day>/<id>.parquet       rows of many tables of one tenant-day
+//! segments/<tenant>/<day>/<id>.sidx          label index of that segment
+//! catalog/<tenant>/<day>.cat                 series seen per tenant-day
+//! ```
+//!
+//! Design decision: one thread owns the WAL and applies batches to the head in
+//! sequence order after the fsync. Replay therefore reproduces exactly the head that
+//! readers saw, last-write-wins is decided by WAL order, and a single fsync covers
+//! every writer that queued while the previous one ran (group commit).
+
+pub mod catalog;
+pub mod codec;
+mod engine;
+mod error;
+pub mod head;
+pub mod manifest;
+pub mod postings;
+mod scan;
+pub mod segment;
+pub mod series;
+pub mod vfs;
+pub mod wal;
+
+pub use engine::{Config, FlushStats, FsyncPolicy, Storage, TableSchema, WriteReceipt};
+pub use error::{Error, Result};
+pub use postings::{MatchOp, Matcher};
+pub use scan::{ScanOutput, ScanRequest, ScanStats};

@@ -1,0 +1,91 @@
+//! Floats as decimals: a value `v` is stored as an integer mantissa `m` and a scale `s`
+//! with `v == m / 10^s` *bit for bit*. Values exported with a fixed number of decimals
+//! (costs to 1e-6, latencies to 1e-4) become integers whose deltas pack into a few
+//! bits, where their binary mantissas would look like noise to any compressor.
+//!
+//! Decoding divides by an exact power of ten (`10^s` is exact in f64 for s ≤ 22 and
+//! IEEE division is correctly rounded), so any engine computing `m / 10^s` in doubles
+//! gets the original value back. A value that has no such form (NaN, ∞, -0.0, 1/3,
+//! |m| > 2^53) is stored as a plain double instead.
+
+/// Largest scale tried.
+pub const MAX_SCALE: u8 = 15;
+
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// The mantissa of `v` at `scale`, if `v == m / 10^scale` exactly.
+pub fn to_mantissa(v: f64, scale: u8) -> Option<i64> {
+    let p = POW10[scale as usize];
+    let m = (v * p).round();
+    if !(m.abs() <= MAX_EXACT) {
+        return None;
+    }
+    ((m / p).to_bits() == v.to_bits()).then_some(m as i64)
+}
+
+/// The smallest scale at which `v` is an exact decimal.
+pub fn min_scale(v: f64) -> Option<u8> {
+    (0..=MAX_SCALE).find(|&s| to_mantissa(v, s).is_some())
+}
+
+/// One scale for a whole series: the largest of the values' smallest scales, so all
+/// mantissas share a unit and delta-code well. Values that are not decimals are
+/// ignored here (they go to the double column). `None` when no value is a decimal.
+pub fn series_scale(values: impl Iterator<Item = f64>) -> Option<u8> {
+    let mut best: Option<u8> = None;
+    for v in values {
+        if let Some(s) = min_scale(v) {
+            best = Some(best.map_or(s, |b| b.max(s)));
+            if s == MAX_SCALE {
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// The value of a stored mantissa and scale.
+pub fn from_mantissa(m: i64, scale: i8) -> f64 {
+    m as f64 / POW10[scale.clamp(0, MAX_SCALE as i8) as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn common_values() {
+        assert_eq!(min_scale(0.1), Some(1));
+        assert_eq!(to_mantissa(0.1, 1), Some(1));
+        assert_eq!(min_scale(1234.0), Some(0));
+        assert_eq!(min_scale(0.000123), Some(6));
+        assert_eq!(min_scale(f64::NAN), None);
+        assert_eq!(min_scale(f64::INFINITY), None);
+        assert_eq!(min_scale(-0.0), None);
+        assert_eq!(min_scale(1.0 / 3.0), None);
+        assert_eq!(to_mantissa(2.5, 4), Some(25_000));
+        assert_eq!(series_scale([1.0, 0.25, 3.5].into_iter()), Some(2));
+    }
+
+    proptest! {
+        /// Whatever the value, encoding then decoding gives the same bits back.
+        #[test]
+        fn roundtrip_is_exact(v in any::<f64>(), s in 0u8..=MAX_SCALE) {
+            if let Some(m) = to_mantissa(v, s) {
+                prop_assert_eq!(from_mantissa(m, s as i8).to_bits(), v.to_bits());
+            }
+        }
+
+        #[test]
+        fn rounded_decimals_are_found(m in -1_000_000_000i64..1_000_000_000, s in 0u8..=6) {
+            let v = m as f64 / POW10[s as usize];
+            let k = min_scale(v).unwrap();
+            prop_assert!(k <= s);
+            prop_assert_eq!(from_mantissa(to_mantissa(v, k).unwrap(), k as i8), v);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The segment index (`.sidx`, beside each segment's `.parquet`): per table, the series
+//! in file order with their row ranges and time bounds, and a croaring inverted index
+//! `label name → value → bitmap of the table's series ordinals`.
+//!
+//! With it a tag predicate and a time range become a Parquet `RowSelection` without
+//! reading any of the Parquet file but its footer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use croaring::{Bitmap, Portable};
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use sonde_types::{Labels, TimestampMs};
+
+use crate::codec::{Dec, DecodeError, Enc};
+use crate::postings::{Matcher, Postings};
+use crate::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"SONDEIDX";
+pub const VERSION: u32 = 1;
+const HEADER_LEN: usize = 24;
+
+/// One series of a segment: its rows are `row_start .. row_start + rows`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSeries {
+    pub labels: Labels,
+    pub row_start: u64,
+    pub rows: u32,
+    pub min_time: TimestampMs,
+    pub max_time: TimestampMs,
+}
+
+/// The index of one table inside a segment.
+#[derive(Debug, Clone, Default)]
+pub struct IndexTable {
+    pub name: String,
+    pub series: Vec<IndexSeries>,
+    pub postings: Postings,
+}
+
+impl IndexTable {
+    /// Series ordinals matching `matchers` whose time bounds overlap `[start, end]`.
+    pub fn select(&self, matchers: &[Matcher], start: TimestampMs, end: TimestampMs) -> Vec<u32> {
+        self.postings
+            .select(&self.name, matchers)
+            .iter()
+            .filter(|&i| {
+                let s = &self.series[i as usize];
+                s.max_time >= start && s.min_time <= end
+            })
+            .collect()
+    }
+}
+
+/// The whole index of a segment.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentIndex {
+    pub tables: Vec<IndexTable>,
+}
+
+impl SegmentIndex {
+    pub fn table(&self, name: &str) -> Option<&IndexTable> {
+        self.tables
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.tables[i])
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.tables.iter().map(|t| t.series.len()).sum()
+    }
+
+    /// Serializes to the `.sidx` file layout.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut strings: Vec<&str> = Vec::new();
+        let mut ids: BTreeMap<&str, u64> = BTreeMap::new();
+        // First pass: a string table shared by table names, label names and values.
+        for t in &self.tables {
+            for s in std::iter::once(t.name.as_str()).chain(
+                t.series
+                    .iter()
+                    .flat_map(|s| s.labels.iter().flat_map(|(k, v)| [k, v])),
+            ) {
+                if !ids.contains_key(s) {
+                    ids.insert(s, strings.len() as u64);
+                    strings.push(s);
+                }
+            }
+        }
+        let mut e = Enc(Vec::new());
+        e.uvar(strings.len() as u64);
+        for s in &strings {
+            e.str(s);
+        }
+        e.uvar(self.tables.len() as u64);
+        let mut buf = Vec::new();
+        for t in &self.tables {
+            e.uvar(ids[t.name.as_str()]);
+            e.uvar(t.series.len() as u64);
+            for s in &t.series {
+                e.uvar(s.labels.len() as u64);
+                for (k, v) in s.labels.iter() {
+                    e.uvar(ids[k]);
+                    e.uvar(ids[v]);
+                }
+                e.uvar(s.row_start);
+                e.uvar(u64::from(s.rows));
+                e.ivar(s.min_time);
+                e.ivar(s.max_time.wrapping_sub(s.min_time));
+            }
+            e.uvar(t.postings.labels.len() as u64);
+            for (k, values) in &t.postings.labels {
+                e.uvar(ids[k.as_str()]);
+                e.uvar(values.len() as u64);
+                for (v, bitmap) in values {
+                    e.uvar(ids[v.as_str()]);
+                    buf.clear();
+                    let bytes = bitmap.serialize_into_vec::<Portable>(&mut buf);
+                    e.bytes(bytes);
+                }
+            }
+        }
+        let body = e.0;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Parses a `.sidx` file; `path` is only for error messages.
+    pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
+        if data.len() < HEADER_LEN || &data[..8] != MAGIC {
+            return Err(Error::format(path, "not a Sonde segment index (bad magic)"));
+        }
+        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+        if version != VERSION {
+            return Err(Error::format(
+                path,
+                format!("index version {version}, this build reads {VERSION}"),
+            ));
+        }
+        let crc = u32::from_le_bytes(data[12..16].try_into().unwrap());
+        let len = u64::from_le_bytes(data[16..24].try_into().unwrap()) as usize;
+        let body = &data[HEADER_LEN..];
+        if body.len() != len {
+            return Err(Error::format(
+                path,
+                format!("index truncated: body is {} bytes, header says {len}", body.len()),
+            ));
+        }
+        if crc32c::crc32c(body) != crc {
+            return Err(Error::format(path, "index checksum mismatch"));
+        }
+        Self::decode_body(body).map_err(|e| Error::format(path, e.to_string()))
+    }
+
+    fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
+        let bad = |what| DecodeError { what };
+        let mut d = Dec::new(body);
+        let n = d.len("string count", 1)?;
+        let mut strings = Vec::with_capacity(n);
+        for _ in 0..n {
+            strings.push(d.str("string")?);
+        }
+        let s = |d: &mut Dec<'_>, what| -> Result<String, DecodeError> {
+            let i = d.uvar(what)? as usize;
+            strings.get(i).cloned().ok_or(bad(what))
+        };
+        let n_tables = d.len("table count", 2)?;
+        let mut tables = Vec::with_capacity(n_tables);
+        for _ in 0..n_tables {
+            let name = s(&mut d, "table name")?;
+            let n_series = d.len("series count", 5)?;
+            let mut series = Vec::with_capacity(n_series);
+            for _ in 0..n_series {
+                let nl = d.len("label count", 2)?;
+                let mut pairs = Vec::with_capacity(nl);
+                for _ in 0..nl {
+                    pairs.push((s(&mut d, "label name")?, s(&mut d, "label value")?));
+                }
+                let row_start = d.uvar("row start")?;
+                let rows = u32::try_from(d.uvar("row count")?).map_err(|_| bad("row count"))?;
+                let min_time = d.ivar("min time")?;
+                let max_time = min_time.wrapping_add(d.ivar("time span")?);
+                series.push(IndexSeries {
+                    labels: Labels::new(pairs).map_err(|_| bad("labels"))?,
+                    row_start,
+                    rows,
+                    min_time,
+                    max_time,
+                });
+            }
+            let mut postings = Postings {
+                all: Bitmap::from_range(0..series.len() as u32),
+                labels: BTreeMap::new(),
+            };
+            let n_keys = d.len("posting key count", 2)?;
+            for _ in 0..n_keys {
+                let k = s(&mut d, "posting key")?;
+                let n_vals = d.len("posting value count", 2)?;
+                let mut vals = BTreeMap::new();
+                for _ in 0..n_vals {
+                    let v = s(&mut d, "posting value")?;
+                    let raw = d.bytes("posting bitmap")?;
+                    let b = Bitmap::try_deserialize::<Portable>(raw).ok_or(bad("bitmap"))?;
+                    vals.insert(v, b);
+                }
+                postings.labels.insert(k, vals);
+            }
+            tables.push(IndexTable {
+                name,
+                series,
+                postings,
+            });
+        }
+        if !d.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(SegmentIndex { tables })
+    }
+}
+
+/// Turns sorted, non-overlapping row ranges into a `RowSelection` over `total_rows`.
+pub fn ranges_to_selection(ranges: &[(u64, u64)], total_rows: u64) -> RowSelection {
+    let mut sel = Vec::with_capacity(ranges.len() * 2 + 1);
+    let mut pos = 0u64;
+    for &(start, len) in ranges {
+        if start > pos {
+            sel.push(RowSelector::skip((start - pos) as usize));
+        }
+        sel.push(RowSelector::select(len as usize));
+        pos = start + len;
+    }
+    if total_rows > pos {
+        sel.push(RowSelector::skip((total_rows - pos) as usize));
+    }
+    sel.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SegmentIndex {
+        let mut t = IndexTable {
+            name: "m".into(),
+            ..Default::default()
+        };
+        for i in 0..5u32 {
+            let labels = Labels::new([("u", format!("u{i}")), ("k", "same".into())]).unwrap();
+            t.postings.add(i, &labels);
+            t.series.push(IndexSeries {
+                labels,
+                row_start: u64::from(i) * 10,
+                rows: 10,
+                min_time: i64::from(i) * 100,
+                max_time: i64::from(i) * 100 + 90,
+            });
+        }
+        SegmentIndex { tables: vec![t] }
+    }
+
+    #[test]
+    fn roundtrip_and_select() {
+        let idx = sample();
+        let enc = idx.encode();
+        let got = SegmentIndex::decode(&enc, Path::new("x.sidx")).unwrap();
+        let t = got.table("m").unwrap();
+        assert_eq!(t.series, idx.tables[0].series);
+        assert_eq!(t.select(&[Matcher::eq("u", "u3")], 0, 1000), vec![3]);
+        assert_eq!(t.select(&[Matcher::eq("k", "same")], 150, 250), vec![1, 2]);
+    }
+
+    #[test]
+    fn corruption_is_a_clear_error() {
+        let enc = sample().encode();
+        for cut in [0, 10, enc.len() - 1] {
+            let e = SegmentIndex::decode(&enc[..cut], Path::new("x.sidx")).unwrap_err();
+            assert!(e.to_string().contains("x.sidx"), "{e}");
+        }
+        let mut flipped = enc.clone();
+        flipped[40] ^= 1;
+        let e = SegmentIndex::decode(&flipped, Path::new("x.sidx")).unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn selection_covers_all_rows() {
+        let sel = ranges_to_selection(&[(2, 3), (10, 1)], 20);
+        assert_eq!(sel.row_count(), 4);
+        assert_eq!(sel.skipped_row_count(), 16);
+    }
+}

@@ -1,0 +1,270 @@
+//! Reading series out of a segment: the index picks the row ranges, Parquet reads only
+//! those pages (offset index + `RowSelection`) of only the needed columns.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, Int8Type, Int64Type, TimestampMillisecondType};
+use bytes::Bytes;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::file::metadata::PageIndexPolicy;
+use parquet::file::reader::{ChunkReader, Length};
+use sonde_types::{FieldDef, FieldType, Labels, TimestampMs};
+
+use super::index::{IndexTable, ranges_to_selection};
+use super::{FLOAT, MANTISSA, SCALE, decimal};
+use crate::series::{Column, SeriesData, Values};
+use crate::vfs::{ReadAt, Vfs};
+use crate::{Error, Result};
+
+/// A segment file opened for reading, counting the bytes it reads.
+#[derive(Debug, Clone)]
+pub struct CountingFile {
+    inner: Arc<dyn ReadAt>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl CountingFile {
+    pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<Self> {
+        let inner = vfs
+            .open_read(path)
+            .map_err(|e| Error::io("opening segment", path, e))?;
+        Ok(CountingFile {
+            inner,
+            bytes: Arc::new(AtomicU64::new(0)),
+        })
+    }
+    /// Bytes read from the file so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    fn read(&self, start: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.inner.read_at(&mut buf, start)?;
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(buf)
+    }
+}
+
+impl Length for CountingFile {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+}
+
+/// Sequential reads from an offset, in small chunks so only what is used is counted.
+#[derive(Debug)]
+pub struct AtReader {
+    file: CountingFile,
+    pos: u64,
+}
+
+impl Read for AtReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.file.inner.len().saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let data = self.file.read(self.pos, n)?;
+        buf[..n].copy_from_slice(&data);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl ChunkReader for CountingFile {
+    type T = std::io::BufReader<AtReader>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(std::io::BufReader::with_capacity(
+            1024,
+            AtReader {
+                file: self.clone(),
+                pos: start,
+            },
+        ))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        Ok(Bytes::from(self.read(start, length)?))
+    }
+}
+
+/// A request to read some series of one table from one segment.
+#[derive(Debug)]
+pub struct SeriesRead<'a> {
+    pub path: PathBuf,
+    pub table: &'a IndexTable,
+    /// Ordinals (into `table.series`), ascending.
+    pub ordinals: &'a [u32],
+    /// The fields to return, in the caller's (logical table) order.
+    pub fields: &'a [FieldDef],
+    pub start: TimestampMs,
+    pub end: TimestampMs,
+}
+
+/// Reads the requested series; returns them with their rows in `[start, end]` and
+/// the bytes read from the file.
+pub fn read_series(vfs: &dyn Vfs, req: &SeriesRead<'_>) -> Result<(Vec<(Labels, SeriesData)>, u64)> {
+    let path = &req.path;
+    if req.ordinals.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let file = CountingFile::open(vfs, path)?;
+    let opts = ArrowReaderOptions::new()
+        .with_column_index_policy(PageIndexPolicy::Skip)
+        .with_offset_index_policy(PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file.clone(), opts)
+        .map_err(|e| Error::parquet(path, e))?;
+    let meta = builder.metadata().clone();
+    let arrow_schema = builder.schema().clone();
+
+    // Columns: time, then per requested field the three physical columns if present.
+    let col = |name: &str| arrow_schema.index_of(name).ok();
+    let time_idx = col(sonde_types::TIME_COLUMN)
+        .ok_or_else(|| Error::format(path, "segment has no time column"))?;
+    let mut wanted = vec![time_idx];
+    let field_cols: Vec<Option<[usize; 3]>> = req
+        .fields
+        .iter()
+        .map(|f| {
+            let m = col(&format!("{}{MANTISSA}", f.name))?;
+            let s = col(&format!("{}{SCALE}", f.name))?;
+            let fl = col(&format!("{}{FLOAT}", f.name))?;
+            wanted.extend([m, s, fl]);
+            Some([m, s, fl])
+        })
+        .collect();
+    wanted.sort_unstable();
+    let pos_of = |i: usize| wanted.binary_search(&i).unwrap();
+
+    // Row ranges → row groups → selection over the chosen row groups.
+    let ranges: Vec<(u64, u64)> = req
+        .ordinals
+        .iter()
+        .map(|&o| {
+            let s = &req.table.series[o as usize];
+            (s.row_start, u64::from(s.rows))
+        })
+        .collect();
+    let mut groups = Vec::new();
+    let mut local = Vec::new();
+    let (mut g_start, mut concat) = (0u64, 0u64);
+    for (gi, rg) in meta.row_groups().iter().enumerate() {
+        let n = rg.num_rows() as u64;
+        let g_end = g_start + n;
+        let mut any = false;
+        for &(s, l) in &ranges {
+            let (a, b) = (s.max(g_start), (s + l).min(g_end));
+            if a < b {
+                local.push((concat + a - g_start, b - a));
+                any = true;
+            }
+        }
+        if any {
+            groups.push(gi);
+            concat += n;
+        }
+        g_start = g_end;
+    }
+    let selection = ranges_to_selection(&local, concat);
+    let mask = ProjectionMask::roots(meta.file_metadata().schema_descr(), wanted.iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .with_row_groups(groups)
+        .with_row_selection(selection)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| Error::parquet(path, e))?;
+
+    let mut out: Vec<(Labels, SeriesData)> = Vec::with_capacity(req.ordinals.len());
+    let mut series_iter = req.ordinals.iter().map(|&o| &req.table.series[o as usize]);
+    let mut current = series_iter.next();
+    let mut data = SeriesData::new();
+    let mut left = current.map_or(0, |s| s.rows as usize);
+    for batch in reader {
+        let batch = batch?;
+        let ts = batch.column(pos_of(time_idx)).as_primitive::<TimestampMillisecondType>();
+        let mut row = 0;
+        while row < batch.num_rows() {
+            let Some(s) = current else { break };
+            let take = left.min(batch.num_rows() - row);
+            append_rows(&mut data, &batch, ts, row, take, &field_cols, req.fields, &pos_of);
+            row += take;
+            left -= take;
+            if left == 0 {
+                let rows = std::mem::replace(&mut data, SeriesData::new())
+                    .time_slice(req.start, req.end);
+                if !rows.is_empty() {
+                    out.push((s.labels.clone(), rows));
+                }
+                current = series_iter.next();
+                left = current.map_or(0, |s| s.rows as usize);
+            }
+        }
+    }
+    if current.is_some() {
+        return Err(Error::format(path, "segment has fewer rows than its index"));
+    }
+    Ok((out, file.bytes_read()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append_rows(
+    data: &mut SeriesData,
+    batch: &arrow::array::RecordBatch,
+    ts: &arrow::array::TimestampMillisecondArray,
+    row: usize,
+    n: usize,
+    field_cols: &[Option<[usize; 3]>],
+    fields: &[FieldDef],
+    pos_of: &dyn Fn(usize) -> usize,
+) {
+    let mut chunk = SeriesData::new();
+    chunk.ts.extend_from_slice(&ts.values()[row..row + n]);
+    for (f, cols) in fields.iter().zip(field_cols) {
+        let Some([m, s, fl]) = *cols else {
+            chunk.cols.push(None);
+            continue;
+        };
+        let m = batch.column(pos_of(m)).as_primitive::<Int64Type>();
+        let s = batch.column(pos_of(s)).as_primitive::<Int8Type>();
+        let fl = batch.column(pos_of(fl)).as_primitive::<Float64Type>();
+        let mut valid = Vec::with_capacity(n);
+        let values = match f.ty {
+            FieldType::I64 => Values::I64(
+                (row..row + n)
+                    .map(|i| {
+                        valid.push(m.is_valid(i));
+                        m.value(i)
+                    })
+                    .collect(),
+            ),
+            FieldType::F64 => Values::F64(
+                (row..row + n)
+                    .map(|i| {
+                        if m.is_valid(i) {
+                            valid.push(true);
+                            decimal::from_mantissa(m.value(i), s.value(i))
+                        } else {
+                            valid.push(fl.is_valid(i));
+                            fl.value(i)
+                        }
+                    })
+                    .collect(),
+            ),
+        };
+        let valid = (!valid.iter().all(|&v| v)).then_some(valid);
+        chunk.cols.push(Some(Column { values, valid }));
+    }
+    if data.is_empty() {
+        *data = chunk;
+    } else {
+        data.extend(&chunk);
+    }
+}

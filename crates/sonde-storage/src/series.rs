@@ -1,0 +1,359 @@
+//! [`SeriesData`]: the rows of one series as columns, the unit the head stores, the
+//! segment writer consumes and readers merge.
+//!
+//! Columns are indexed by the table's field position; a field a series never had is
+//! `None` (all null). Duplicate timestamps are resolved by [`SeriesData::normalized`]
+//! according to the table's [`MetricKind`]: the later write wins (gauges, counters,
+//! histograms), values add up (delta sums), or every row stays (events).
+
+use sonde_types::{FieldColumn, FieldType, MetricKind, TimestampMs};
+
+/// The values of one field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+impl Values {
+    pub fn new(ty: FieldType) -> Self {
+        match ty {
+            FieldType::F64 => Values::F64(Vec::new()),
+            FieldType::I64 => Values::I64(Vec::new()),
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F64(v) => v.len(),
+            Values::I64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn push_default(&mut self, n: usize) {
+        match self {
+            Values::F64(v) => v.resize(v.len() + n, 0.0),
+            Values::I64(v) => v.resize(v.len() + n, 0),
+        }
+    }
+    fn take(&self, idx: &[usize]) -> Values {
+        match self {
+            Values::F64(v) => Values::F64(idx.iter().map(|&i| v[i]).collect()),
+            Values::I64(v) => Values::I64(idx.iter().map(|&i| v[i]).collect()),
+        }
+    }
+    fn slice(&self, r: std::ops::Range<usize>) -> Values {
+        match self {
+            Values::F64(v) => Values::F64(v[r].to_vec()),
+            Values::I64(v) => Values::I64(v[r].to_vec()),
+        }
+    }
+    fn extend(&mut self, other: &Values) {
+        match (self, other) {
+            (Values::F64(a), Values::F64(b)) => a.extend_from_slice(b),
+            (Values::I64(a), Values::I64(b)) => a.extend_from_slice(b),
+            (Values::F64(a), Values::I64(b)) => a.extend(b.iter().map(|&x| x as f64)),
+            (a @ Values::I64(_), Values::F64(b)) => {
+                // A field widened to f64 in a later write: widen what we have.
+                let Values::I64(old) = a else { unreachable!() };
+                let mut w: Vec<f64> = old.iter().map(|&x| x as f64).collect();
+                w.extend_from_slice(b);
+                *a = Values::F64(w);
+            }
+        }
+    }
+}
+
+/// One field's values plus validity (`None` = all valid).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub values: Values,
+    pub valid: Option<Vec<bool>>,
+}
+
+impl Column {
+    fn nulls(ty: FieldType, n: usize) -> Column {
+        let mut values = Values::new(ty);
+        values.push_default(n);
+        Column {
+            values,
+            valid: Some(vec![false; n]),
+        }
+    }
+    pub fn is_valid(&self, i: usize) -> bool {
+        self.valid.as_ref().is_none_or(|v| v[i])
+    }
+    fn push_nulls(&mut self, n: usize) {
+        let len = self.values.len();
+        self.values.push_default(n);
+        let valid = self.valid.get_or_insert_with(|| vec![true; len]);
+        valid.resize(len + n, false);
+    }
+    fn extend(&mut self, other: &Column) {
+        let len = self.values.len();
+        self.values.extend(&other.values);
+        match (&mut self.valid, &other.valid) {
+            (None, None) => {}
+            (Some(a), None) => a.resize(len + other.values.len(), true),
+            (a, b) => {
+                let a = a.get_or_insert_with(|| vec![true; len]);
+                match b {
+                    Some(b) => a.extend_from_slice(b),
+                    None => a.resize(len + other.values.len(), true),
+                }
+            }
+        }
+    }
+    fn take(&self, idx: &[usize]) -> Column {
+        Column {
+            values: self.values.take(idx),
+            valid: self
+                .valid
+                .as_ref()
+                .map(|v| idx.iter().map(|&i| v[i]).collect()),
+        }
+    }
+    fn slice(&self, r: std::ops::Range<usize>) -> Column {
+        Column {
+            values: self.values.slice(r.clone()),
+            valid: self.valid.as_ref().map(|v| v[r].to_vec()),
+        }
+    }
+}
+
+/// Rows of one series: timestamps plus one optional column per table field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesData {
+    pub ts: Vec<TimestampMs>,
+    pub cols: Vec<Option<Column>>,
+    /// Timestamps strictly increasing (no sort or dedup needed to read).
+    pub ordered: bool,
+}
+
+impl SeriesData {
+    pub fn new() -> Self {
+        SeriesData {
+            ts: Vec::new(),
+            cols: Vec::new(),
+            ordered: true,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// Appends the rows of a write. `field_map[i]` is the table field index of the
+    /// batch's i-th column; `field_types` are the table's field types.
+    pub fn append(
+        &mut self,
+        ts: &[TimestampMs],
+        columns: &[FieldColumn],
+        field_map: &[usize],
+        field_types: &[FieldType],
+    ) {
+        let old = self.ts.len();
+        let n = ts.len();
+        if let (Some(&last), Some(&first)) = (self.ts.last(), ts.first()) {
+            if first <= last {
+                self.ordered = false;
+            }
+        }
+        if self.ordered && ts.windows(2).any(|w| w[1] <= w[0]) {
+            self.ordered = false;
+        }
+        self.ts.extend_from_slice(ts);
+        if self.cols.len() < field_types.len() {
+            self.cols.resize(field_types.len(), None);
+        }
+        let mut written = vec![false; field_types.len()];
+        for (col, &j) in columns.iter().zip(field_map) {
+            written[j] = true;
+            let c = self.cols[j].get_or_insert_with(|| Column::nulls(field_types[j], old));
+            let src = match col {
+                FieldColumn::F64(v) => Values::F64(v.clone()),
+                FieldColumn::I64(v) => Values::I64(v.clone()),
+            };
+            c.extend(&Column {
+                values: src,
+                valid: None,
+            });
+        }
+        for (j, w) in written.iter().enumerate() {
+            if !w {
+                if let Some(c) = &mut self.cols[j] {
+                    c.push_nulls(n);
+                }
+            }
+        }
+    }
+
+    /// Appends another chunk of the same series (same field indexing).
+    pub fn extend(&mut self, other: &SeriesData) {
+        let old = self.ts.len();
+        if let (Some(&last), Some(&first)) = (self.ts.last(), other.ts.first()) {
+            if first <= last {
+                self.ordered = false;
+            }
+        }
+        self.ordered &= other.ordered;
+        self.ts.extend_from_slice(&other.ts);
+        let width = self.cols.len().max(other.cols.len());
+        self.cols.resize(width, None);
+        for j in 0..width {
+            match (&mut self.cols[j], other.cols.get(j).and_then(|c| c.as_ref())) {
+                (Some(a), Some(b)) => a.extend(b),
+                (Some(a), None) => a.push_nulls(other.len()),
+                (a @ None, Some(b)) => {
+                    let ty = match b.values {
+                        Values::F64(_) => FieldType::F64,
+                        Values::I64(_) => FieldType::I64,
+                    };
+                    let mut c = Column::nulls(ty, old);
+                    c.extend(b);
+                    *a = Some(c);
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// Rows sorted by time with duplicate timestamps resolved per `kind`.
+    pub fn normalized(&self, kind: MetricKind) -> SeriesData {
+        if self.ordered {
+            return self.clone();
+        }
+        let mut idx: Vec<usize> = (0..self.ts.len()).collect();
+        idx.sort_by_key(|&i| self.ts[i]); // stable: equal timestamps keep write order
+        if kind == MetricKind::Event {
+            return self.take(&idx, false);
+        }
+        let mut groups: Vec<(usize, usize)> = Vec::new(); // [start, end) into idx
+        let mut s = 0;
+        for e in 1..=idx.len() {
+            if e == idx.len() || self.ts[idx[e]] != self.ts[idx[s]] {
+                groups.push((s, e));
+                s = e;
+            }
+        }
+        if kind != MetricKind::DeltaSum || groups.iter().all(|(s, e)| e - s == 1) {
+            let last: Vec<usize> = groups.iter().map(|&(_, e)| idx[e - 1]).collect();
+            return self.take(&last, true);
+        }
+        let first: Vec<usize> = groups.iter().map(|&(s, _)| idx[s]).collect();
+        let mut out = self.take(&first, true);
+        for (j, col) in self.cols.iter().enumerate() {
+            let Some(src) = col else { continue };
+            let dst = out.cols[j].as_mut().unwrap();
+            for (g, &(s, e)) in groups.iter().enumerate() {
+                let rows = idx[s..e].iter().copied().filter(|&i| src.is_valid(i));
+                let any = rows.clone().next().is_some();
+                match (&mut dst.values, &src.values) {
+                    (Values::F64(d), Values::F64(v)) => d[g] = rows.map(|i| v[i]).sum(),
+                    (Values::I64(d), Values::I64(v)) => {
+                        d[g] = rows.fold(0i64, |a, i| a.wrapping_add(v[i]))
+                    }
+                    _ => unreachable!("a column has one type"),
+                }
+                if let Some(valid) = &mut dst.valid {
+                    valid[g] = any;
+                }
+            }
+        }
+        out
+    }
+
+    fn take(&self, idx: &[usize], ordered: bool) -> SeriesData {
+        SeriesData {
+            ts: idx.iter().map(|&i| self.ts[i]).collect(),
+            cols: self
+                .cols
+                .iter()
+                .map(|c| c.as_ref().map(|c| c.take(idx)))
+                .collect(),
+            ordered,
+        }
+    }
+
+    /// The rows with `start <= ts <= end` of a time-sorted series.
+    pub fn time_slice(&self, start: TimestampMs, end: TimestampMs) -> SeriesData {
+        let lo = self.ts.partition_point(|&t| t < start);
+        let hi = self.ts.partition_point(|&t| t <= end);
+        if lo == 0 && hi == self.ts.len() {
+            return self.clone();
+        }
+        SeriesData {
+            ts: self.ts[lo..hi].to_vec(),
+            cols: self
+                .cols
+                .iter()
+                .map(|c| c.as_ref().map(|c| c.slice(lo..hi)))
+                .collect(),
+            ordered: self.ordered,
+        }
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.ts.capacity() * 8
+            + self
+                .cols
+                .iter()
+                .flatten()
+                .map(|c| c.values.len() * 8 + c.valid.as_ref().map_or(0, |v| v.capacity()))
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(ts: &[i64], v: &[f64]) -> SeriesData {
+        let mut s = SeriesData::new();
+        s.append(
+            ts,
+            &[FieldColumn::F64(v.to_vec())],
+            &[0],
+            &[FieldType::F64],
+        );
+        s
+    }
+
+    fn values(s: &SeriesData) -> Vec<f64> {
+        match &s.cols[0].as_ref().unwrap().values {
+            Values::F64(v) => v.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn later_write_wins_delta_adds_event_keeps() {
+        let mut s = series(&[10, 20], &[1.0, 2.0]);
+        s.extend(&series(&[20, 5], &[3.0, 4.0]));
+        assert!(!s.ordered);
+        let g = s.normalized(MetricKind::Gauge);
+        assert_eq!((g.ts.clone(), values(&g)), (vec![5, 10, 20], vec![4.0, 1.0, 3.0]));
+        let d = s.normalized(MetricKind::DeltaSum);
+        assert_eq!(values(&d), vec![4.0, 1.0, 5.0]);
+        let e = s.normalized(MetricKind::Event);
+        assert_eq!(e.ts, vec![5, 10, 20, 20]);
+        assert_eq!(g.time_slice(6, 20).ts, vec![10, 20]);
+    }
+
+    #[test]
+    fn missing_fields_are_null() {
+        let mut s = SeriesData::new();
+        let types = [FieldType::I64, FieldType::F64];
+        s.append(&[1], &[FieldColumn::I64(vec![7])], &[0], &types);
+        s.append(&[2], &[FieldColumn::F64(vec![0.5])], &[1], &types);
+        let a = s.cols[0].as_ref().unwrap();
+        let b = s.cols[1].as_ref().unwrap();
+        assert_eq!(a.valid, Some(vec![true, false]));
+        assert_eq!(b.valid, Some(vec![false, true]));
+    }
+}
