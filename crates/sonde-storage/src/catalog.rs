@@ -82,9 +82,8 @@ impl DayCatalog {
                 for _ in 0..nl {
                     pairs.push((d.str("label name")?, d.str("label value")?));
                 }
-                let labels = Labels::new(pairs).map_err(|_| crate::codec::DecodeError {
-                    what: "labels",
-                })?;
+                let labels =
+                    Labels::new(pairs).map_err(|_| crate::codec::DecodeError { what: "labels" })?;
                 series.push((table, labels));
             }
             Ok(DayCatalog { series })
@@ -104,7 +103,13 @@ impl DayCatalog {
 }
 
 /// Adds a new segment's series to its tenant-day catalog (atomically replaced).
-pub fn update(vfs: &dyn Vfs, dir: &Path, tenant: &str, day: i64, index: &SegmentIndex) -> Result<()> {
+pub fn update(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    tenant: &str,
+    day: i64,
+    index: &SegmentIndex,
+) -> Result<()> {
     let mut cat = DayCatalog::load(vfs, dir, tenant, day)?;
     let before = cat.series.len();
     let known: HashSet<(&str, &Labels)> = cat.series.iter().map(|(t, l)| (t.as_str(), l)).collect();
@@ -175,7 +180,12 @@ impl Storage {
     }
 
     /// Label names used by `tenant`'s series in `[start, end]` (plus `__name__`).
-    pub fn label_names(&self, tenant: &str, start: TimestampMs, end: TimestampMs) -> Result<Vec<String>> {
+    pub fn label_names(
+        &self,
+        tenant: &str,
+        start: TimestampMs,
+        end: TimestampMs,
+    ) -> Result<Vec<String>> {
         let mut names = BTreeSet::from([sonde_types::NAME_LABEL.to_string()]);
         for (_, labels) in self.series(tenant, start, end)? {
             names.extend(labels.iter().map(|(k, _)| k.to_string()));

@@ -236,7 +236,8 @@ mod tests {
             vec![1.5, f64::NAN, -0.0],
         ));
         let mut t2 = TableBatch::single("n", MetricKind::DeltaSum, FieldType::I64);
-        t2.series.push(SeriesBatch::i64(Labels::default(), vec![1], vec![i64::MIN]));
+        t2.series
+            .push(SeriesBatch::i64(Labels::default(), vec![1], vec![i64::MIN]));
         let b = WriteBatch {
             tables: vec![t, t2],
         };

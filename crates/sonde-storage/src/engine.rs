@@ -189,14 +189,18 @@ impl Storage {
 
         let mut head = Head::default();
         let now = clock.now_ms();
-        let stats = wal::replay(vfs.as_ref(), &wal_dir, manifest.wal_watermark, |seq, payload| {
-            let (tenant, batch) = codec::decode_batch(payload).map_err(|e| {
-                Error::format(&wal_dir, format!("WAL record {seq}: {e}"))
-            })?;
-            register_batch(schemas.entry(tenant.clone()).or_default(), &batch);
-            head.apply(&tenant, &batch, seq, now);
-            Ok(())
-        })?;
+        let stats = wal::replay(
+            vfs.as_ref(),
+            &wal_dir,
+            manifest.wal_watermark,
+            |seq, payload| {
+                let (tenant, batch) = codec::decode_batch(payload)
+                    .map_err(|e| Error::format(&wal_dir, format!("WAL record {seq}: {e}")))?;
+                register_batch(schemas.entry(tenant.clone()).or_default(), &batch);
+                head.apply(&tenant, &batch, seq, now);
+                Ok(())
+            },
+        )?;
         if stats.records > 0 || stats.truncated_bytes > 0 {
             tracing::info!(
                 records = stats.records,
@@ -282,7 +286,9 @@ impl Storage {
             return Err(Error::Closed(reason));
         }
         let tx = self.wal_tx.lock();
-        let tx = tx.as_ref().ok_or_else(|| Error::Closed("shut down".into()))?;
+        let tx = tx
+            .as_ref()
+            .ok_or_else(|| Error::Closed("shut down".into()))?;
         tx.send(msg).map_err(|_| self.closed_error())
     }
 
@@ -402,11 +408,13 @@ fn merge_schema(
     fields: &[FieldDef],
     tags: impl Iterator<Item = String>,
 ) {
-    let s = tables.entry(name.to_string()).or_insert_with(|| TableSchema {
-        kind,
-        fields: Vec::new(),
-        tags: BTreeSet::new(),
-    });
+    let s = tables
+        .entry(name.to_string())
+        .or_insert_with(|| TableSchema {
+            kind,
+            fields: Vec::new(),
+            tags: BTreeSet::new(),
+        });
     for f in fields {
         match s.fields.iter_mut().find(|g| g.name == f.name) {
             Some(g) if g.ty == FieldType::I64 && f.ty == FieldType::F64 => g.ty = FieldType::F64,
@@ -500,9 +508,9 @@ fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
         let mut appends: Vec<(String, WriteBatch, Vec<u8>, Reply<u64>)> = Vec::new();
         let mut control = Vec::new();
         let drain = |appends: &mut Vec<(String, WriteBatch, Vec<u8>, Reply<u64>)>,
-                         writer: &mut WalWriter,
-                         dirty: &mut bool,
-                         last_sync: &mut Instant|
+                     writer: &mut WalWriter,
+                     dirty: &mut bool,
+                     last_sync: &mut Instant|
          -> Result<()> {
             if appends.is_empty() {
                 return Ok(());
@@ -635,7 +643,12 @@ fn flush_thread(inner: Arc<Inner>, tx: Sender<WalMsg>) {
             _ => return,
         }
         match flush_frozen(&inner) {
-            Ok(s) => tracing::info!(segments = s.segments, rows = s.rows, bytes = s.bytes, "flushed head"),
+            Ok(s) => tracing::info!(
+                segments = s.segments,
+                rows = s.rows,
+                bytes = s.bytes,
+                "flushed head"
+            ),
             Err(e) => tracing::error!(error = %e, "background flush failed; will retry"),
         }
     }
@@ -673,7 +686,10 @@ fn partitions(head: &Head) -> BTreeMap<(String, i64), Vec<TableChunk>> {
                     continue;
                 };
                 if day_of(lo) == day_of(hi) {
-                    by_day.entry(day_of(lo)).or_default().push((labels.clone(), rows));
+                    by_day
+                        .entry(day_of(lo))
+                        .or_default()
+                        .push((labels.clone(), rows));
                 } else {
                     for day in day_of(lo)..=day_of(hi) {
                         let part = rows.time_slice(day * DAY_MS, day * DAY_MS + DAY_MS - 1);
@@ -684,12 +700,14 @@ fn partitions(head: &Head) -> BTreeMap<(String, i64), Vec<TableChunk>> {
                 }
             }
             for (day, series) in by_day {
-                out.entry((tenant.clone(), day)).or_default().push(TableChunk {
-                    name: name.clone(),
-                    kind: th.kind,
-                    fields: th.fields.clone(),
-                    series,
-                });
+                out.entry((tenant.clone(), day))
+                    .or_default()
+                    .push(TableChunk {
+                        name: name.clone(),
+                        kind: th.kind,
+                        fields: th.fields.clone(),
+                        series,
+                    });
             }
         }
     }
@@ -723,10 +741,7 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
         synced_dirs.insert(abs_dir);
         synced_dirs.insert(inner.dir.join(format!("segments/{tenant}")));
         catalog::update(vfs, &inner.dir, &tenant, day, &enc.index)?;
-        inner
-            .index_cache
-            .lock()
-            .insert(id, Arc::new(enc.index));
+        inner.index_cache.lock().insert(id, Arc::new(enc.index));
         stats.segments += 1;
         stats.rows += enc.rows;
         stats.bytes += enc.parquet.len() as u64;

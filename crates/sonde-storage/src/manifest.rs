@@ -104,7 +104,8 @@ impl Manifest {
     /// Atomically replaces `dir/MANIFEST` with this manifest.
     pub fn store(&self, vfs: &dyn Vfs, dir: &Path) -> Result<()> {
         let path = dir.join(FILE_NAME);
-        write_atomic(vfs, &path, &self.encode()).map_err(|e| Error::io("writing manifest", &path, e))
+        write_atomic(vfs, &path, &self.encode())
+            .map_err(|e| Error::io("writing manifest", &path, e))
     }
 }
 

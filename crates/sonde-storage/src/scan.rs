@@ -147,8 +147,7 @@ impl Storage {
             }
         }
         for f in &frozen {
-            for (labels, data) in head_rows(f.head.table(tenant, &req.table), req, &schema.fields)
-            {
+            for (labels, data) in head_rows(f.head.table(tenant, &req.table), req, &schema.fields) {
                 merged.entry(labels).or_default().push(data);
             }
         }
@@ -270,7 +269,9 @@ impl ScanOutput {
             .iter()
             .flat_map(|(_, d)| d.ts.iter().copied())
             .collect();
-        cols.push(Arc::new(TimestampMillisecondArray::from(ts).with_timezone("UTC")));
+        cols.push(Arc::new(
+            TimestampMillisecondArray::from(ts).with_timezone("UTC"),
+        ));
         for (j, f) in self.schema.fields.iter().enumerate() {
             let mut valid = BooleanBufferBuilder::new(n);
             let mut f64s = Vec::new();

@@ -205,7 +205,10 @@ impl SeriesData {
         let width = self.cols.len().max(other.cols.len());
         self.cols.resize(width, None);
         for j in 0..width {
-            match (&mut self.cols[j], other.cols.get(j).and_then(|c| c.as_ref())) {
+            match (
+                &mut self.cols[j],
+                other.cols.get(j).and_then(|c| c.as_ref()),
+            ) {
                 (Some(a), Some(b)) => a.extend(b),
                 (Some(a), None) => a.push_nulls(other.len()),
                 (a @ None, Some(b)) => {
@@ -315,12 +318,7 @@ mod tests {
 
     fn series(ts: &[i64], v: &[f64]) -> SeriesData {
         let mut s = SeriesData::new();
-        s.append(
-            ts,
-            &[FieldColumn::F64(v.to_vec())],
-            &[0],
-            &[FieldType::F64],
-        );
+        s.append(ts, &[FieldColumn::F64(v.to_vec())], &[0], &[FieldType::F64]);
         s
     }
 
@@ -337,7 +335,10 @@ mod tests {
         s.extend(&series(&[20, 5], &[3.0, 4.0]));
         assert!(!s.ordered);
         let g = s.normalized(MetricKind::Gauge);
-        assert_eq!((g.ts.clone(), values(&g)), (vec![5, 10, 20], vec![4.0, 1.0, 3.0]));
+        assert_eq!(
+            (g.ts.clone(), values(&g)),
+            (vec![5, 10, 20], vec![4.0, 1.0, 3.0])
+        );
         let d = s.normalized(MetricKind::DeltaSum);
         assert_eq!(values(&d), vec![4.0, 1.0, 5.0]);
         let e = s.normalized(MetricKind::Event);

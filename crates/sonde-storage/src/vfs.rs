@@ -254,7 +254,10 @@ impl ReadAt for SimRead {
         let start = offset as usize;
         let end = start + buf.len();
         if end > self.0.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past end",
+            ));
         }
         buf.copy_from_slice(&self.0[start..end]);
         Ok(())

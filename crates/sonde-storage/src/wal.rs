@@ -305,7 +305,10 @@ mod tests {
             (HEADER_LEN + 3 * rec) as u64
         );
         // torn tail: half a record header
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         std::io::Write::write_all(&mut f, &[1, 2, 3, 4, 5]).unwrap();
         let (got, stats) = collect(dir, 0);
         assert_eq!((got.len(), stats.truncated_bytes), (3, 5));

@@ -44,9 +44,7 @@ impl MetricKind {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        (0..=4)
-            .filter_map(Self::from_u8)
-            .find(|k| k.as_str() == s)
+        (0..=4).filter_map(Self::from_u8).find(|k| k.as_str() == s)
     }
 }
 
@@ -336,7 +334,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.to_string(), "samples per write: 2 exceeds the limit of 1");
 
-        let e = batch().validate(&Limits::default(), -1_000_000).unwrap_err();
+        let e = batch()
+            .validate(&Limits::default(), -1_000_000)
+            .unwrap_err();
         assert!(e.to_string().contains("max_future_ms"), "{e}");
 
         let mut b = batch();

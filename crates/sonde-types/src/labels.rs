@@ -51,7 +51,11 @@ impl Labels {
     /// Checks names, reserved names, count and lengths against `limits`.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
         if self.0.len() > limits.max_labels {
-            return Err(Error::limit("labels count", self.0.len(), limits.max_labels));
+            return Err(Error::limit(
+                "labels count",
+                self.0.len(),
+                limits.max_labels,
+            ));
         }
         for (k, v) in &self.0 {
             validate_identifier("label", k, limits)?;

@@ -14,7 +14,9 @@ mod clock;
 mod labels;
 mod limits;
 
-pub use batch::{FieldColumn, FieldDef, FieldType, MetricKind, SeriesBatch, TableBatch, WriteBatch};
+pub use batch::{
+    FieldColumn, FieldDef, FieldType, MetricKind, SeriesBatch, TableBatch, WriteBatch,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use labels::{Labels, NAME_LABEL, TIME_COLUMN};
 pub use limits::Limits;
@@ -86,7 +88,10 @@ pub fn validate_table_name(name: &str, limits: &Limits) -> Result<()> {
     }
     if name.len() > limits.max_name_len {
         return Err(Error::limit(
-            format!("table {:?}… name length", &name[..name.floor_char_boundary(32)]),
+            format!(
+                "table {:?}… name length",
+                &name[..name.floor_char_boundary(32)]
+            ),
             name.len(),
             limits.max_name_len,
         ));

@@ -23,7 +23,9 @@ pub fn to_mantissa(v: f64, scale: u8) -> Option<i64> {
     if !(m.abs() <= MAX_EXACT) {
         return None;
     }
-    ((m / p).to_bits() == v.to_bits()).then_some(m as i64)
+    let m = m as i64;
+    // Check through the integer, so -0.0 (whose mantissa would be +0) is refused.
+    ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
 }
 
 /// The smallest scale at which `v` is an exact decimal.

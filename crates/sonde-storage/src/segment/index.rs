@@ -148,7 +148,10 @@ impl SegmentIndex {
         if body.len() != len {
             return Err(Error::format(
                 path,
-                format!("index truncated: body is {} bytes, header says {len}", body.len()),
+                format!(
+                    "index truncated: body is {} bytes, header says {len}",
+                    body.len()
+                ),
             ));
         }
         if crc32c::crc32c(body) != crc {

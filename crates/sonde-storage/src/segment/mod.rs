@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, DictionaryArray, Float64Builder, Int8Builder, Int32Array, Int64Builder,
-    RecordBatch, StringArray, TimestampMillisecondArray,
+    ArrayRef, DictionaryArray, Float64Builder, Int8Builder, Int32Array, Int64Builder, RecordBatch,
+    StringArray, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -359,7 +359,10 @@ impl BatchBuilder {
         BatchBuilder {
             schema,
             name: DictCol::default(),
-            tags: tags.iter().map(|t| (t.clone(), DictCol::default())).collect(),
+            tags: tags
+                .iter()
+                .map(|t| (t.clone(), DictCol::default()))
+                .collect(),
             time: Vec::new(),
             fields: fields
                 .iter()
@@ -419,9 +422,11 @@ impl BatchBuilder {
                 }
                 Values::F64(v) => {
                     let scale = if enc == ValueEncoding::Decimal {
-                        decimal::series_scale(v.iter().enumerate().filter_map(|(i, &x)| {
-                            col.is_valid(i).then_some(x)
-                        }))
+                        decimal::series_scale(
+                            v.iter()
+                                .enumerate()
+                                .filter_map(|(i, &x)| col.is_valid(i).then_some(x)),
+                        )
                     } else {
                         None
                     };

@@ -110,7 +110,10 @@ pub struct SeriesRead<'a> {
 
 /// Reads the requested series; returns them with their rows in `[start, end]` and
 /// the bytes read from the file.
-pub fn read_series(vfs: &dyn Vfs, req: &SeriesRead<'_>) -> Result<(Vec<(Labels, SeriesData)>, u64)> {
+pub fn read_series(
+    vfs: &dyn Vfs,
+    req: &SeriesRead<'_>,
+) -> Result<(Vec<(Labels, SeriesData)>, u64)> {
     let path = &req.path;
     if req.ordinals.is_empty() {
         return Ok((Vec::new(), 0));
@@ -189,17 +192,28 @@ pub fn read_series(vfs: &dyn Vfs, req: &SeriesRead<'_>) -> Result<(Vec<(Labels, 
     let mut left = current.map_or(0, |s| s.rows as usize);
     for batch in reader {
         let batch = batch?;
-        let ts = batch.column(pos_of(time_idx)).as_primitive::<TimestampMillisecondType>();
+        let ts = batch
+            .column(pos_of(time_idx))
+            .as_primitive::<TimestampMillisecondType>();
         let mut row = 0;
         while row < batch.num_rows() {
             let Some(s) = current else { break };
             let take = left.min(batch.num_rows() - row);
-            append_rows(&mut data, &batch, ts, row, take, &field_cols, req.fields, &pos_of);
+            append_rows(
+                &mut data,
+                &batch,
+                ts,
+                row,
+                take,
+                &field_cols,
+                req.fields,
+                &pos_of,
+            );
             row += take;
             left -= take;
             if left == 0 {
-                let rows = std::mem::replace(&mut data, SeriesData::new())
-                    .time_slice(req.start, req.end);
+                let rows =
+                    std::mem::replace(&mut data, SeriesData::new()).time_slice(req.start, req.end);
                 if !rows.is_empty() {
                     out.push((s.labels.clone(), rows));
                 }

@@ -1,0 +1,10 @@
+//! Storage integration tests: one binary, one module per area, each driving a real
+//! `Storage` on a temporary directory (or the power-loss simulator).
+
+mod common;
+mod corruption;
+mod crash;
+mod open_format;
+mod power_loss;
+mod reopen;
+mod small_metrics;

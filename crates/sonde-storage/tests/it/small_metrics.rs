@@ -1,0 +1,58 @@
+//! 1,000 metric names × 10 series flush into one file per tenant-day (the bound: a
+//! flush writes one segment per (tenant, UTC day) it has rows for, whatever the number
+//! of tables).
+
+use sonde_storage::{Matcher, ScanRequest, Storage};
+use sonde_types::{FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteBatch};
+
+use crate::common::{TENANT, config};
+
+#[test]
+fn thousand_metrics_share_one_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(config(dir.path())).unwrap();
+    let mut tables = Vec::new();
+    for m in 0..1000 {
+        let mut t = TableBatch::single(
+            format!("node_metric_{m}"),
+            MetricKind::Gauge,
+            FieldType::F64,
+        );
+        for i in 0..10 {
+            let labels =
+                Labels::new([("instance", format!("host-{i}")), ("job", "node".into())]).unwrap();
+            t.series.push(SeriesBatch::f64(
+                labels,
+                vec![1_000, 16_000],
+                vec![m as f64, i as f64],
+            ));
+        }
+        tables.push(t);
+    }
+    s.write(TENANT, WriteBatch { tables }).unwrap();
+    s.flush().unwrap();
+    let manifest = s.manifest();
+    assert_eq!(manifest.segments.len(), 1, "one tenant-day, one file");
+    assert_eq!(manifest.segments[0].tables.len(), 1000);
+    let files = std::fs::read_dir(dir.path().join("segments/default/0"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 2, "one .parquet and one .sidx");
+    let out = s
+        .scan(
+            TENANT,
+            &ScanRequest::new("node_metric_500", 0, 20_000).with(Matcher::eq("instance", "host-3")),
+        )
+        .unwrap();
+    assert_eq!(out.series.len(), 1);
+    assert_eq!(out.series[0].1.ts, vec![1_000, 16_000]);
+    assert_eq!(out.stats.segments_read, 1);
+    assert_eq!(
+        s.label_values(TENANT, "__name__", 0, 20_000).unwrap().len(),
+        1000
+    );
+    assert_eq!(
+        s.series_counts(TENANT, 0, 20_000).unwrap()["node_metric_7"],
+        10
+    );
+}
