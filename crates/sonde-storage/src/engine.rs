@@ -310,15 +310,16 @@ impl Storage {
         for t in &batch.tables {
             if let Some(s) = tables.get(&t.table) {
                 for f in &t.fields {
-                    if let Some(g) = s.fields.iter().find(|g| g.name == f.name) {
-                        if g.ty == FieldType::F64 && f.ty == FieldType::I64 {
-                            return Err(Error::FieldTypeConflict {
-                                table: t.table.clone(),
-                                field: f.name.clone(),
-                                existing: g.ty,
-                                got: f.ty,
-                            });
-                        }
+                    if let Some(g) = s.fields.iter().find(|g| g.name == f.name)
+                        && g.ty == FieldType::F64
+                        && f.ty == FieldType::I64
+                    {
+                        return Err(Error::FieldTypeConflict {
+                            table: t.table.clone(),
+                            field: f.name.clone(),
+                            existing: g.ty,
+                            got: f.ty,
+                        });
                     }
                     if s.tags.contains(&f.name) {
                         return Err(Error::Invalid(sonde_types::Error::Invalid {

@@ -158,10 +158,10 @@ impl SeriesData {
     ) {
         let old = self.ts.len();
         let n = ts.len();
-        if let (Some(&last), Some(&first)) = (self.ts.last(), ts.first()) {
-            if first <= last {
-                self.ordered = false;
-            }
+        if let (Some(&last), Some(&first)) = (self.ts.last(), ts.first())
+            && first <= last
+        {
+            self.ordered = false;
         }
         if self.ordered && ts.windows(2).any(|w| w[1] <= w[0]) {
             self.ordered = false;
@@ -184,10 +184,8 @@ impl SeriesData {
             });
         }
         for (j, w) in written.iter().enumerate() {
-            if !w {
-                if let Some(c) = &mut self.cols[j] {
-                    c.push_nulls(n);
-                }
+            if !w && let Some(c) = &mut self.cols[j] {
+                c.push_nulls(n);
             }
         }
     }
@@ -195,10 +193,10 @@ impl SeriesData {
     /// Appends another chunk of the same series (same field indexing).
     pub fn extend(&mut self, other: &SeriesData) {
         let old = self.ts.len();
-        if let (Some(&last), Some(&first)) = (self.ts.last(), other.ts.first()) {
-            if first <= last {
-                self.ordered = false;
-            }
+        if let (Some(&last), Some(&first)) = (self.ts.last(), other.ts.first())
+            && first <= last
+        {
+            self.ordered = false;
         }
         self.ordered &= other.ordered;
         self.ts.extend_from_slice(&other.ts);

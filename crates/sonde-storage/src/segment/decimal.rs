@@ -20,7 +20,7 @@ const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
 pub fn to_mantissa(v: f64, scale: u8) -> Option<i64> {
     let p = POW10[scale as usize];
     let m = (v * p).round();
-    if !(m.abs() <= MAX_EXACT) {
+    if m.is_nan() || m.abs() > MAX_EXACT {
         return None;
     }
     let m = m as i64;

@@ -1,0 +1,116 @@
+//! Bytes per sample on disk after flush, encodings compared, index selectivity, load
+//! rate and peak memory, for the standard dataset. Prints a Markdown table.
+//!
+//! Run: `cargo bench -p sonde-storage --bench footprint -- [10k|100k|all]`
+
+use std::time::{Duration, Instant};
+
+use sonde_dataset::{DatasetConfig, Generator};
+use sonde_storage::segment::{ValueEncoding, WriteOptions};
+use sonde_storage::{Config, FsyncPolicy, Matcher, ScanRequest, Storage};
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Row {
+    dataset: String,
+    encoding: &'static str,
+    samples: usize,
+    parquet: u64,
+    index: u64,
+    load_rate: f64,
+    select_frac: f64,
+    select_bytes: u64,
+    select_ms: f64,
+}
+
+fn run(series: usize, enc: ValueEncoding, label: &'static str) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.fsync = FsyncPolicy::Interval(Duration::from_millis(200));
+    config.segment = WriteOptions {
+        value_encoding: enc,
+        ..WriteOptions::default()
+    };
+    let storage = Storage::open(config).unwrap();
+    let ds = DatasetConfig::sized(series, 240, 1_700_000_000_000);
+    let batches: Vec<_> = Generator::new(ds).collect();
+    let t = Instant::now();
+    for b in batches {
+        storage.write("default", b).unwrap();
+    }
+    let load = t.elapsed().as_secs_f64();
+    storage.flush().unwrap();
+    let m = storage.manifest();
+    let parquet: u64 = m.segments.iter().map(|s| s.bytes).sum();
+    let index: u64 = m.segments.iter().map(|s| s.index_bytes).sum();
+    // One series out of all: one user's output tokens.
+    let req = ScanRequest::new("llm_tokens_total", i64::MIN, i64::MAX)
+        .with(Matcher::eq(
+            "user_id",
+            format!("user-{:06}", ds.combos() / 2),
+        ))
+        .with(Matcher::eq("token_type", "output"));
+    let t = Instant::now();
+    let out = storage.scan("default", &req).unwrap();
+    let select_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(out.series.len(), 1);
+    assert_eq!(out.series[0].1.len(), 240);
+    let total: u64 = parquet;
+    Row {
+        dataset: format!("{}k series × 240", ds.total_series() / 1000),
+        encoding: label,
+        samples: ds.total_samples(),
+        parquet,
+        index,
+        load_rate: ds.total_samples() as f64 / load,
+        select_frac: out.stats.bytes_read as f64 / total as f64,
+        select_bytes: out.stats.bytes_read,
+        select_ms,
+    }
+}
+
+fn main() {
+    let arg = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_else(|| "10k".into());
+    let sizes: Vec<usize> = match arg.as_str() {
+        "100k" => vec![100_000],
+        "all" => vec![10_000, 100_000],
+        _ => vec![10_000],
+    };
+    println!(
+        "| dataset | field encoding | samples | parquet bytes/sample | + index | load samples/s (interval) | 1-series read | fraction of segment bytes | 1-series scan ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &series in &sizes {
+        for (enc, label) in [
+            (ValueEncoding::Decimal, "decimal (default)"),
+            (ValueEncoding::ByteStreamSplit, "f64 BYTE_STREAM_SPLIT"),
+            (ValueEncoding::Plain, "f64 PLAIN"),
+        ] {
+            let r = run(series, enc, label);
+            println!(
+                "| {} | {} | {} | {:.3} | {:.3} | {:.0} | {} B | {:.3}% | {:.1} |",
+                r.dataset,
+                r.encoding,
+                r.samples,
+                r.parquet as f64 / r.samples as f64,
+                (r.parquet + r.index) as f64 / r.samples as f64,
+                r.load_rate,
+                r.select_bytes,
+                r.select_frac * 100.0,
+                r.select_ms,
+            );
+        }
+    }
+    println!("\npeak RSS of the whole run: {:.0} MiB", peak_rss_mb());
+}
