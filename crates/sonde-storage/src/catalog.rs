@@ -23,7 +23,6 @@ use crate::{Error, Result, Storage};
 
 pub const MAGIC: &[u8; 8] = b"SONDECAT";
 pub const VERSION: u32 = 1;
-const HEADER_LEN: usize = 24;
 
 /// The series of one tenant-day; a series' id is its index in `series`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,30 +46,11 @@ impl DayCatalog {
                 e.str(v);
             }
         }
-        let body = e.0;
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        crate::codec::seal_file(MAGIC, VERSION, &e.0)
     }
 
     pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
-        if data.len() < HEADER_LEN || &data[..8] != MAGIC {
-            return Err(Error::format(path, "not a Sonde catalog (bad magic)"));
-        }
-        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
-        if version != VERSION {
-            return Err(Error::format(path, format!("catalog version {version}")));
-        }
-        let crc = u32::from_le_bytes(data[12..16].try_into().unwrap());
-        let len = u64::from_le_bytes(data[16..24].try_into().unwrap()) as usize;
-        let body = &data[HEADER_LEN..];
-        if body.len() != len || crc32c::crc32c(body) != crc {
-            return Err(Error::format(path, "catalog checksum or length mismatch"));
-        }
+        let body = crate::codec::open_sealed(data, MAGIC, VERSION, "catalog", path)?;
         let parse = || -> Result<Self, crate::codec::DecodeError> {
             let mut d = Dec::new(body);
             let n = d.len("series count", 2)?;

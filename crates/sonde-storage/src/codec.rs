@@ -111,6 +111,64 @@ impl<'a> Dec<'a> {
     }
 }
 
+/// Bytes of the header shared by the index, catalog and manifest files:
+/// magic (8), version u32, CRC32C of the body u32, body length u64.
+pub const FILE_HEADER_LEN: usize = 24;
+
+/// Prefixes `body` with the shared file header.
+pub fn seal_file(magic: &[u8; 8], version: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FILE_HEADER_LEN + body.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Checks the shared file header (magic, version, length, checksum) and returns the
+/// body; errors name the file and what is wrong with it.
+pub fn open_sealed<'a>(
+    data: &'a [u8],
+    magic: &[u8; 8],
+    version: u32,
+    kind: &str,
+    path: &std::path::Path,
+) -> crate::Result<&'a [u8]> {
+    if data.len() < FILE_HEADER_LEN || &data[..8] != magic {
+        return Err(crate::Error::format(
+            path,
+            format!("not a Sonde {kind} (bad magic or too short)"),
+        ));
+    }
+    let v = u32::from_le_bytes(data[8..12].try_into().unwrap());
+    if v != version {
+        return Err(crate::Error::format(
+            path,
+            format!("{kind} version {v}, this build reads {version}"),
+        ));
+    }
+    let crc = u32::from_le_bytes(data[12..16].try_into().unwrap());
+    let len = u64::from_le_bytes(data[16..24].try_into().unwrap());
+    let body = &data[FILE_HEADER_LEN..];
+    if body.len() as u64 != len {
+        return Err(crate::Error::format(
+            path,
+            format!(
+                "{kind} truncated: body is {} bytes, header says {len}",
+                body.len()
+            ),
+        ));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err(crate::Error::format(
+            path,
+            format!("{kind} checksum mismatch"),
+        ));
+    }
+    Ok(body)
+}
+
 /// Encodes `(tenant, batch)` as a WAL record payload.
 pub fn encode_batch(tenant: &str, batch: &WriteBatch) -> Vec<u8> {
     let mut e = Enc(Vec::with_capacity(64 + batch.sample_count() * 9));

@@ -17,7 +17,6 @@ use crate::{Error, Result};
 pub const MAGIC: &[u8; 8] = b"SONDEMAN";
 pub const VERSION: u32 = 1;
 pub const FILE_NAME: &str = "MANIFEST";
-const HEADER_LEN: usize = 24;
 
 /// One live segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,32 +61,11 @@ impl Manifest {
 
     pub fn encode(&self) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("manifest serializes");
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        crate::codec::seal_file(MAGIC, VERSION, &body)
     }
 
     pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
-        if data.len() < HEADER_LEN || &data[..8] != MAGIC {
-            return Err(Error::format(path, "not a Sonde manifest (bad magic)"));
-        }
-        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
-        if version != VERSION {
-            return Err(Error::format(
-                path,
-                format!("manifest version {version}, this build reads {VERSION}"),
-            ));
-        }
-        let crc = u32::from_le_bytes(data[12..16].try_into().unwrap());
-        let len = u64::from_le_bytes(data[16..24].try_into().unwrap()) as usize;
-        let body = &data[HEADER_LEN..];
-        if body.len() != len || crc32c::crc32c(body) != crc {
-            return Err(Error::format(path, "manifest checksum or length mismatch"));
-        }
+        let body = crate::codec::open_sealed(data, MAGIC, VERSION, "manifest", path)?;
         serde_json::from_slice(body).map_err(|e| Error::format(path, e.to_string()))
     }
 

@@ -18,7 +18,6 @@ use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"SONDEIDX";
 pub const VERSION: u32 = 1;
-const HEADER_LEN: usize = 24;
 
 /// One series of a segment: its rows are `row_start .. row_start + rows`.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,43 +119,12 @@ impl SegmentIndex {
                 }
             }
         }
-        let body = e.0;
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        crate::codec::seal_file(MAGIC, VERSION, &e.0)
     }
 
     /// Parses a `.sidx` file; `path` is only for error messages.
     pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
-        if data.len() < HEADER_LEN || &data[..8] != MAGIC {
-            return Err(Error::format(path, "not a Sonde segment index (bad magic)"));
-        }
-        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
-        if version != VERSION {
-            return Err(Error::format(
-                path,
-                format!("index version {version}, this build reads {VERSION}"),
-            ));
-        }
-        let crc = u32::from_le_bytes(data[12..16].try_into().unwrap());
-        let len = u64::from_le_bytes(data[16..24].try_into().unwrap()) as usize;
-        let body = &data[HEADER_LEN..];
-        if body.len() != len {
-            return Err(Error::format(
-                path,
-                format!(
-                    "index truncated: body is {} bytes, header says {len}",
-                    body.len()
-                ),
-            ));
-        }
-        if crc32c::crc32c(body) != crc {
-            return Err(Error::format(path, "index checksum mismatch"));
-        }
+        let body = crate::codec::open_sealed(data, MAGIC, VERSION, "segment index", path)?;
         Self::decode_body(body).map_err(|e| Error::format(path, e.to_string()))
     }
 
