@@ -43,6 +43,9 @@ pub struct Config {
     pub max_head_bytes: usize,
     /// … or once its oldest write is this old.
     pub max_head_age: Duration,
+    /// How long a write may wait for a flush to make room before it fails with
+    /// [`Error::HeadFull`].
+    pub head_full_timeout: Duration,
     /// Run the background flusher (size and age bounds). Tests that want to control
     /// flushes turn it off and call [`Storage::flush`].
     pub background_flush: bool,
@@ -58,6 +61,7 @@ impl Config {
             wal_file_bytes: 64 << 20,
             max_head_bytes: 256 << 20,
             max_head_age: Duration::from_secs(15 * 60),
+            head_full_timeout: Duration::from_secs(30),
             background_flush: true,
             limits: Limits::default(),
             segment: WriteOptions::default(),
@@ -264,6 +268,7 @@ impl Storage {
         sonde_types::validate_tenant(tenant)?;
         batch.validate(&self.inner.config.limits, self.inner.clock.now_ms())?;
         self.check_schema(tenant, &batch)?;
+        self.wait_for_head_room()?;
         let rows = batch.row_count();
         let samples = batch.sample_count();
         let payload = codec::encode_batch(tenant, &batch);
@@ -279,6 +284,32 @@ impl Storage {
             self.inner.wake.notify_one();
         }
         Ok(WriteReceipt { seq, rows, samples })
+    }
+
+    /// Backpressure: while the active head is full and an earlier head is still being
+    /// flushed, writers wait (up to `head_full_timeout`) instead of growing memory
+    /// without bound.
+    fn wait_for_head_room(&self) -> Result<()> {
+        let limit = self.inner.config.max_head_bytes;
+        let deadline = Instant::now() + self.inner.config.head_full_timeout;
+        loop {
+            let (active, frozen) = {
+                let st = self.inner.state.read();
+                let active = st.active.read().bytes();
+                (active, st.frozen.len())
+            };
+            if active < limit || frozen == 0 {
+                return Ok(());
+            }
+            self.inner.wake.notify_one();
+            if Instant::now() >= deadline {
+                return Err(Error::HeadFull {
+                    bytes: active,
+                    limit,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn send(&self, msg: WalMsg) -> Result<()> {

@@ -36,6 +36,11 @@ pub enum Error {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("invalid matcher for label {label:?}: {reason}")]
     Matcher { label: String, reason: String },
+    /// The head is full and flushing cannot keep up; the client should retry later.
+    #[error(
+        "head is full ({bytes} bytes, limit max_head_bytes = {limit}) and a flush is still running; retry later"
+    )]
+    HeadFull { bytes: usize, limit: usize },
     /// The engine stopped (shut down, or a fatal WAL error); no more writes.
     #[error("storage is closed: {0}")]
     Closed(String),

@@ -25,6 +25,9 @@ use crate::segment::reader::{SeriesRead, read_series};
 use crate::series::{Column, SeriesData, Values};
 use crate::{Error, Result, Storage};
 
+/// Decoded segment indexes kept in memory.
+const INDEX_CACHE_ENTRIES: usize = 16;
+
 /// What to read: a table, tag matchers, and an inclusive time range.
 #[derive(Debug, Clone)]
 pub struct ScanRequest {
@@ -187,7 +190,12 @@ impl Storage {
             .read(&path)
             .map_err(|e| Error::io("reading segment index", &path, e))?;
         let idx = Arc::new(SegmentIndex::decode(&data, &path)?);
-        self.inner.index_cache.lock().insert(id, idx.clone());
+        let mut cache = self.inner.index_cache.lock();
+        if cache.len() >= INDEX_CACHE_ENTRIES {
+            // Bounded memory: a decoded index of a 100k-series segment is tens of MB.
+            cache.clear();
+        }
+        cache.insert(id, idx.clone());
         Ok(idx)
     }
 }
