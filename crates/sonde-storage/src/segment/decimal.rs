@@ -49,7 +49,36 @@ pub fn series_scale(values: impl Iterator<Item = f64>) -> Option<u8> {
     best
 }
 
-/// The value of a stored mantissa and scale.
+/// Whether a series' mantissas are cheaper stored as differences from the previous
+/// mantissa (counters, histogram buckets) than as they are (gauges), judged by the
+/// significant bits each form needs. Negative numbers are charged extra: their
+/// two's-complement high bytes (0xFF) break the all-zero byte streams that
+/// BYTE_STREAM_SPLIT + zstd compress to almost nothing, which is why a gauge's
+/// up-and-down deltas cost more than its values.
+pub fn prefers_delta(mants: &[Option<i64>]) -> bool {
+    let bits = |x: i64| 64 - x.unsigned_abs().leading_zeros() + if x < 0 { 6 } else { 0 };
+    let (mut abs, mut delta, mut prev) = (0u64, 0u64, 0i64);
+    for m in mants.iter().flatten() {
+        abs += u64::from(bits(*m));
+        delta += u64::from(bits(m.wrapping_sub(prev)));
+        prev = *m;
+    }
+    delta * 10 < abs * 9
+}
+
+/// Turns a stored `(mantissa, scale)` into the row's absolute mantissa and scale. A
+/// negative stored scale `-(s + 1)` marks a series stored as deltas: the mantissa is
+/// added to `acc`, the running mantissa of the series (0 at the series' first row).
+pub fn resolve(m: i64, stored_scale: i8, acc: &mut i64) -> (i64, i8) {
+    if stored_scale < 0 {
+        *acc = acc.wrapping_add(m);
+        (*acc, -(stored_scale + 1))
+    } else {
+        (m, stored_scale)
+    }
+}
+
+/// The value of a mantissa and a (non-negative) scale.
 pub fn from_mantissa(m: i64, scale: i8) -> f64 {
     m as f64 / POW10[scale.clamp(0, MAX_SCALE as i8) as usize]
 }
@@ -71,6 +100,10 @@ mod tests {
         assert_eq!(min_scale(1.0 / 3.0), None);
         assert_eq!(to_mantissa(2.5, 4), Some(25_000));
         assert_eq!(series_scale([1.0, 0.25, 3.5].into_iter()), Some(2));
+        let counter: Vec<Option<i64>> = (0..100).map(|i| Some(1_000_000 + i * 3)).collect();
+        assert!(prefers_delta(&counter));
+        let gauge: Vec<Option<i64>> = (0..100).map(|i| Some(5000 + (i * 7919) % 1000)).collect();
+        assert!(!prefers_delta(&gauge));
     }
 
     proptest! {

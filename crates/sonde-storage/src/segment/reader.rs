@@ -190,6 +190,8 @@ pub fn read_series(
     let mut current = series_iter.next();
     let mut data = SeriesData::new();
     let mut left = current.map_or(0, |s| s.rows as usize);
+    // Running mantissa per field, for series stored as deltas; reset per series.
+    let mut acc = vec![0i64; req.fields.len()];
     for batch in reader {
         let batch = batch?;
         let ts = batch
@@ -203,11 +205,11 @@ pub fn read_series(
                 &mut data,
                 &batch,
                 ts,
-                row,
-                take,
+                row..row + take,
                 &field_cols,
                 req.fields,
                 &pos_of,
+                &mut acc,
             );
             row += take;
             left -= take;
@@ -219,6 +221,7 @@ pub fn read_series(
                 }
                 current = series_iter.next();
                 left = current.map_or(0, |s| s.rows as usize);
+                acc.iter_mut().for_each(|a| *a = 0);
             }
         }
     }
@@ -228,20 +231,23 @@ pub fn read_series(
     Ok((out, file.bytes_read()))
 }
 
+/// Decodes rows `range` of `batch` (all of one series) and appends them to `data`.
+/// `acc` carries each field's running mantissa for series stored as deltas.
 #[allow(clippy::too_many_arguments)]
 fn append_rows(
     data: &mut SeriesData,
     batch: &arrow::array::RecordBatch,
     ts: &arrow::array::TimestampMillisecondArray,
-    row: usize,
-    n: usize,
+    range: std::ops::Range<usize>,
     field_cols: &[Option<[usize; 3]>],
     fields: &[FieldDef],
     pos_of: &dyn Fn(usize) -> usize,
+    acc: &mut [i64],
 ) {
+    let n = range.len();
     let mut chunk = SeriesData::new();
-    chunk.ts.extend_from_slice(&ts.values()[row..row + n]);
-    for (f, cols) in fields.iter().zip(field_cols) {
+    chunk.ts.extend_from_slice(&ts.values()[range.clone()]);
+    for ((f, cols), acc) in fields.iter().zip(field_cols).zip(acc.iter_mut()) {
         let Some([m, s, fl]) = *cols else {
             chunk.cols.push(None);
             continue;
@@ -250,28 +256,27 @@ fn append_rows(
         let s = batch.column(pos_of(s)).as_primitive::<Int8Type>();
         let fl = batch.column(pos_of(fl)).as_primitive::<Float64Type>();
         let mut valid = Vec::with_capacity(n);
+        let mut f64s = Vec::new();
+        let mut i64s = Vec::new();
+        for i in range.clone() {
+            if m.is_valid(i) {
+                let (mant, scale) = decimal::resolve(m.value(i), s.value(i), acc);
+                valid.push(true);
+                match f.ty {
+                    FieldType::I64 => i64s.push(mant),
+                    FieldType::F64 => f64s.push(decimal::from_mantissa(mant, scale)),
+                }
+            } else {
+                valid.push(f.ty == FieldType::F64 && fl.is_valid(i));
+                match f.ty {
+                    FieldType::I64 => i64s.push(0),
+                    FieldType::F64 => f64s.push(fl.value(i)),
+                }
+            }
+        }
         let values = match f.ty {
-            FieldType::I64 => Values::I64(
-                (row..row + n)
-                    .map(|i| {
-                        valid.push(m.is_valid(i));
-                        m.value(i)
-                    })
-                    .collect(),
-            ),
-            FieldType::F64 => Values::F64(
-                (row..row + n)
-                    .map(|i| {
-                        if m.is_valid(i) {
-                            valid.push(true);
-                            decimal::from_mantissa(m.value(i), s.value(i))
-                        } else {
-                            valid.push(fl.is_valid(i));
-                            fl.value(i)
-                        }
-                    })
-                    .collect(),
-            ),
+            FieldType::I64 => Values::I64(i64s),
+            FieldType::F64 => Values::F64(f64s),
         };
         let valid = (!valid.iter().all(|&v| v)).then_some(valid);
         chunk.cols.push(Some(Column { values, valid }));

@@ -16,9 +16,18 @@ meta = pq.ParquetFile(sys.argv[1]).metadata.metadata
 assert meta[b"sonde.format_version"] == b"1"
 t = t.filter(pc.equal(t["__name__"], sys.argv[2]))
 m, s, f = t["value:m"].to_pylist(), t["value:s"].to_pylist(), t["value:f"].to_pylist()
-rows = []
+series = t["__series"].to_pylist()
+rows, acc, prev = [], 0, None
 for i, (user, tt, ts) in enumerate(zip(t["user_id"].to_pylist(), t["token_type"].to_pylist(), t["time"].to_pylist())):
-    v = f[i] if m[i] is None else m[i] / 10.0 ** s[i]
+    if series[i] != prev:
+        acc, prev = 0, series[i]
+    if m[i] is None:
+        v = f[i]
+    elif s[i] < 0:  # stored as per-series deltas
+        acc += m[i]
+        v = acc / 10.0 ** (-s[i] - 1)
+    else:
+        v = m[i] / 10.0 ** s[i]
     rows.append([user, tt, int(ts.timestamp() * 1000), v])
 rows.sort()
 json.dump(rows, sys.stdout)
