@@ -93,6 +93,7 @@ impl SegmentIndex {
         }
         e.uvar(self.tables.len() as u64);
         let mut buf = Vec::new();
+        let mut prev_min = 0i64;
         for t in &self.tables {
             e.uvar(ids[t.name.as_str()]);
             e.uvar(t.series.len() as u64);
@@ -102,10 +103,11 @@ impl SegmentIndex {
                     e.uvar(ids[k]);
                     e.uvar(ids[v]);
                 }
-                e.uvar(s.row_start);
+                // row_start is implied: series are stored back to back in file order.
                 e.uvar(u64::from(s.rows));
-                e.ivar(s.min_time);
+                e.ivar(s.min_time.wrapping_sub(prev_min));
                 e.ivar(s.max_time.wrapping_sub(s.min_time));
+                prev_min = s.min_time;
             }
             e.uvar(t.postings.labels.len() as u64);
             for (k, values) in &t.postings.labels {
@@ -119,12 +121,16 @@ impl SegmentIndex {
                 }
             }
         }
-        crate::codec::seal_file(MAGIC, VERSION, &e.0)
+        let body = zstd::bulk::compress(&e.0, 3).expect("zstd compresses into memory");
+        crate::codec::seal_file(MAGIC, VERSION, &body)
     }
 
     /// Parses a `.sidx` file; `path` is only for error messages.
     pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
         let body = crate::codec::open_sealed(data, MAGIC, VERSION, "segment index", path)?;
+        let body = zstd::stream::decode_all(body)
+            .map_err(|e| Error::format(path, format!("index body does not decompress: {e}")))?;
+        let body = body.as_slice();
         Self::decode_body(body).map_err(|e| Error::format(path, e.to_string()))
     }
 
@@ -142,6 +148,7 @@ impl SegmentIndex {
         };
         let n_tables = d.len("table count", 2)?;
         let mut tables = Vec::with_capacity(n_tables);
+        let (mut row, mut prev_min) = (0u64, 0i64);
         for _ in 0..n_tables {
             let name = s(&mut d, "table name")?;
             let n_series = d.len("series count", 5)?;
@@ -152,9 +159,11 @@ impl SegmentIndex {
                 for _ in 0..nl {
                     pairs.push((s(&mut d, "label name")?, s(&mut d, "label value")?));
                 }
-                let row_start = d.uvar("row start")?;
                 let rows = u32::try_from(d.uvar("row count")?).map_err(|_| bad("row count"))?;
-                let min_time = d.ivar("min time")?;
+                let row_start = row;
+                row += u64::from(rows);
+                let min_time = prev_min.wrapping_add(d.ivar("min time")?);
+                prev_min = min_time;
                 let max_time = min_time.wrapping_add(d.ivar("time span")?);
                 series.push(IndexSeries {
                     labels: Labels::new(pairs).map_err(|_| bad("labels"))?,
@@ -225,7 +234,7 @@ mod tests {
             t.postings.add(i, &labels);
             t.series.push(IndexSeries {
                 labels,
-                row_start: u64::from(i) * 10,
+                row_start: u64::from(i) * 10, // back to back, 10 rows each
                 rows: 10,
                 min_time: i64::from(i) * 100,
                 max_time: i64::from(i) * 100 + 90,
