@@ -15,6 +15,7 @@
 
 pub mod decimal;
 pub mod index;
+pub mod offset_index;
 pub mod reader;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

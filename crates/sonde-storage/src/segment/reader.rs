@@ -10,8 +10,11 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int8Type, Int64Type, TimestampMillisecondType};
 use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
-use parquet::file::metadata::PageIndexPolicy;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetOffsetIndex};
+use parquet::file::page_index::offset_index::OffsetIndexMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use sonde_types::{FieldDef, FieldType, Labels, TimestampMs};
 
@@ -119,13 +122,12 @@ pub fn read_series(
         return Ok((Vec::new(), 0));
     }
     let file = CountingFile::open(vfs, path)?;
-    let opts = ArrowReaderOptions::new()
-        .with_column_index_policy(PageIndexPolicy::Skip)
-        .with_offset_index_policy(PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file.clone(), opts)
-        .map_err(|e| Error::parquet(path, e))?;
-    let meta = builder.metadata().clone();
-    let arrow_schema = builder.schema().clone();
+    // Footer only; the offset index is loaded below for just the chunks we read.
+    let opts = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Skip);
+    let footer =
+        ArrowReaderMetadata::load(&file, opts.clone()).map_err(|e| Error::parquet(path, e))?;
+    let meta = footer.metadata().clone();
+    let arrow_schema = footer.schema().clone();
 
     // Columns: time, then per requested field the three physical columns if present.
     let col = |name: &str| arrow_schema.index_of(name).ok();
@@ -177,6 +179,18 @@ pub fn read_series(
     }
     let selection = ranges_to_selection(&local, concat);
     let mask = ProjectionMask::roots(meta.file_metadata().schema_descr(), wanted.iter().copied());
+    let with_index = match load_offset_index(&file, &meta, &groups, &wanted, path)? {
+        Some(oi) => {
+            let md = (*meta)
+                .clone()
+                .into_builder()
+                .set_offset_index(Some(oi))
+                .build();
+            ArrowReaderMetadata::try_new(Arc::new(md), opts).map_err(|e| Error::parquet(path, e))?
+        }
+        None => footer,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), with_index);
     let reader = builder
         .with_projection(mask)
         .with_row_groups(groups)
@@ -229,6 +243,42 @@ pub fn read_series(
         return Err(Error::format(path, "segment has fewer rows than its index"));
     }
     Ok((out, file.bytes_read()))
+}
+
+/// The offset index of the chunks `(row group ∈ groups, column ∈ columns)`, the
+/// entries of all other chunks left empty (the reader never looks at them). `None`
+/// when a needed chunk has no offset index (the reader then reads whole chunks).
+fn load_offset_index(
+    file: &CountingFile,
+    meta: &ParquetMetaData,
+    groups: &[usize],
+    columns: &[usize],
+    path: &Path,
+) -> Result<Option<ParquetOffsetIndex>> {
+    let empty = || OffsetIndexMetaData {
+        page_locations: Vec::new(),
+        unencoded_byte_array_data_bytes: None,
+    };
+    let mut oi: ParquetOffsetIndex = meta
+        .row_groups()
+        .iter()
+        .map(|rg| rg.columns().iter().map(|_| empty()).collect())
+        .collect();
+    for &g in groups {
+        for &c in columns {
+            let chunk = meta.row_group(g).column(c);
+            let (Some(off), Some(len)) = (chunk.offset_index_offset(), chunk.offset_index_length())
+            else {
+                return Ok(None);
+            };
+            let bytes = file
+                .get_bytes(off as u64, len as usize)
+                .map_err(|e| Error::parquet(path, e))?;
+            oi[g][c] = super::offset_index::decode(&bytes)
+                .map_err(|e| Error::format(path, e.to_string()))?;
+        }
+    }
+    Ok(Some(oi))
 }
 
 /// Decodes rows `range` of `batch` (all of one series) and appends them to `data`.
