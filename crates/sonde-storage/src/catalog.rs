@@ -147,7 +147,7 @@ impl Storage {
                         continue;
                     }
                     for (labels, _) in &th.series {
-                        out.insert((name.clone(), labels.clone()));
+                        out.insert((name.clone(), Labels::clone(labels)));
                     }
                 }
             }

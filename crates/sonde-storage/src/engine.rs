@@ -1,5 +1,6 @@
 //! [`Storage`]: open and recover, write (WAL thread with group commit), flush.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use sonde_types::{
-    Clock, DAY_MS, FieldDef, FieldType, Labels, Limits, MetricKind, SystemClock, WriteBatch, day_of,
+    Clock, DAY_MS, FieldDef, FieldType, Limits, MetricKind, SystemClock, WriteBatch, day_of,
 };
 
 use crate::catalog;
@@ -703,14 +704,14 @@ fn flush_frozen(inner: &Inner) -> Result<FlushStats> {
 }
 
 /// Groups a head's rows into per-(tenant, day) table chunks, sorted for the segment.
-fn partitions(head: &Head) -> BTreeMap<(String, i64), Vec<TableChunk>> {
-    let mut out: BTreeMap<(String, i64), Vec<TableChunk>> = BTreeMap::new();
+/// Series already in order and inside one day are borrowed, not copied.
+fn partitions(head: &Head) -> BTreeMap<(&str, i64), Vec<TableChunk<'_>>> {
+    let mut out: BTreeMap<(&str, i64), Vec<TableChunk<'_>>> = BTreeMap::new();
     for (tenant, tables) in &head.tenants {
         for (name, th) in tables {
             let mut order: Vec<usize> = (0..th.series.len()).collect();
             order.sort_by(|&a, &b| th.series[a].0.cmp(&th.series[b].0));
-            let mut by_day: BTreeMap<i64, Vec<(Labels, crate::series::SeriesData)>> =
-                BTreeMap::new();
+            let mut by_day: BTreeMap<i64, Vec<_>> = BTreeMap::new();
             for i in order {
                 let (labels, data) = &th.series[i];
                 let rows = data.normalized(th.kind);
@@ -721,23 +722,26 @@ fn partitions(head: &Head) -> BTreeMap<(String, i64), Vec<TableChunk>> {
                     by_day
                         .entry(day_of(lo))
                         .or_default()
-                        .push((labels.clone(), rows));
+                        .push((labels.as_ref(), rows));
                 } else {
                     for day in day_of(lo)..=day_of(hi) {
                         let part = rows.time_slice(day * DAY_MS, day * DAY_MS + DAY_MS - 1);
                         if !part.is_empty() {
-                            by_day.entry(day).or_default().push((labels.clone(), part));
+                            by_day
+                                .entry(day)
+                                .or_default()
+                                .push((labels.as_ref(), Cow::Owned(part)));
                         }
                     }
                 }
             }
             for (day, series) in by_day {
-                out.entry((tenant.clone(), day))
+                out.entry((tenant.as_str(), day))
                     .or_default()
                     .push(TableChunk {
-                        name: name.clone(),
+                        name: name.as_str(),
                         kind: th.kind,
-                        fields: th.fields.clone(),
+                        fields: &th.fields,
                         series,
                     });
             }
@@ -779,7 +783,7 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
         stats.bytes += enc.parquet.len() as u64;
         manifest.segments.push(SegmentMeta {
             id,
-            tenant,
+            tenant: tenant.to_string(),
             day,
             path,
             index_path,

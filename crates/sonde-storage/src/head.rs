@@ -7,24 +7,27 @@
 //! the manifest.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use sonde_types::{FieldDef, FieldType, Labels, MetricKind, TimestampMs, WriteBatch};
 
 use crate::postings::{Matcher, Postings};
 use crate::series::SeriesData;
 
-/// Fixed per-series bookkeeping counted into the head size: the label set is held
-/// twice (id map and series list), plus map entries, vectors and posting bitmaps.
+/// Fixed per-series bookkeeping counted into the head size: the shared label set,
+/// map entries, vectors and posting bitmaps (label text is counted again, per copy
+/// in the postings).
 /// Measured against RSS on the 100k-series dataset rather than guessed low.
-const SERIES_OVERHEAD: usize = 640;
+const SERIES_OVERHEAD: usize = 480;
 
 /// The in-memory data of one table of one tenant.
 #[derive(Debug)]
 pub struct TableHead {
     pub kind: MetricKind,
     pub fields: Vec<FieldDef>,
-    ids: HashMap<Labels, u32>,
-    pub series: Vec<(Labels, SeriesData)>,
+    ids: HashMap<Arc<Labels>, u32>,
+    /// Series by ordinal; the label set is shared with `ids`, not stored twice.
+    pub series: Vec<(Arc<Labels>, SeriesData)>,
     pub postings: Postings,
     pub min_time: TimestampMs,
     pub max_time: TimestampMs,
@@ -60,7 +63,7 @@ impl TableHead {
             let (labels, data) = &self.series[id as usize];
             let rows = data.normalized(self.kind).time_slice(start, end);
             if !rows.is_empty() {
-                out.push((labels.clone(), rows));
+                out.push((Labels::clone(labels), rows));
             }
         }
         out
@@ -123,10 +126,11 @@ impl Head {
                     Some(&id) => id,
                     None => {
                         let id = th.series.len() as u32;
-                        th.ids.insert(s.labels.clone(), id);
+                        let labels = Arc::new(s.labels.clone());
+                        th.ids.insert(labels.clone(), id);
                         th.postings.add(id, &s.labels);
-                        th.series.push((s.labels.clone(), SeriesData::new()));
-                        self.bytes += SERIES_OVERHEAD + 4 * s.labels.text_len();
+                        th.series.push((labels, SeriesData::new()));
+                        self.bytes += SERIES_OVERHEAD + 3 * s.labels.text_len();
                         id
                     }
                 };

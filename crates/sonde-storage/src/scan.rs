@@ -166,7 +166,11 @@ impl Storage {
                 for p in &parts {
                     all.extend(p);
                 }
-                all.normalized(schema.kind)
+                if all.ordered {
+                    all
+                } else {
+                    all.normalized(schema.kind).into_owned()
+                }
             };
             stats.rows += data.len();
             series.push((labels, data));

@@ -6,6 +6,8 @@
 //! according to the table's [`MetricKind`]: the later write wins (gauges, counters,
 //! histograms), values add up (delta sums), or every row stays (events).
 
+use std::borrow::Cow;
+
 use sonde_types::{FieldColumn, FieldType, MetricKind, TimestampMs};
 
 /// The values of one field.
@@ -223,11 +225,16 @@ impl SeriesData {
         }
     }
 
-    /// Rows sorted by time with duplicate timestamps resolved per `kind`.
-    pub fn normalized(&self, kind: MetricKind) -> SeriesData {
-        if self.ordered {
-            return self.clone();
-        }
+    /// Rows sorted by time with duplicate timestamps resolved per `kind`; borrowed
+    /// when they already are (the common case: no copy).
+    pub fn normalized(&self, kind: MetricKind) -> Cow<'_, SeriesData> {
+        Cow::Owned(match self.ordered {
+            true => return Cow::Borrowed(self),
+            false => self.normalize_owned(kind),
+        })
+    }
+
+    fn normalize_owned(&self, kind: MetricKind) -> SeriesData {
         let mut idx: Vec<usize> = (0..self.ts.len()).collect();
         idx.sort_by_key(|&i| self.ts[i]); // stable: equal timestamps keep write order
         if kind == MetricKind::Event {

@@ -18,6 +18,7 @@ pub mod index;
 pub mod offset_index;
 pub mod reader;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -106,12 +107,13 @@ pub fn field_type_name(t: FieldType) -> &'static str {
 
 /// The rows of one table going into a segment: series sorted by labels, each series'
 /// rows sorted by time and already deduplicated.
+/// Borrows from the head where it can, so a flush does not copy the head.
 #[derive(Debug, Clone)]
-pub struct TableChunk {
-    pub name: String,
+pub struct TableChunk<'a> {
+    pub name: &'a str,
     pub kind: MetricKind,
-    pub fields: Vec<FieldDef>,
-    pub series: Vec<(Labels, SeriesData)>,
+    pub fields: &'a [FieldDef],
+    pub series: Vec<(&'a Labels, Cow<'a, SeriesData>)>,
 }
 
 /// How float fields are encoded; `Decimal` is what Sonde writes, the others exist so
@@ -220,7 +222,7 @@ fn writer_properties(
 }
 
 /// Encodes tables (sorted by name) into one Parquet segment plus its index.
-pub fn encode_segment(tables: &[TableChunk], opts: &WriteOptions) -> Result<EncodedSegment> {
+pub fn encode_segment(tables: &[TableChunk<'_>], opts: &WriteOptions) -> Result<EncodedSegment> {
     let mut tag_keys = BTreeSet::new();
     let mut field_names = BTreeSet::new();
     let mut metas = Vec::with_capacity(tables.len());
@@ -230,7 +232,7 @@ pub fn encode_segment(tables: &[TableChunk], opts: &WriteOptions) -> Result<Enco
         field_names.extend(t.fields.iter().map(|f| f.name.clone()));
         let mut tags = BTreeSet::new();
         let mut it = IndexTable {
-            name: t.name.clone(),
+            name: t.name.to_string(),
             ..Default::default()
         };
         let (mut min_t, mut max_t, mut rows) = (i64::MAX, i64::MIN, 0u64);
@@ -243,7 +245,7 @@ pub fn encode_segment(tables: &[TableChunk], opts: &WriteOptions) -> Result<Enco
             it.postings.add(ord, labels);
             let (lo, hi) = (data.ts[0], *data.ts.last().unwrap());
             it.series.push(IndexSeries {
-                labels: labels.clone(),
+                labels: (*labels).clone(),
                 row_start: row,
                 rows: data.len() as u32,
                 min_time: lo,
@@ -259,7 +261,7 @@ pub fn encode_segment(tables: &[TableChunk], opts: &WriteOptions) -> Result<Enco
         }
         tag_keys.extend(tags.iter().cloned());
         metas.push(TableMeta {
-            name: t.name.clone(),
+            name: t.name.to_string(),
             kind: t.kind.as_str().to_string(),
             fields: t
                 .fields
@@ -288,7 +290,7 @@ pub fn encode_segment(tables: &[TableChunk], opts: &WriteOptions) -> Result<Enco
             if data.is_empty() {
                 continue;
             }
-            builder.push_series(&t.name, t, labels, data, opts.value_encoding);
+            builder.push_series(t.name, t, labels, data, opts.value_encoding);
             if builder.rows >= opts.batch_rows {
                 let batch = builder.finish()?;
                 writer
@@ -400,7 +402,7 @@ impl BatchBuilder {
     fn push_series(
         &mut self,
         table: &str,
-        chunk: &TableChunk,
+        chunk: &TableChunk<'_>,
         labels: &Labels,
         data: &SeriesData,
         enc: ValueEncoding,
@@ -563,22 +565,17 @@ mod tests {
         let a = Labels::new([("k", "a")]).unwrap();
         let b = Labels::new([("k", "b")]).unwrap();
         let chunk = TableChunk {
-            name: "t".into(),
+            name: "t",
             kind: MetricKind::Gauge,
-            fields: fields.clone(),
+            fields: &fields,
             series: vec![
                 (
-                    a.clone(),
-                    series(
-                        ts.clone(),
-                        counter.clone(),
-                        ints.clone(),
-                        Some(valid.clone()),
-                    ),
+                    &a,
+                    Cow::Owned(series(ts.clone(), counter, ints.clone(), Some(valid))),
                 ),
                 (
-                    b.clone(),
-                    series(ts.clone(), gauge.clone(), ints.clone(), None),
+                    &b,
+                    Cow::Owned(series(ts.clone(), gauge, ints.clone(), None)),
                 ),
             ],
         };
@@ -608,7 +605,7 @@ mod tests {
             .unwrap();
             for ((gl, gd), o) in got.iter().zip(&ordinals) {
                 let (wl, wd) = &chunk.series[*o as usize];
-                assert_eq!(gl, wl);
+                assert_eq!(gl, *wl);
                 assert_eq!(gd.ts, wd.ts);
                 let bits = |d: &SeriesData| match &d.cols[0].as_ref().unwrap().values {
                     Values::F64(v) => v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
