@@ -39,6 +39,12 @@ fn run(series: usize, enc: ValueEncoding, label: &'static str) -> Row {
         config.data_dir = dir.keep();
     }
     config.fsync = FsyncPolicy::Interval(Duration::from_millis(200));
+    if let Some(mb) = std::env::var("SONDE_HEAD_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        config.max_head_bytes = mb << 20;
+    }
     config.segment = WriteOptions {
         value_encoding: enc,
         ..WriteOptions::default()
@@ -54,6 +60,10 @@ fn run(series: usize, enc: ValueEncoding, label: &'static str) -> Row {
         load += t.elapsed().as_secs_f64();
     }
     storage.flush().unwrap();
+    eprintln!(
+        "peak RSS after load + flush, before the query: {:.0} MiB",
+        peak_rss_mb()
+    );
     let m = storage.manifest();
     let parquet: u64 = m.segments.iter().map(|s| s.bytes).sum();
     let index: u64 = m.segments.iter().map(|s| s.index_bytes).sum();
