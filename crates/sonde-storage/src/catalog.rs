@@ -146,7 +146,10 @@ impl Storage {
                     if th.max_time < start || th.min_time > end {
                         continue;
                     }
-                    for (labels, _) in &th.series {
+                    for (labels, data) in &th.series {
+                        if data.is_empty() {
+                            continue; // registry entry without samples in this head
+                        }
                         out.insert((name.clone(), Labels::clone(labels)));
                     }
                 }

@@ -40,7 +40,8 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     /// Roll to a new WAL file past this size.
     pub wal_file_bytes: u64,
-    /// Flush the head into segments once it holds this many bytes.
+    /// Flush the head into segments once its samples take this many bytes (the series
+    /// registry, which stays in memory across flushes, is not counted).
     pub max_head_bytes: usize,
     /// … or once its oldest write is this old.
     pub max_head_age: Duration,
@@ -281,7 +282,8 @@ impl Storage {
             reply,
         })?;
         let seq = rx.recv().map_err(|_| self.closed_error())??;
-        if self.inner.state.read().active.read().bytes() >= self.inner.config.max_head_bytes {
+        if self.inner.state.read().active.read().sample_bytes() >= self.inner.config.max_head_bytes
+        {
             self.inner.wake.notify_one();
         }
         Ok(WriteReceipt { seq, rows, samples })
@@ -296,7 +298,7 @@ impl Storage {
         loop {
             let (active, frozen) = {
                 let st = self.inner.state.read();
-                let active = st.active.read().bytes();
+                let active = st.active.read().sample_bytes();
                 (active, st.frozen.len())
             };
             if active < limit || frozen == 0 {
@@ -636,7 +638,7 @@ fn rotate(inner: &Inner, writer: &mut WalWriter) -> Result<Option<Arc<Frozen>>> 
         return Ok(None);
     }
     writer.rotate(inner.vfs.as_ref())?;
-    let head = std::mem::take(&mut *st.active.write());
+    let head = st.active.write().cut();
     let frozen = Arc::new(Frozen {
         head,
         watermark: writer.next_seq() - 1,
@@ -660,7 +662,7 @@ fn flush_thread(inner: Arc<Inner>, tx: Sender<WalMsg>) {
         let (bytes, first) = {
             let st = inner.state.read();
             let h = st.active.read();
-            (h.bytes(), h.first_write_ms)
+            (h.sample_bytes(), h.first_write_ms)
         };
         let age_ms = first.map_or(0, |f| inner.clock.now_ms() - f);
         let over_age = age_ms >= inner.config.max_head_age.as_millis() as i64;

@@ -5,6 +5,12 @@
 //! instead of scanning the head. The engine keeps one active head (receiving writes)
 //! and, during a flush, frozen heads that are still read until their segments are in
 //! the manifest.
+//!
+//! Design decision: a flush takes the *samples* ([`Head::cut`]), not the series. The
+//! series registry (label sets, ids, postings) stays with the active head, as in
+//! Prometheus' head, so a stable set of 100k series is not rebuilt after every flush,
+//! and the size bound applies to samples: registry memory alone can never trigger a
+//! flush storm. Series idle for a whole flush cycle are dropped at the next cut.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,7 +34,9 @@ pub struct TableHead {
     ids: HashMap<Arc<Labels>, u32>,
     /// Series by ordinal; the label set is shared with `ids`, not stored twice.
     pub series: Vec<(Arc<Labels>, SeriesData)>,
-    pub postings: Postings,
+    /// Shared with frozen cuts of this table; copied on write when a new series
+    /// arrives while a cut still uses it.
+    pub postings: Arc<Postings>,
     pub min_time: TimestampMs,
     pub max_time: TimestampMs,
 }
@@ -40,7 +48,7 @@ impl TableHead {
             fields: Vec::new(),
             ids: HashMap::new(),
             series: Vec::new(),
-            postings: Postings::default(),
+            postings: Arc::new(Postings::default()),
             min_time: i64::MAX,
             max_time: i64::MIN,
         }
@@ -60,7 +68,9 @@ impl TableHead {
         let ids = self.postings.select(table, matchers);
         let mut out = Vec::with_capacity(ids.cardinality() as usize);
         for id in ids.iter() {
-            let (labels, data) = &self.series[id as usize];
+            let Some((labels, data)) = self.series.get(id as usize) else {
+                continue; // a series added to the shared postings after this cut
+            };
             let rows = data.normalized(self.kind).time_slice(start, end);
             if !rows.is_empty() {
                 out.push((Labels::clone(labels), rows));
@@ -77,7 +87,10 @@ pub type TenantHead = BTreeMap<String, TableHead>;
 #[derive(Debug, Default)]
 pub struct Head {
     pub tenants: BTreeMap<String, TenantHead>,
-    bytes: usize,
+    /// Approximate bytes of samples.
+    sample_bytes: usize,
+    /// Approximate bytes of the series registry (labels, ids, postings).
+    series_bytes: usize,
     rows: u64,
     /// Server time of the first write into this head (for the age bound).
     pub first_write_ms: Option<TimestampMs>,
@@ -128,9 +141,9 @@ impl Head {
                         let id = th.series.len() as u32;
                         let labels = Arc::new(s.labels.clone());
                         th.ids.insert(labels.clone(), id);
-                        th.postings.add(id, &s.labels);
+                        Arc::make_mut(&mut th.postings).add(id, &s.labels);
                         th.series.push((labels, SeriesData::new()));
-                        self.bytes += SERIES_OVERHEAD + 3 * s.labels.text_len();
+                        self.series_bytes += SERIES_OVERHEAD + 3 * s.labels.text_len();
                         id
                     }
                 };
@@ -141,15 +154,94 @@ impl Head {
                     th.max_time = th.max_time.max(t);
                 }
                 // Vectors grow by doubling: count 1.5× the payload.
-                self.bytes += s.timestamps.len() * 12 * (1 + tb.fields.len());
+                self.sample_bytes += s.timestamps.len() * 12 * (1 + tb.fields.len());
                 self.rows += s.timestamps.len() as u64;
             }
         }
     }
 
-    /// Approximate memory held, in bytes.
+    /// Approximate memory held, in bytes (samples and series registry).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.sample_bytes + self.series_bytes
+    }
+
+    /// Approximate bytes of samples: what the flush bound applies to.
+    pub fn sample_bytes(&self) -> usize {
+        self.sample_bytes
+    }
+
+    /// Series in the registry, across tenants and tables.
+    pub fn series_count(&self) -> usize {
+        self.tenants
+            .values()
+            .flat_map(|t| t.values())
+            .map(|t| t.series.len())
+            .sum()
+    }
+
+    /// Moves every sample into a new head (to be flushed) and keeps the series
+    /// registry here for the writes that follow. The cut shares label sets and
+    /// postings. Series that got no sample since the previous cut are dropped from
+    /// the registry (their ordinals are renumbered).
+    pub fn cut(&mut self) -> Head {
+        let mut frozen = Head {
+            tenants: BTreeMap::new(),
+            sample_bytes: std::mem::take(&mut self.sample_bytes),
+            series_bytes: 0,
+            rows: std::mem::take(&mut self.rows),
+            first_write_ms: self.first_write_ms.take(),
+            last_seq: self.last_seq,
+        };
+        for (tenant, tables) in &mut self.tenants {
+            let mut out = TenantHead::new();
+            for (name, th) in tables.iter_mut() {
+                let series: Vec<(Arc<Labels>, SeriesData)> = th
+                    .series
+                    .iter_mut()
+                    .map(|(l, d)| (l.clone(), std::mem::take(d)))
+                    .collect();
+                let idle = series.iter().filter(|(_, d)| d.is_empty()).count();
+                out.insert(
+                    name.clone(),
+                    TableHead {
+                        kind: th.kind,
+                        fields: th.fields.clone(),
+                        ids: HashMap::new(),
+                        series,
+                        postings: th.postings.clone(),
+                        min_time: std::mem::replace(&mut th.min_time, i64::MAX),
+                        max_time: std::mem::replace(&mut th.max_time, i64::MIN),
+                    },
+                );
+                if idle > 0 {
+                    let kept = &out[name].series;
+                    let before = th.series.len();
+                    let mut fresh = TableHead::new(th.kind);
+                    fresh.fields = std::mem::take(&mut th.fields);
+                    let postings = Arc::make_mut(&mut fresh.postings);
+                    for (labels, data) in kept {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        let id = fresh.series.len() as u32;
+                        fresh.ids.insert(labels.clone(), id);
+                        postings.add(id, labels);
+                        fresh.series.push((labels.clone(), SeriesData::new()));
+                    }
+                    let dropped = before - fresh.series.len();
+                    self.series_bytes = self
+                        .series_bytes
+                        .saturating_sub(dropped * (SERIES_OVERHEAD + 200));
+                    *th = fresh;
+                }
+            }
+            frozen.tenants.insert(tenant.clone(), out);
+        }
+        self.tenants.retain(|_, t| {
+            t.retain(|_, th| !th.series.is_empty());
+            !t.is_empty()
+        });
+        frozen
     }
 
     pub fn rows(&self) -> u64 {
@@ -185,8 +277,33 @@ mod tests {
         let th = h.table("t1", "m").unwrap();
         let got = th.select("m", &[Matcher::eq("user", "u42")], 0, 1500);
         assert_eq!(got.len(), 1);
+        // After a cut the samples move; the series stay for the next writes.
+        let frozen = h.cut();
+        assert_eq!(h.sample_bytes(), 0);
+        assert_eq!(h.series_count(), 100);
+        let th = frozen.table("t1", "m").unwrap();
+        let got = th.select("m", &[Matcher::eq("user", "u42")], 0, 1500);
+        assert_eq!(got.len(), 1);
         assert_eq!(got[0].1.ts, vec![1000]);
         assert!(h.table("t2", "m").is_none());
-        assert!(h.bytes() > 100 * 16);
+        assert!(frozen.sample_bytes() > 100 * 16);
+        // A series written again keeps its ordinal; idle ones go at the next cut.
+        let mut t = TableBatch::single("m", MetricKind::Gauge, FieldType::F64);
+        t.series.push(SeriesBatch::f64(
+            Labels::new([("user", "u7")]).unwrap(),
+            vec![3000],
+            vec![1.0],
+        ));
+        h.apply("t1", &WriteBatch { tables: vec![t] }, 2, 0);
+        let second = h.cut();
+        assert_eq!(
+            second
+                .table("t1", "m")
+                .unwrap()
+                .select("m", &[], 0, 5000)
+                .len(),
+            1
+        );
+        assert_eq!(h.series_count(), 1);
     }
 }
