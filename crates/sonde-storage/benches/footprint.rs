@@ -9,6 +9,11 @@ use sonde_dataset::{DatasetConfig, Generator};
 use sonde_storage::segment::{ValueEncoding, WriteOptions};
 use sonde_storage::{Config, FsyncPolicy, Matcher, ScanRequest, Storage};
 
+/// The allocator a Sonde server runs with (glibc malloc fragments badly under this
+/// load: long-lived series labels interleaved with per-flush buffers).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -54,10 +59,15 @@ fn run(series: usize, enc: ValueEncoding, label: &'static str) -> Row {
     // Generate on the fly (the whole 100k dataset as batches would take gigabytes);
     // only the write calls are timed.
     let mut load = 0.0;
-    for b in Generator::new(ds) {
+    for (i, b) in Generator::new(ds).enumerate() {
         let t = Instant::now();
         storage.write("default", b).unwrap();
         load += t.elapsed().as_secs_f64();
+        if std::env::var_os("SONDE_TRACE_RSS").is_some() && i % 20 == 0 {
+            let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let rss = st.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("");
+            eprintln!("step {i}: {rss}, head {} MiB, segments {}", storage.head_bytes() >> 20, storage.manifest().segments.len());
+        }
     }
     storage.flush().unwrap();
     eprintln!(

@@ -778,7 +778,7 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
         }
         synced_dirs.insert(abs_dir);
         synced_dirs.insert(inner.dir.join(format!("segments/{tenant}")));
-        catalog::update(vfs, &inner.dir, &tenant, day, &enc.index)?;
+        catalog::update(vfs, &inner.dir, tenant, day, &enc.index)?;
         inner.index_cache.lock().insert(id, Arc::new(enc.index));
         stats.segments += 1;
         stats.rows += enc.rows;

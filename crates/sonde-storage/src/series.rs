@@ -125,12 +125,18 @@ impl Column {
 }
 
 /// Rows of one series: timestamps plus one optional column per table field.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SeriesData {
     pub ts: Vec<TimestampMs>,
     pub cols: Vec<Option<Column>>,
     /// Timestamps strictly increasing (no sort or dedup needed to read).
     pub ordered: bool,
+}
+
+impl Default for SeriesData {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl SeriesData {
