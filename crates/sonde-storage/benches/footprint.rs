@@ -66,7 +66,11 @@ fn run(series: usize, enc: ValueEncoding, label: &'static str) -> Row {
         if std::env::var_os("SONDE_TRACE_RSS").is_some() && i % 20 == 0 {
             let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
             let rss = st.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("");
-            eprintln!("step {i}: {rss}, head {} MiB, segments {}", storage.head_bytes() >> 20, storage.manifest().segments.len());
+            eprintln!(
+                "step {i}: {rss}, head {} MiB, segments {}",
+                storage.head_bytes() >> 20,
+                storage.manifest().segments.len()
+            );
         }
     }
     storage.flush().unwrap();

@@ -12,8 +12,18 @@ pub const TIME_COLUMN: &str = "time";
 /// A sorted set of `(name, value)` pairs identifying one series within a table.
 /// The table name is *not* part of it. Empty values are dropped on construction,
 /// as in Prometheus, where a label with an empty value is the same as no label.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Labels(Vec<(String, String)>);
+///
+/// Stored compactly — all names and values in one string buffer plus end offsets — so
+/// a label set costs two allocations instead of one per string: the head and the
+/// indexes hold one per series, and at 100k series that difference is most of their
+/// memory.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Labels {
+    /// `name0 value0 name1 value1 …` concatenated.
+    buf: Box<str>,
+    /// End offset in `buf` of each name and value, in order.
+    ends: Box<[u32]>,
+}
 
 impl Labels {
     /// Builds a label set from pairs in any order; empty values are dropped.
@@ -38,26 +48,38 @@ impl Labels {
                 ));
             }
         }
-        Ok(Labels(v))
+        Ok(Self::pack(v.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
     }
 
     /// Builds from pairs already sorted by name with unique names and non-empty values.
     /// Used by decoders of Sonde's own files, which only ever contain such sets.
     pub fn from_sorted_unchecked(pairs: Vec<(String, String)>) -> Self {
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
-        Labels(pairs)
+        Self::pack(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    fn pack<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Self {
+        let total: usize = pairs.clone().map(|(k, v)| k.len() + v.len()).sum();
+        let mut buf = String::with_capacity(total);
+        let mut ends = Vec::with_capacity(2 * pairs.clone().count());
+        for (k, v) in pairs {
+            buf.push_str(k);
+            ends.push(buf.len() as u32);
+            buf.push_str(v);
+            ends.push(buf.len() as u32);
+        }
+        Labels {
+            buf: buf.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
     }
 
     /// Checks names, reserved names, count and lengths against `limits`.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        if self.0.len() > limits.max_labels {
-            return Err(Error::limit(
-                "labels count",
-                self.0.len(),
-                limits.max_labels,
-            ));
+        if self.len() > limits.max_labels {
+            return Err(Error::limit("labels count", self.len(), limits.max_labels));
         }
-        for (k, v) in &self.0 {
+        for (k, v) in self.iter() {
             validate_identifier("label", k, limits)?;
             if k == crate::NAME_LABEL || k == crate::TIME_COLUMN {
                 return Err(Error::invalid(
@@ -76,32 +98,66 @@ impl Labels {
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
-            .ok()
-            .map(|i| self.0[i].1.as_str())
+    fn pair(&self, i: usize) -> (&str, &str) {
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends[2 * i - 1] as usize
+        };
+        let mid = self.ends[2 * i] as usize;
+        let end = self.ends[2 * i + 1] as usize;
+        (&self.buf[start..mid], &self.buf[mid..end])
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (k, v) = self.pair(mid);
+            match k.cmp(name) {
+                std::cmp::Ordering::Equal => return Some(v),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        (0..self.len()).map(move |i| self.pair(i))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ends.len() / 2
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ends.is_empty()
     }
 
+    /// The pairs as owned strings.
     pub fn into_inner(self) -> Vec<(String, String)> {
-        self.0
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     /// Bytes of label text, a proxy for memory use.
     pub fn text_len(&self) -> usize {
-        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.buf.len()
+    }
+}
+
+/// Ordered pair by pair (name, then value), like a sorted list of pairs.
+impl Ord for Labels {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.iter().cmp(other.iter())
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -114,7 +170,7 @@ impl fmt::Debug for Labels {
 impl fmt::Display for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("{")?;
-        for (i, (k, v)) in self.0.iter().enumerate() {
+        for (i, (k, v)) in self.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -134,6 +190,21 @@ mod tests {
         assert_eq!(l.iter().collect::<Vec<_>>(), vec![("a", "1"), ("b", "2")]);
         assert_eq!(l.get("b"), Some("2"));
         assert_eq!(l.get("c"), None);
+    }
+
+    #[test]
+    fn order_is_pairwise() {
+        let a = Labels::new([("a", "z")]).unwrap();
+        let b = Labels::new([("ab", "a")]).unwrap();
+        let c = Labels::new([("a", "z"), ("b", "1")]).unwrap();
+        assert!(a < b, "name a < ab even though buffers compare az > aba");
+        assert!(a < c);
+        assert_eq!(Labels::default().len(), 0);
+        assert_eq!(c.get("b"), Some("1"));
+        assert_eq!(
+            c.into_inner(),
+            vec![("a".into(), "z".into()), ("b".into(), "1".into())]
+        );
     }
 
     #[test]
