@@ -2,6 +2,10 @@
 //! rate and peak memory, for the standard dataset. Prints a Markdown table.
 //!
 //! Run: `cargo bench -p sonde-storage --bench footprint -- [10k|100k|all]`
+//!
+//! Knobs (environment): `SONDE_HEAD_MB` (head bound), `SONDE_SAMPLES` (per series,
+//! default 240), `SONDE_TRACE_RSS=1` (RSS every 20 scrapes), `SONDE_KEEP=1` (keep the
+//! data directory, default encoding only).
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +59,11 @@ fn run(series: usize, enc: ValueEncoding, label: &'static str) -> Row {
         ..WriteOptions::default()
     };
     let storage = Storage::open(config).unwrap();
-    let ds = DatasetConfig::sized(series, 240, 1_700_000_000_000);
+    let samples = std::env::var("SONDE_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(240);
+    let ds = DatasetConfig::sized(series, samples, 1_700_000_000_000);
     // Generate on the fly (the whole 100k dataset as batches would take gigabytes);
     // only the write calls are timed.
     let mut load = 0.0;
@@ -92,10 +100,10 @@ fn run(series: usize, enc: ValueEncoding, label: &'static str) -> Row {
     let out = storage.scan("default", &req).unwrap();
     let select_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(out.series.len(), 1);
-    assert_eq!(out.series[0].1.len(), 240);
+    assert_eq!(out.series[0].1.len(), samples);
     let total: u64 = parquet;
     Row {
-        dataset: format!("{}k series × 240", ds.total_series() / 1000),
+        dataset: format!("{}k series × {samples}", ds.total_series() / 1000),
         encoding: label,
         samples: ds.total_samples(),
         parquet,
