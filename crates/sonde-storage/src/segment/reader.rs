@@ -228,8 +228,7 @@ pub fn read_series(
             row += take;
             left -= take;
             if left == 0 {
-                let rows =
-                    std::mem::replace(&mut data, SeriesData::new()).time_slice(req.start, req.end);
+                let rows = std::mem::take(&mut data).time_slice(req.start, req.end);
                 if !rows.is_empty() {
                     out.push((s.labels.clone(), rows));
                 }
