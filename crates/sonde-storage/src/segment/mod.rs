@@ -585,7 +585,7 @@ mod tests {
             max_row_group_rows: 256,
             ..WriteOptions::default()
         };
-        let enc = encode_segment(&[chunk.clone()], &opts).unwrap();
+        let enc = encode_segment(std::slice::from_ref(&chunk), &opts).unwrap();
         let vfs = SimVfs::new();
         let path = Path::new("/s.parquet");
         vfs.write_synced(path, &enc.parquet).unwrap();
