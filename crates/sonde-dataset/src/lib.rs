@@ -12,6 +12,9 @@
 //!
 //! Values are random but plausible and fully determined by the seed. The dataset's
 //! `tenant` is an ordinary label (the LLM application's customer).
+//!
+//! A second shape, [`CallGenerator`], produces per-call LLM records (the `llm_calls`
+//! event table) at irregular times, with new `user_id`s every hour (user churn).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -229,6 +232,135 @@ impl Generator {
     }
 }
 
+/// The shape of the per-call dataset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallConfig {
+    /// Calls in total.
+    pub calls: usize,
+    /// Mean calls per second (inter-arrival times are exponential).
+    pub calls_per_second: f64,
+    /// Distinct users active in any one hour; each hour brings a fresh set.
+    pub users_per_hour: usize,
+    pub start_ms: i64,
+    pub seed: u64,
+}
+
+impl CallConfig {
+    pub fn new(calls: usize, start_ms: i64) -> Self {
+        CallConfig {
+            calls,
+            calls_per_second: 50.0,
+            users_per_hour: 200,
+            start_ms,
+            seed: 7,
+        }
+    }
+}
+
+/// Produces `llm_calls` rows: one row per call, fields `input_tokens`,
+/// `output_tokens`, `cached_tokens`, `reasoning_tokens` (i64), `ttft_seconds`,
+/// `duration_seconds`, `cost_usd` (f64), labels `provider`, `model`, `operation`,
+/// `app`, `tenant`, `user_id`, `status`.
+#[derive(Debug)]
+pub struct CallGenerator {
+    config: CallConfig,
+    rng: ChaCha8Rng,
+    made: usize,
+    now_ms: f64,
+}
+
+/// Field names of `llm_calls`, in the order [`CallGenerator`] writes them.
+pub const CALL_FIELDS: [(&str, FieldType); 7] = [
+    ("input_tokens", FieldType::I64),
+    ("output_tokens", FieldType::I64),
+    ("cached_tokens", FieldType::I64),
+    ("reasoning_tokens", FieldType::I64),
+    ("ttft_seconds", FieldType::F64),
+    ("duration_seconds", FieldType::F64),
+    ("cost_usd", FieldType::F64),
+];
+
+impl CallGenerator {
+    pub fn new(config: CallConfig) -> Self {
+        CallGenerator {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            made: 0,
+            now_ms: config.start_ms as f64,
+            config,
+        }
+    }
+
+    /// The next batch of up to `n` calls (one series per call's label set), or `None`
+    /// when all calls were produced.
+    pub fn next_batch(&mut self, n: usize) -> Option<WriteBatch> {
+        if self.made >= self.config.calls {
+            return None;
+        }
+        let gap = rand_distr::Exp::new(self.config.calls_per_second / 1000.0).expect("rate > 0");
+        let latency = LogNormal::<f64>::new(0.0, 0.8).expect("valid lognormal");
+        let mut table = TableBatch {
+            table: "llm_calls".into(),
+            kind: MetricKind::Event,
+            fields: CALL_FIELDS
+                .iter()
+                .map(|(n, t)| sonde_types::FieldDef::new(*n, *t))
+                .collect(),
+            series: Vec::new(),
+        };
+        for _ in 0..n.min(self.config.calls - self.made) {
+            self.made += 1;
+            self.now_ms += gap.sample(&mut self.rng);
+            let ts = self.now_ms as i64;
+            let hour = (ts - self.config.start_ms).div_euclid(3_600_000);
+            let user = self.rng.random_range(0..self.config.users_per_hour);
+            let m = self.rng.random_range(0..MODELS.len());
+            let (model, provider, price_in, price_out) = MODELS[m];
+            let failed = self.rng.random_bool(0.02);
+            let tin = self.rng.random_range(20..8000i64);
+            let tout = if failed {
+                0
+            } else {
+                self.rng.random_range(5..2000i64)
+            };
+            let cached = if self.rng.random_bool(0.3) {
+                tin / 2
+            } else {
+                0
+            };
+            let reasoning = if m % 3 == 0 { tout / 4 } else { 0 };
+            let duration = round_to(latency.sample(&mut self.rng).min(120.0), 4);
+            let ttft = round_to((duration * self.rng.random_range(0.05..0.5)).max(0.0001), 4);
+            let cost = round_to((tin as f64 * price_in + tout as f64 * price_out) / 1e6, 6);
+            let labels = Labels::new([
+                ("provider", provider.to_string()),
+                ("model", model.to_string()),
+                ("operation", "chat".to_string()),
+                ("app", format!("app-{}", user % 5)),
+                ("tenant", format!("tenant-{:02}", user % TENANTS)),
+                ("user_id", format!("u{hour}-{user:04}")),
+                ("status", if failed { "error" } else { "ok" }.to_string()),
+            ])
+            .expect("valid labels");
+            table.series.push(SeriesBatch {
+                labels,
+                timestamps: vec![ts],
+                fields: vec![
+                    sonde_types::FieldColumn::I64(vec![tin]),
+                    sonde_types::FieldColumn::I64(vec![tout]),
+                    sonde_types::FieldColumn::I64(vec![cached]),
+                    sonde_types::FieldColumn::I64(vec![reasoning]),
+                    sonde_types::FieldColumn::F64(vec![ttft]),
+                    sonde_types::FieldColumn::F64(vec![duration]),
+                    sonde_types::FieldColumn::F64(vec![cost]),
+                ],
+            });
+        }
+        Some(WriteBatch {
+            tables: vec![table],
+        })
+    }
+}
+
 impl Iterator for Generator {
     type Item = WriteBatch;
     fn next(&mut self) -> Option<WriteBatch> {
@@ -239,6 +371,31 @@ impl Iterator for Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_churn_users_and_are_valid() {
+        let cfg = CallConfig {
+            calls: 2000,
+            calls_per_second: 0.5, // a bit over an hour of calls
+            ..CallConfig::new(2000, 0)
+        };
+        let mut g = CallGenerator::new(cfg);
+        let mut users = std::collections::BTreeSet::new();
+        let mut n = 0;
+        while let Some(b) = g.next_batch(500) {
+            b.validate(&sonde_types::Limits::default(), i64::MAX / 2)
+                .unwrap();
+            for s in &b.tables[0].series {
+                users.insert(s.labels.get("user_id").unwrap().to_string());
+            }
+            n += b.row_count();
+        }
+        assert_eq!(n, 2000);
+        assert!(
+            users.iter().any(|u| u.starts_with("u0-"))
+                && users.iter().any(|u| u.starts_with("u1-"))
+        );
+    }
 
     #[test]
     fn shape_and_determinism() {

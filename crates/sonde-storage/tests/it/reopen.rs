@@ -86,3 +86,35 @@ fn later_write_wins_across_segments_and_head() {
     drop(s);
     check(&Storage::open(config(dir.path())).unwrap());
 }
+
+/// The per-call shape: a multi-field event table (i64 token counts, f64 latencies and
+/// cost) with churning users, half flushed, half in the head, reads the same after a
+/// reopen, and every call is kept.
+#[test]
+fn llm_calls_event_table_survives_reopen() {
+    use sonde_dataset::{CallConfig, CallGenerator};
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let s = Storage::open(config(dir.path())).unwrap();
+        let mut calls = CallGenerator::new(CallConfig::new(3000, 1_700_000_000_000));
+        let mut i = 0;
+        while let Some(b) = calls.next_batch(500) {
+            s.write(TENANT, b).unwrap();
+            i += 1;
+            if i == 3 {
+                s.flush().unwrap();
+            }
+        }
+        let out = s
+            .scan(
+                TENANT,
+                &sonde_storage::ScanRequest::new("llm_calls", i64::MIN, i64::MAX),
+            )
+            .unwrap();
+        assert_eq!(out.stats.rows, 3000, "every call is a row");
+        assert_eq!(out.schema.fields.len(), 7);
+        dump(&s, "llm_calls")
+    };
+    let s = Storage::open(config(dir.path())).unwrap();
+    assert_eq!(before, dump(&s, "llm_calls"));
+}
