@@ -263,6 +263,17 @@ impl Storage {
         Ok(storage)
     }
 
+    /// Checks a batch as [`Storage::write`] would (names, limits, time window, field
+    /// types against the table) without storing anything.
+    pub fn validate(&self, tenant: &str, batch: &WriteBatch) -> Result<()> {
+        sonde_types::validate_tenant(tenant)?;
+        batch.validate(&self.inner.config.limits, self.inner.clock.now_ms())?;
+        match self.inner.schemas.read().get(tenant) {
+            Some(tables) => schema_conflicts(tables, batch),
+            None => Ok(()),
+        }
+    }
+
     /// Validates and stores a batch. Returns once the batch is acknowledged: durable
     /// under [`FsyncPolicy::Always`], written to the OS under `Interval`; in both cases
     /// readable by [`Storage::scan`]. A rejected batch stores nothing.
@@ -341,29 +352,7 @@ impl Storage {
     fn check_schema(&self, tenant: &str, batch: &WriteBatch) -> Result<()> {
         let mut schemas = self.inner.schemas.write();
         let tables = schemas.entry(tenant.to_string()).or_default();
-        for t in &batch.tables {
-            if let Some(s) = tables.get(&t.table) {
-                for f in &t.fields {
-                    if let Some(g) = s.fields.iter().find(|g| g.name == f.name)
-                        && g.ty == FieldType::F64
-                        && f.ty == FieldType::I64
-                    {
-                        return Err(Error::FieldTypeConflict {
-                            table: t.table.clone(),
-                            field: f.name.clone(),
-                            existing: g.ty,
-                            got: f.ty,
-                        });
-                    }
-                    if s.tags.contains(&f.name) {
-                        return Err(Error::Invalid(sonde_types::Error::Invalid {
-                            field: format!("table {:?} field {:?}", t.table, f.name),
-                            reason: "is already a tag of this table".into(),
-                        }));
-                    }
-                }
-            }
-        }
+        schema_conflicts(tables, batch)?;
         register_batch(tables, batch);
         Ok(())
     }
@@ -458,6 +447,36 @@ fn merge_schema(
         }
     }
     s.tags.extend(tags);
+}
+
+/// A field written as i64 into an f64 field, or a field named like one of the table's
+/// tags.
+fn schema_conflicts(tables: &BTreeMap<String, TableSchema>, batch: &WriteBatch) -> Result<()> {
+    for t in &batch.tables {
+        let Some(s) = tables.get(&t.table) else {
+            continue;
+        };
+        for f in &t.fields {
+            if let Some(g) = s.fields.iter().find(|g| g.name == f.name)
+                && g.ty == FieldType::F64
+                && f.ty == FieldType::I64
+            {
+                return Err(Error::FieldTypeConflict {
+                    table: t.table.clone(),
+                    field: f.name.clone(),
+                    existing: g.ty,
+                    got: f.ty,
+                });
+            }
+            if s.tags.contains(&f.name) {
+                return Err(Error::Invalid(sonde_types::Error::Invalid {
+                    field: format!("table {:?} field {:?}", t.table, f.name),
+                    reason: "is already a tag of this table".into(),
+                }));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn register_batch(tables: &mut BTreeMap<String, TableSchema>, batch: &WriteBatch) {

@@ -1,0 +1,103 @@
+//! Generated code for Sonde's protobuf APIs, kept inside this crate, and the one
+//! conversion from the wire types to [`sonde_types`].
+//!
+//! Design decision: conversion checks only what the wire format cannot express
+//! (field columns matching their declared types); everything else — names, limits,
+//! lengths — is validated once, by [`sonde_types::WriteBatch::validate`], so every
+//! protocol gets the same errors.
+
+#![allow(missing_debug_implementations)]
+
+/// `package sonde.v1`.
+pub mod v1 {
+    tonic::include_proto!("sonde.v1");
+}
+
+use sonde_types::{FieldColumn, FieldDef, FieldType, Labels, MetricKind, SeriesBatch, TableBatch};
+
+/// A table write that could not be converted: the table and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvertError {
+    pub table: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "table {:?}: {}", self.table, self.reason)
+    }
+}
+
+impl std::error::Error for ConvertError {}
+
+/// Converts one wire table write into a [`TableBatch`].
+pub fn table_batch(t: v1::TableWrite) -> Result<TableBatch, ConvertError> {
+    let err = |reason: String| ConvertError {
+        table: t.table.clone(),
+        reason,
+    };
+    let kind = match v1::MetricKind::try_from(t.kind) {
+        Ok(v1::MetricKind::Gauge) => MetricKind::Gauge,
+        Ok(v1::MetricKind::Counter) => MetricKind::Counter,
+        Ok(v1::MetricKind::DeltaSum) => MetricKind::DeltaSum,
+        Ok(v1::MetricKind::Histogram) => MetricKind::Histogram,
+        Ok(v1::MetricKind::Event) => MetricKind::Event,
+        Err(_) => return Err(err(format!("kind: unknown value {}", t.kind))),
+    };
+    let fields: Vec<FieldDef> = if t.fields.is_empty() {
+        vec![FieldDef::new("value", FieldType::F64)]
+    } else {
+        t.fields
+            .iter()
+            .map(|f| match v1::FieldType::try_from(f.r#type) {
+                Ok(v1::FieldType::F64) => Ok(FieldDef::new(&f.name, FieldType::F64)),
+                Ok(v1::FieldType::I64) => Ok(FieldDef::new(&f.name, FieldType::I64)),
+                Err(_) => Err(err(format!(
+                    "field {:?} type: unknown value {}",
+                    f.name, f.r#type
+                ))),
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut series = Vec::with_capacity(t.series.len());
+    for s in &t.series {
+        let labels = Labels::new(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())))
+            .map_err(|e| err(e.to_string()))?;
+        if s.fields.len() != fields.len() {
+            return Err(err(format!(
+                "series {labels}: {} field columns for {} declared fields",
+                s.fields.len(),
+                fields.len()
+            )));
+        }
+        let cols = s
+            .fields
+            .iter()
+            .zip(&fields)
+            .map(|(v, def)| match def.ty {
+                FieldType::F64 if v.i64.is_empty() => Ok(FieldColumn::F64(v.f64.clone())),
+                FieldType::I64 if v.f64.is_empty() => Ok(FieldColumn::I64(v.i64.clone())),
+                _ => Err(err(format!(
+                    "series {labels} field {:?}: values must be in `{}`",
+                    def.name,
+                    if def.ty == FieldType::F64 {
+                        "f64"
+                    } else {
+                        "i64"
+                    }
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        series.push(SeriesBatch {
+            labels,
+            timestamps: s.timestamps_ms.clone(),
+            fields: cols,
+        });
+    }
+    Ok(TableBatch {
+        table: t.table,
+        kind,
+        fields,
+        series,
+    })
+}

@@ -1,0 +1,90 @@
+//! HTTP endpoints. `router()` builds the whole app so tests can call it without a
+//! socket.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::AppState;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/api/v1/admin/flush", post(flush))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Persists the head into segments; returns when the manifest naming them is durable.
+async fn flush(State(state): State<Arc<AppState>>) -> Response {
+    let storage = state.storage.clone();
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(move || storage.flush()).await {
+        Ok(Ok(stats)) => {
+            state.metrics.flushed(started.elapsed());
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                format!(
+                    "{{\"status\":\"success\",\"segments\":{},\"rows\":{},\"bytes\":{}}}\n",
+                    stats.segments, stats.rows, stats.bytes
+                ),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => error_response(&e),
+        Err(e) => {
+            tracing::error!(error = %e, "flush task failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&state.storage),
+    )
+        .into_response()
+}
+
+/// The one place a storage error becomes an HTTP response.
+pub fn error_response(e: &sonde_storage::Error) -> Response {
+    let (code, msg) = match e {
+        e if e.is_invalid_input() => (StatusCode::BAD_REQUEST, e.to_string()),
+        sonde_storage::Error::HeadFull { .. } => (StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+        sonde_storage::Error::Closed(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down".to_string(),
+        ),
+        e => {
+            tracing::error!(error = %e, "storage fault");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error".to_string(),
+            )
+        }
+    };
+    let body = format!("{{\"status\":\"error\",\"error\":{}}}\n", json_string(&msg));
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -1,0 +1,82 @@
+//! Sonde's own metrics, rendered in the Prometheus text format on `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sonde_storage::Storage;
+
+/// Counters updated by the services.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ingested: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: Mutex<BTreeMap<(&'static str, String), u64>>,
+    flushes: AtomicU64,
+    flush_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub fn ingested(&self, protocol: &'static str, samples: u64) {
+        *self.ingested.lock().unwrap().entry(protocol).or_insert(0) += samples;
+    }
+    /// `reason` is a short, bounded label value (e.g. `invalid`, `head_full`).
+    pub fn rejected(&self, protocol: &'static str, reason: &str, samples: u64) {
+        *self
+            .rejected
+            .lock()
+            .unwrap()
+            .entry((protocol, reason.to_string()))
+            .or_insert(0) += samples;
+    }
+    pub fn flushed(&self, elapsed: std::time::Duration) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.flush_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The exposition text, including storage gauges.
+    pub fn render(&self, storage: &Storage) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP sonde_ingested_samples_total Samples acknowledged, by protocol.\n# TYPE sonde_ingested_samples_total counter"
+        );
+        for (p, n) in self.ingested.lock().unwrap().iter() {
+            let _ = writeln!(out, "sonde_ingested_samples_total{{protocol=\"{p}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sonde_rejected_samples_total Samples refused, by protocol and reason.\n# TYPE sonde_rejected_samples_total counter"
+        );
+        for ((p, r), n) in self.rejected.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "sonde_rejected_samples_total{{protocol=\"{p}\",reason=\"{r}\"}} {n}"
+            );
+        }
+        let manifest = storage.manifest();
+        let _ = writeln!(
+            out,
+            "# HELP sonde_head_bytes Approximate memory of the in-memory head.\n# TYPE sonde_head_bytes gauge\nsonde_head_bytes {}",
+            storage.head_bytes()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sonde_segments Live segment files.\n# TYPE sonde_segments gauge\nsonde_segments {}",
+            manifest.segments.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sonde_segment_bytes Bytes of live segment files.\n# TYPE sonde_segment_bytes gauge\nsonde_segment_bytes {}",
+            manifest.segments.iter().map(|s| s.bytes).sum::<u64>()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sonde_admin_flush_duration_seconds Flushes requested through the admin API.\n# TYPE sonde_admin_flush_duration_seconds summary\nsonde_admin_flush_duration_seconds_sum {}\nsonde_admin_flush_duration_seconds_count {}",
+            self.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.flushes.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

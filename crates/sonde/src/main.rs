@@ -1,0 +1,113 @@
+//! `sonde`: one binary, one data directory.
+//!
+//! `sonde serve` starts the storage engine and the gRPC (4317) and HTTP (4318) servers
+//! with embedded defaults; every flag can also come from a `SONDE_*` environment
+//! variable. SIGINT/SIGTERM stop accepting, drain in-flight requests, make the WAL
+//! durable, and exit 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sonde_server::{AppState, Listeners, Metrics};
+use sonde_storage::{Config, FsyncPolicy, Storage};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sonde",
+    version,
+    about = "Time-series store and alerting for LLM telemetry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
+    data_dir: PathBuf,
+    /// gRPC listen address (sonde.v1.Ingest).
+    #[arg(long, env = "SONDE_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    grpc_addr: String,
+    /// HTTP listen address (health, admin, metrics).
+    #[arg(long, env = "SONDE_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    http_addr: String,
+    /// WAL fsync policy: `always` (acknowledge after fsync) or a sync interval in
+    /// milliseconds, e.g. `100` (acknowledge after the OS write).
+    #[arg(long, env = "SONDE_FSYNC", default_value = "always")]
+    fsync: String,
+    /// Flush the in-memory head to segments at this many MiB of samples.
+    #[arg(long, env = "SONDE_MAX_HEAD_MB", default_value_t = 256)]
+    max_head_mb: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SONDE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::new(&args.data_dir);
+    config.fsync = match args.fsync.as_str() {
+        "always" => FsyncPolicy::Always,
+        ms => FsyncPolicy::Interval(std::time::Duration::from_millis(ms.parse().with_context(
+            || format!("--fsync: expected `always` or milliseconds, got {ms:?}"),
+        )?)),
+    };
+    config.max_head_bytes = args.max_head_mb << 20;
+    let storage = Arc::new(
+        Storage::open(config)
+            .with_context(|| format!("opening data directory {}", args.data_dir.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let state = Arc::new(AppState {
+        storage: storage.clone(),
+        metrics: Metrics::default(),
+    });
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&args.grpc_addr, &args.http_addr).await?;
+        let (grpc, http) = (listeners.grpc_addr(), listeners.http_addr());
+        tracing::info!(?grpc, ?http, data_dir = %args.data_dir.display(), "sonde serving");
+        // One machine-readable line for scripts and tests that start on port 0.
+        println!(
+            "sonde listening grpc={} http={}",
+            grpc.map(|a| a.to_string()).unwrap_or_default(),
+            http.map(|a| a.to_string()).unwrap_or_default()
+        );
+        sonde_server::serve(state, listeners, shutdown_signal()).await
+    })?;
+    drop(runtime);
+    storage.close().context("making the WAL durable")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,105 @@
+//! `TestServer`: the real `sonde serve` process on port 0, stopped (SIGTERM) on drop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sonde_proto::v1::ingest_client::IngestClient;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub grpc: String,
+    pub http: String,
+}
+
+impl TestServer {
+    /// Starts `sonde serve` on `dir` with free ports and waits until it listens.
+    pub fn start(dir: &Path) -> TestServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sonde"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("SONDE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sonde starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_string()
+        };
+        TestServer {
+            grpc: field("grpc="),
+            http: field("http="),
+            child: Some(child),
+        }
+    }
+
+    pub async fn client(&self) -> IngestClient<Channel> {
+        IngestClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("gRPC connects")
+    }
+
+    /// A minimal HTTP/1.1 request; returns (status, body).
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: sonde\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp[9..12].parse().unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    /// SIGTERM, and the exit status must be success.
+    pub fn stop(mut self) {
+        let child = self.child.take().unwrap();
+        terminate(child, true);
+    }
+}
+
+fn terminate(mut child: Child, must_succeed: bool) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            if must_succeed {
+                assert!(status.success(), "sonde exited with {status}");
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("sonde did not stop within 5 s of SIGTERM");
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            terminate(child, false);
+        }
+    }
+}
