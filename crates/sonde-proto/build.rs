@@ -5,9 +5,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     unsafe_env_protoc(&protoc);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let file = root.join("sonde/v1/ingest.proto");
-    println!("cargo:rerun-if-changed={}", file.display());
-    tonic_prost_build::configure().compile_protos(&[file], &[root])?;
+    let files = [
+        root.join("sonde/v1/ingest.proto"),
+        root.join("prometheus/remote.proto"),
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    tonic_prost_build::configure().compile_protos(&files, &[root])?;
     Ok(())
 }
 

@@ -13,6 +13,11 @@ pub mod v1 {
     tonic::include_proto!("sonde.v1");
 }
 
+/// Prometheus remote_write 1.0 messages (`package prometheus`).
+pub mod prometheus {
+    tonic::include_proto!("prometheus");
+}
+
 use sonde_types::{FieldColumn, FieldDef, FieldType, Labels, MetricKind, SeriesBatch, TableBatch};
 
 /// A table write that could not be converted: the table and why.

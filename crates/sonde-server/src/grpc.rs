@@ -10,10 +10,10 @@ use std::sync::Arc;
 use sonde_proto::v1::ingest_server::{Ingest, IngestServer};
 use sonde_proto::v1::{Rejection, WriteRequest, WriteResponse};
 use sonde_storage::Error as StorageError;
-use sonde_types::WriteBatch;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{AppState, DEFAULT_TENANT};
+use crate::AppState;
+use crate::ingest::{Rejected, ingest};
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -56,76 +56,46 @@ impl Ingest for IngestService {
 }
 
 async fn write_one(state: &Arc<AppState>, req: WriteRequest) -> Result<WriteResponse, Status> {
-    let mut accepted = WriteBatch::default();
-    let mut resp = WriteResponse::default();
-    for t in req.tables {
-        let name = t.table.clone();
-        let samples = t
-            .series
-            .iter()
-            .map(|s| s.timestamps_ms.len() * t.fields.len().max(1))
-            .sum::<usize>() as u64;
-        let checked = sonde_proto::table_batch(t)
-            .map_err(|e| e.reason)
-            .and_then(|tb| {
-                let one = WriteBatch { tables: vec![tb] };
-                state
-                    .storage
-                    .validate(DEFAULT_TENANT, &one)
-                    .map(|()| one)
-                    .map_err(|e| e.to_string())
-            });
-        match checked {
-            Ok(mut one) => accepted.tables.append(&mut one.tables),
-            Err(reason) => {
-                state.metrics.rejected("sonde", "invalid", samples);
-                resp.rejected_samples += samples;
-                resp.rejections.push(Rejection {
-                    table: name,
-                    reason,
-                    samples,
-                });
-            }
-        }
-    }
-    if accepted.tables.is_empty() {
-        return match resp.rejections.first() {
-            Some(r) => Err(Status::invalid_argument(format!(
-                "table {:?}: {}",
-                r.table, r.reason
-            ))),
-            None => Ok(resp),
-        };
-    }
-    let samples = accepted.sample_count() as u64;
-    let storage = state.storage.clone();
-    let result = tokio::task::spawn_blocking(move || storage.write(DEFAULT_TENANT, accepted))
+    let tables = req
+        .tables
+        .into_iter()
+        .map(|t| {
+            let samples = t
+                .series
+                .iter()
+                .map(|s| s.timestamps_ms.len() * t.fields.len().max(1))
+                .sum::<usize>() as u64;
+            sonde_proto::table_batch(t).map_err(|e| Rejected {
+                table: e.table,
+                reason: e.reason,
+                samples,
+            })
+        })
+        .collect();
+    let outcome = ingest(state, "sonde", tables)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "write task failed");
-            Status::internal("internal error")
-        })?;
-    match result {
-        Ok(_) => {
-            state.metrics.ingested("sonde", samples);
-            resp.accepted_samples = samples;
-            Ok(resp)
-        }
-        Err(e) => {
-            state.metrics.rejected("sonde", reason_label(&e), samples);
-            Err(status(&e))
-        }
+        .map_err(|e| status(&e))?;
+    if outcome.accepted_samples == 0
+        && let Some(r) = outcome.rejections.first()
+    {
+        return Err(Status::invalid_argument(format!(
+            "table {:?}: {}",
+            r.table, r.reason
+        )));
     }
-}
-
-/// A short, bounded label for the rejection metric.
-pub fn reason_label(e: &StorageError) -> &'static str {
-    match e {
-        StorageError::HeadFull { .. } => "head_full",
-        StorageError::Closed(_) => "closed",
-        e if e.is_invalid_input() => "invalid",
-        _ => "internal",
-    }
+    Ok(WriteResponse {
+        accepted_samples: outcome.accepted_samples,
+        rejected_samples: outcome.rejected_samples,
+        rejections: outcome
+            .rejections
+            .into_iter()
+            .map(|r| Rejection {
+                table: r.table,
+                reason: r.reason,
+                samples: r.samples,
+            })
+            .collect(),
+    })
 }
 
 /// The one place a storage error becomes a gRPC status.

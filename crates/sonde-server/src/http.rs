@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +18,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/api/v1/admin/flush", post(flush))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/write",
+            post(crate::remote_write::write)
+                .layer(DefaultBodyLimit::max(crate::remote_write::MAX_BODY_BYTES)),
+        )
         .with_state(state)
 }
 

@@ -9,7 +9,9 @@
 
 pub mod grpc;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
+pub mod remote_write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

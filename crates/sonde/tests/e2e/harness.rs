@@ -57,15 +57,24 @@ impl TestServer {
 
     /// A minimal HTTP/1.1 request; returns (status, body).
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        self.http_body(method, path, "text/plain", b"")
+    }
+
+    /// A minimal HTTP/1.1 request with a body; returns (status, body).
+    pub fn http_body(&self, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(&self.http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: sonde\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: sonde\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
         )
         .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
+        // The server may answer (413) before reading a large body: ignore write errors.
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let resp = String::from_utf8_lossy(&raw).into_owned();
         let status = resp[9..12].parse().unwrap();
         let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         (status, body)

@@ -2,3 +2,4 @@
 
 mod harness;
 mod ingest;
+mod remote_write;
