@@ -106,3 +106,104 @@ pub fn table_batch(t: v1::TableWrite) -> Result<TableBatch, ConvertError> {
         series,
     })
 }
+
+/// The wire form of a [`sonde_types::WriteBatch`] for `sonde.v1.Ingest/Write`.
+pub fn to_v1(batch: &sonde_types::WriteBatch) -> v1::WriteRequest {
+    v1::WriteRequest {
+        tables: batch
+            .tables
+            .iter()
+            .map(|t| v1::TableWrite {
+                table: t.table.clone(),
+                kind: match t.kind {
+                    MetricKind::Gauge => v1::MetricKind::Gauge,
+                    MetricKind::Counter => v1::MetricKind::Counter,
+                    MetricKind::DeltaSum => v1::MetricKind::DeltaSum,
+                    MetricKind::Histogram => v1::MetricKind::Histogram,
+                    MetricKind::Event => v1::MetricKind::Event,
+                } as i32,
+                fields: t
+                    .fields
+                    .iter()
+                    .map(|f| v1::FieldDef {
+                        name: f.name.clone(),
+                        r#type: match f.ty {
+                            FieldType::F64 => v1::FieldType::F64,
+                            FieldType::I64 => v1::FieldType::I64,
+                        } as i32,
+                    })
+                    .collect(),
+                series: t
+                    .series
+                    .iter()
+                    .map(|s| v1::Series {
+                        labels: s
+                            .labels
+                            .iter()
+                            .map(|(n, v)| v1::Label {
+                                name: n.to_string(),
+                                value: v.to_string(),
+                            })
+                            .collect(),
+                        timestamps_ms: s.timestamps.clone(),
+                        fields: s
+                            .fields
+                            .iter()
+                            .map(|c| match c {
+                                FieldColumn::F64(v) => v1::FieldValues {
+                                    f64: v.clone(),
+                                    i64: vec![],
+                                },
+                                FieldColumn::I64(v) => v1::FieldValues {
+                                    f64: vec![],
+                                    i64: v.clone(),
+                                },
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The remote_write form of a batch: one time series per (table, series, field); a
+/// table's non-`value` fields are named `<table>_<field>`. i64 values become doubles.
+pub fn to_remote_write(batch: &sonde_types::WriteBatch) -> prometheus::WriteRequest {
+    let mut out = prometheus::WriteRequest::default();
+    for t in &batch.tables {
+        for s in &t.series {
+            for (f, col) in t.fields.iter().zip(&s.fields) {
+                let name = if f.name == "value" {
+                    t.table.clone()
+                } else {
+                    format!("{}_{}", t.table, f.name)
+                };
+                let mut labels = vec![prometheus::Label {
+                    name: "__name__".into(),
+                    value: name,
+                }];
+                labels.extend(s.labels.iter().map(|(n, v)| prometheus::Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                }));
+                labels.sort_by(|a, b| a.name.cmp(&b.name));
+                let values: Vec<f64> = match col {
+                    FieldColumn::F64(v) => v.clone(),
+                    FieldColumn::I64(v) => v.iter().map(|&x| x as f64).collect(),
+                };
+                out.timeseries.push(prometheus::TimeSeries {
+                    labels,
+                    samples: s
+                        .timestamps
+                        .iter()
+                        .zip(values)
+                        .map(|(&timestamp, value)| prometheus::Sample { value, timestamp })
+                        .collect(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    out
+}

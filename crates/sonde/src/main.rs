@@ -1,9 +1,13 @@
 //! `sonde`: one binary, one data directory.
 //!
+//! `sonde load` sends the standard dataset to a server and measures the ingest rate.
+//!
 //! `sonde serve` starts the storage engine and the gRPC (4317) and HTTP (4318) servers
 //! with embedded defaults; every flag can also come from a `SONDE_*` environment
 //! variable. SIGINT/SIGTERM stop accepting, drain in-flight requests, make the WAL
 //! durable, and exit 0.
+
+mod load;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Send the standard LLM dataset (or call records) to a server and measure.
+    Load(load::LoadArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +67,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Load(args) => load::run(args),
     }
 }
 

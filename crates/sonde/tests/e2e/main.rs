@@ -2,4 +2,5 @@
 
 mod harness;
 mod ingest;
+mod load;
 mod remote_write;

@@ -1,0 +1,244 @@
+//! `sonde load`: sends the standard LLM dataset (or per-call records) to a server over
+//! sonde.v1 gRPC or Prometheus remote_write, with N concurrent connections, and prints
+//! throughput and request latency. Works against any remote_write receiver, so the same
+//! command drives Prometheus and VictoriaMetrics in benchmarks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use prost::Message;
+use sonde_dataset::{CallConfig, CallGenerator, DatasetConfig, Generator};
+use sonde_proto::v1::ingest_client::IngestClient;
+use sonde_types::WriteBatch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// sonde.v1.Ingest/Write over gRPC.
+    Sonde,
+    /// Prometheus remote_write 1.0 over HTTP.
+    RemoteWrite,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    #[arg(long, value_enum, default_value = "sonde")]
+    protocol: Protocol,
+    /// Server URL. Default: http://127.0.0.1:4317 (sonde),
+    /// http://127.0.0.1:4318/api/v1/write (remote-write).
+    #[arg(long)]
+    target: Option<String>,
+    /// Series in the standard dataset (rounded up to a multiple of 15).
+    #[arg(long, default_value_t = 10_000)]
+    series: usize,
+    /// Samples per series (one every 15 s, ending now).
+    #[arg(long, default_value_t = 240)]
+    samples: usize,
+    /// Samples (or calls) per request.
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Send this many LLM call records (table llm_calls) instead of the metric dataset.
+    #[arg(long)]
+    calls: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+enum Payload {
+    Sonde(sonde_proto::v1::WriteRequest),
+    RemoteWrite(Vec<u8>),
+}
+
+/// Splits a batch into batches of about `max` samples (whole series).
+fn split(batch: WriteBatch, max: usize) -> Vec<WriteBatch> {
+    let mut out = Vec::new();
+    let mut cur = WriteBatch::default();
+    let mut n = 0;
+    for mut t in batch.tables {
+        let series = std::mem::take(&mut t.series);
+        let mut part = t.clone();
+        for s in series {
+            n += s.timestamps.len() * t.fields.len();
+            part.series.push(s);
+            if n >= max {
+                cur.tables.push(std::mem::replace(&mut part, t.clone()));
+                out.push(std::mem::take(&mut cur));
+                n = 0;
+            }
+        }
+        if !part.series.is_empty() {
+            cur.tables.push(part);
+        }
+    }
+    if !cur.tables.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+pub fn run(args: LoadArgs) -> anyhow::Result<()> {
+    if args.calls.is_some() && args.protocol != Protocol::Sonde {
+        bail!("--calls sends LLM call records, which need --protocol sonde");
+    }
+    let target = args.target.clone().unwrap_or_else(|| match args.protocol {
+        Protocol::Sonde => "http://127.0.0.1:4317".into(),
+        Protocol::RemoteWrite => "http://127.0.0.1:4318/api/v1/write".into(),
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let (total, batches): (u64, Box<dyn Iterator<Item = WriteBatch> + Send>) = match args.calls {
+        Some(n) => {
+            let start = now - n as i64 * 20; // 50 calls/s ending now
+            let mut g = CallGenerator::new(CallConfig::new(n, start));
+            let batch = args.batch;
+            (
+                n as u64 * sonde_dataset::CALL_FIELDS.len() as u64,
+                Box::new(std::iter::from_fn(move || g.next_batch(batch))),
+            )
+        }
+        None => {
+            let start = now - args.samples as i64 * 15_000;
+            let ds = DatasetConfig::sized(args.series, args.samples, start);
+            let batch = args.batch;
+            (
+                ds.total_samples() as u64,
+                Box::new(Generator::new(ds).flat_map(move |b| split(b, batch))),
+            )
+        }
+    };
+    let protocol = args.protocol;
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Payload, u64)>(args.concurrency * 4);
+    let producer = std::thread::spawn(move || {
+        for b in batches {
+            let samples = b.sample_count() as u64;
+            let payload = match protocol {
+                Protocol::Sonde => Payload::Sonde(sonde_proto::to_v1(&b)),
+                Protocol::RemoteWrite => {
+                    let raw = sonde_proto::to_remote_write(&b).encode_to_vec();
+                    Payload::RemoteWrite(
+                        snap::raw::Encoder::new()
+                            .compress_vec(&raw)
+                            .expect("snappy compresses into memory"),
+                    )
+                }
+            };
+            if tx.blocking_send((payload, samples)).is_err() {
+                break;
+            }
+        }
+    });
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} samples {per_sec} eta {eta}")
+                .expect("valid template"),
+        )
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let started = Instant::now();
+    let (latencies, errors, sent) = runtime.block_on(async {
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let http = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency.max(1) {
+            let rx = rx.clone();
+            let bar = bar.clone();
+            let http = http.clone();
+            let target = target.clone();
+            let mut grpc = match protocol {
+                Protocol::Sonde => Some(
+                    IngestClient::connect(target.clone())
+                        .await
+                        .with_context(|| format!("connecting to {target}"))?
+                        .max_encoding_message_size(64 << 20),
+                ),
+                Protocol::RemoteWrite => None,
+            };
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let (mut errors, mut sent) = (Vec::new(), 0u64);
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some((payload, samples)) = next else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    let result = match payload {
+                        Payload::Sonde(req) => grpc
+                            .as_mut()
+                            .expect("gRPC client")
+                            .write(req)
+                            .await
+                            .map(|_| ())
+                            .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                        Payload::RemoteWrite(body) => match http
+                            .post(&target)
+                            .header("Content-Encoding", "snappy")
+                            .header("Content-Type", "application/x-protobuf")
+                            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+                            .body(body)
+                            .send()
+                            .await
+                        {
+                            Ok(r) if r.status().is_success() => Ok(()),
+                            Ok(r) => Err(format!(
+                                "HTTP {}: {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default().trim()
+                            )),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    };
+                    lat.push(t.elapsed());
+                    match result {
+                        Ok(()) => sent += samples,
+                        Err(e) => errors.push(e),
+                    }
+                    bar.inc(samples);
+                }
+                anyhow::Ok((lat, errors, sent))
+            }));
+        }
+        let (mut lat, mut errors, mut sent) = (Vec::new(), Vec::new(), 0);
+        for t in tasks {
+            let (l, e, s) = t.await??;
+            lat.extend(l);
+            errors.extend(e);
+            sent += s;
+        }
+        anyhow::Ok((lat, errors, sent))
+    })?;
+    let _ = producer.join();
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let mut lat: Vec<Duration> = latencies;
+    lat.sort();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1e3
+    };
+    println!(
+        "protocol={:?} target={target} samples={sent} requests={} seconds={secs:.2} samples_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} errors={}",
+        protocol,
+        lat.len(),
+        sent as f64 / secs,
+        pct(0.50),
+        pct(0.99),
+        errors.len()
+    );
+    if let Some(e) = errors.first() {
+        eprintln!("first error: {e}");
+        bail!("{} of {} requests failed", errors.len(), lat.len());
+    }
+    Ok(())
+}
