@@ -258,7 +258,7 @@ impl CallConfig {
 }
 
 /// Produces `llm_calls` rows: one row per call, fields `input_tokens`,
-/// `output_tokens`, `cached_tokens`, `reasoning_tokens` (i64), `ttft_seconds`,
+/// `output_tokens`, `cached_input_tokens`, `reasoning_tokens` (i64), `ttft_seconds`,
 /// `duration_seconds`, `cost_usd` (f64), labels `provider`, `model`, `operation`,
 /// `app`, `tenant`, `user_id`, `status`.
 #[derive(Debug)]
@@ -273,7 +273,7 @@ pub struct CallGenerator {
 pub const CALL_FIELDS: [(&str, FieldType); 7] = [
     ("input_tokens", FieldType::I64),
     ("output_tokens", FieldType::I64),
-    ("cached_tokens", FieldType::I64),
+    ("cached_input_tokens", FieldType::I64),
     ("reasoning_tokens", FieldType::I64),
     ("ttft_seconds", FieldType::F64),
     ("duration_seconds", FieldType::F64),

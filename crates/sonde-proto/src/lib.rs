@@ -110,6 +110,7 @@ pub fn table_batch(t: v1::TableWrite) -> Result<TableBatch, ConvertError> {
 /// The wire form of a [`sonde_types::WriteBatch`] for `sonde.v1.Ingest/Write`.
 pub fn to_v1(batch: &sonde_types::WriteBatch) -> v1::WriteRequest {
     v1::WriteRequest {
+        calls: Vec::new(),
         tables: batch
             .tables
             .iter()

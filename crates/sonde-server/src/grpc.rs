@@ -56,6 +56,7 @@ impl Ingest for IngestService {
 }
 
 async fn write_one(state: &Arc<AppState>, req: WriteRequest) -> Result<WriteResponse, Status> {
+    let calls = crate::calls::convert(req.calls, &state.prices);
     let tables = req
         .tables
         .into_iter()
@@ -71,6 +72,7 @@ async fn write_one(state: &Arc<AppState>, req: WriteRequest) -> Result<WriteResp
                 samples,
             })
         })
+        .chain(calls)
         .collect();
     let outcome = ingest(state, "sonde", tables)
         .await

@@ -7,10 +7,12 @@
 //! ([`grpc::status`], [`http::error_response`]): bad input names the field and the
 //! limit; internal faults are logged in full and reported opaquely.
 
+pub mod calls;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod pricing;
 pub mod remote_write;
 
 use std::net::SocketAddr;
@@ -29,6 +31,8 @@ pub const DEFAULT_TENANT: &str = "default";
 pub struct AppState {
     pub storage: Arc<Storage>,
     pub metrics: Metrics,
+    /// Prices for computing the cost of LLM calls that arrive without one.
+    pub prices: Vec<pricing::Price>,
 }
 
 /// Failures starting or running the servers.

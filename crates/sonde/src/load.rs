@@ -81,6 +81,60 @@ fn split(batch: WriteBatch, max: usize) -> Vec<WriteBatch> {
     out
 }
 
+/// The generator's `llm_calls` rows as first-class `LlmCall` records (so the server
+/// computes costs and the per-call metrics).
+fn calls_request(b: &WriteBatch) -> sonde_proto::v1::WriteRequest {
+    use sonde_proto::v1::{Label, LlmCall};
+    use sonde_types::FieldColumn;
+    let mut calls = Vec::new();
+    for t in &b.tables {
+        for s in &t.series {
+            let i = |j: usize| match &s.fields[j] {
+                FieldColumn::I64(v) => v[0],
+                FieldColumn::F64(v) => v[0] as i64,
+            };
+            let f = |j: usize| match &s.fields[j] {
+                FieldColumn::F64(v) => v[0],
+                FieldColumn::I64(v) => v[0] as f64,
+            };
+            let get = |k: &str| s.labels.get(k).unwrap_or("").to_string();
+            calls.push(LlmCall {
+                time_ms: s.timestamps[0],
+                provider: get("provider"),
+                model: get("model"),
+                operation: get("operation"),
+                labels: s
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| !["provider", "model", "operation", "status"].contains(k))
+                    .map(|(k, v)| Label {
+                        name: k.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                input_tokens: i(0),
+                output_tokens: i(1),
+                cached_input_tokens: i(2),
+                reasoning_tokens: i(3),
+                ttft_seconds: f(4),
+                duration_seconds: f(5),
+                status: get("status"),
+                error_type: if get("status") == "error" {
+                    "server_error".into()
+                } else {
+                    String::new()
+                },
+                cost_usd: None,
+                call_id: String::new(),
+            });
+        }
+    }
+    sonde_proto::v1::WriteRequest {
+        tables: Vec::new(),
+        calls,
+    }
+}
+
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.calls.is_some() && args.protocol != Protocol::Sonde {
         bail!("--calls sends LLM call records, which need --protocol sonde");
@@ -113,11 +167,13 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         }
     };
     let protocol = args.protocol;
+    let is_calls = args.calls.is_some();
     let (tx, rx) = tokio::sync::mpsc::channel::<(Payload, u64)>(args.concurrency * 4);
     let producer = std::thread::spawn(move || {
         for b in batches {
             let samples = b.sample_count() as u64;
             let payload = match protocol {
+                Protocol::Sonde if is_calls => Payload::Sonde(calls_request(&b)),
                 Protocol::Sonde => Payload::Sonde(sonde_proto::to_v1(&b)),
                 Protocol::RemoteWrite => {
                     let raw = sonde_proto::to_remote_write(&b).encode_to_vec();

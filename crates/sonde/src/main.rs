@@ -91,6 +91,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         storage: storage.clone(),
         metrics: Metrics::default(),
+        prices: sonde_server::pricing::defaults(),
     });
     runtime.block_on(async {
         let listeners = Listeners::bind(&args.grpc_addr, &args.http_addr).await?;

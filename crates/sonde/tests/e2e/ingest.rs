@@ -104,6 +104,7 @@ async fn grpc_round_trip_then_flush_and_sigterm() {
                 ),
                 calls,
             ],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -122,6 +123,7 @@ async fn grpc_round_trip_then_flush_and_sigterm() {
                 vec![t0 + 30_000],
                 vec![40.0],
             )],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -162,6 +164,7 @@ async fn bad_input_is_rejected_with_the_limit_and_the_server_keeps_serving() {
     client
         .write(WriteRequest {
             tables: vec![counter("good", "m", vec![t0], vec![1.0])],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -187,6 +190,7 @@ async fn bad_input_is_rejected_with_the_limit_and_the_server_keeps_serving() {
         let err = client
             .write(WriteRequest {
                 tables: vec![table],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -205,6 +209,7 @@ async fn bad_input_is_rejected_with_the_limit_and_the_server_keeps_serving() {
                 counter("good", "m", vec![t0 + 1000], vec![2.0]),
                 counter("9bad", "m", vec![t0], vec![1.0]),
             ],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -215,7 +220,10 @@ async fn bad_input_is_rejected_with_the_limit_and_the_server_keeps_serving() {
     // A body over the 64 MiB limit is refused by the transport.
     let huge = counter("good", "m", vec![t0; 5_000_000], vec![1.0; 5_000_000]);
     let err = client
-        .write(WriteRequest { tables: vec![huge] })
+        .write(WriteRequest {
+            tables: vec![huge],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert!(
@@ -256,6 +264,7 @@ async fn acknowledged_writes_survive_sigterm_and_restart() {
             client
                 .write(WriteRequest {
                     tables: vec![counter("c", "m", vec![ts], vec![(round * 20 + i) as f64])],
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
@@ -266,4 +275,110 @@ async fn acknowledged_writes_survive_sigterm_and_restart() {
     let got = f64s(&s, "c");
     assert_eq!(got[0].1.len(), 60);
     assert_eq!(got[0].2, (0..60).map(|i| i as f64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llm_calls_become_rows_and_metrics_with_computed_cost() {
+    use sonde_proto::v1::LlmCall;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let mut client = server.client().await;
+    let t0 = now_ms() - 60_000;
+    let call =
+        |model: &str, input: i64, cached: i64, output: i64, cost: Option<f64>, err: &str| LlmCall {
+            time_ms: t0,
+            provider: "openai".into(),
+            model: model.into(),
+            labels: vec![label("user_id", "u1"), label("app", "chat")],
+            input_tokens: input,
+            output_tokens: output,
+            cached_input_tokens: cached,
+            duration_seconds: 1.25,
+            ttft_seconds: 0.2,
+            error_type: err.into(),
+            cost_usd: cost,
+            ..Default::default()
+        };
+    let resp = client
+        .write(WriteRequest {
+            calls: vec![
+                // gpt-4o: (600 uncached × 2.5 + 400 cached × 1.25 + 500 out × 10) / 1M = 0.007
+                call("gpt-4o-2024-08-06", 1000, 400, 500, None, ""),
+                call("gpt-4o-2024-08-06", 10, 0, 10, Some(0.5), ""),
+                call("mystery-model", 10, 0, 0, None, "timeout"),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.rejections.is_empty(), "{:?}", resp.rejections);
+    server.stop();
+
+    let s = reopen(dir.path());
+    let calls = s
+        .scan(
+            "default",
+            &ScanRequest::new("llm_calls", i64::MIN, i64::MAX),
+        )
+        .unwrap();
+    assert_eq!(calls.stats.rows, 3);
+    let cost_col = calls
+        .schema
+        .fields
+        .iter()
+        .position(|f| f.name == "cost_usd")
+        .unwrap();
+    let mut costs: Vec<Option<f64>> = Vec::new();
+    for (_, d) in &calls.series {
+        match d.cols[cost_col].as_ref() {
+            None => costs.extend((0..d.len()).map(|_| None)),
+            Some(c) => {
+                let Values::F64(v) = &c.values else { panic!() };
+                costs.extend((0..d.len()).map(|i| c.is_valid(i).then_some(v[i])));
+            }
+        }
+    }
+    costs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(
+        costs,
+        vec![None, Some(0.007), Some(0.5)],
+        "computed, client-sent, unknown"
+    );
+
+    let sum = |table: &str, filter: &dyn Fn(&sonde_types::Labels) -> bool| -> f64 {
+        let out = s
+            .scan("default", &ScanRequest::new(table, i64::MIN, i64::MAX))
+            .unwrap();
+        out.series
+            .iter()
+            .filter(|(l, _)| filter(l))
+            .map(|(_, d)| match &d.cols[0].as_ref().unwrap().values {
+                Values::F64(v) => v.iter().sum::<f64>(),
+                Values::I64(v) => v.iter().sum::<i64>() as f64,
+            })
+            .sum()
+    };
+    assert_eq!(
+        sum("llm_tokens_total", &|l| l.get("token_type")
+            == Some("input")),
+        1020.0
+    );
+    assert_eq!(
+        sum("llm_tokens_total", &|l| l.get("token_type")
+            == Some("cached_input")),
+        400.0
+    );
+    assert_eq!(
+        sum("llm_requests_total", &|l| l.get("status") == Some("ok")),
+        2.0
+    );
+    assert_eq!(
+        sum("llm_requests_total", &|l| l.get("error_type")
+            == Some("timeout")),
+        1.0
+    );
+    assert!((sum("llm_cost_usd_total", &|_| true) - 0.507).abs() < 1e-12);
+    let kind = s.tables("default")["llm_tokens_total"].kind;
+    assert_eq!(kind, sonde_types::MetricKind::DeltaSum);
 }

@@ -24,7 +24,7 @@ fn load(args: &[&str]) -> String {
 }
 
 #[test]
-fn load_over_both_protocols_and_calls() {
+fn load_over_both_protocols() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
     let grpc = format!("http://{}", server.grpc);
@@ -59,11 +59,9 @@ fn load_over_both_protocols_and_calls() {
         out.contains("samples=3000 ") && out.contains("errors=0"),
         "{out}"
     );
-    let out = load(&["--target", &grpc, "--calls", "500", "--batch", "100"]);
-    assert!(out.contains("samples=3500 "), "{out}");
     let (_, metrics) = server.http("GET", "/metrics");
     assert!(
-        metrics.contains("sonde_ingested_samples_total{protocol=\"sonde\"} 6500"),
+        metrics.contains("sonde_ingested_samples_total{protocol=\"sonde\"} 3000"),
         "{metrics}"
     );
     assert!(
@@ -81,13 +79,33 @@ fn load_over_both_protocols_and_calls() {
             .stats
             .rows
     };
-    // Both loads wrote the same dataset (same series, same timestamps within a few
-    // ms of each other): each series holds its 10 samples, or up to 20 when the two
-    // runs' timestamps differ.
+    // Both loads sent the same 40 token series, 10 samples each, ending at "now": the
+    // two runs start milliseconds apart, so their timestamps differ (800 rows); 400
+    // only if both started in the same millisecond.
     let tokens = rows("llm_tokens_total");
-    assert!(
-        tokens == 400 || tokens == 800 || (400..=800).contains(&tokens),
-        "{tokens}"
-    );
+    assert!(tokens == 800 || tokens == 400, "{tokens}");
+}
+
+#[test]
+fn load_calls_as_llm_call_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let grpc = format!("http://{}", server.grpc);
+    let out = load(&["--target", &grpc, "--calls", "500", "--batch", "100"]);
+    assert!(out.contains("errors=0"), "{out}");
+    let (_, metrics) = server.http("GET", "/metrics");
+    assert!(!metrics.contains("reason=\"invalid\""), "{metrics}");
+    server.stop();
+    let mut c = Config::new(dir.path());
+    c.background_flush = false;
+    let s = Storage::open(c).unwrap();
+    let rows = |t: &str| {
+        s.scan("default", &ScanRequest::new(t, i64::MIN, i64::MAX))
+            .unwrap()
+            .stats
+            .rows
+    };
     assert_eq!(rows("llm_calls"), 500);
+    assert_eq!(rows("llm_request_duration_seconds"), 500);
+    assert!(rows("llm_requests_total") > 0 && rows("llm_cost_usd_total") > 0);
 }
