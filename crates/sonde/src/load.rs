@@ -3,7 +3,6 @@
 //! throughput and request latency. Works against any remote_write receiver, so the same
 //! command drives Prometheus and VictoriaMetrics in benchmarks.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -146,14 +145,19 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let (total, batches): (u64, Box<dyn Iterator<Item = WriteBatch> + Send>) = match args.calls {
+    // Each item carries a shard: the chunk's position within its scrape. Chunks split
+    // the same way every scrape, so a series always travels on the same connection,
+    // in time order (as Prometheus shards remote_write), and receivers that refuse
+    // out-of-order samples accept the load.
+    type Batches = Box<dyn Iterator<Item = (usize, WriteBatch)> + Send>;
+    let (total, batches): (u64, Batches) = match args.calls {
         Some(n) => {
             let start = now - n as i64 * 20; // 50 calls/s ending now
             let mut g = CallGenerator::new(CallConfig::new(n, start));
             let batch = args.batch;
             (
                 n as u64 * sonde_dataset::CALL_FIELDS.len() as u64,
-                Box::new(std::iter::from_fn(move || g.next_batch(batch))),
+                Box::new(std::iter::from_fn(move || g.next_batch(batch)).enumerate()),
             )
         }
         None => {
@@ -162,15 +166,20 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             let batch = args.batch;
             (
                 ds.total_samples() as u64,
-                Box::new(Generator::new(ds).flat_map(move |b| split(b, batch))),
+                Box::new(
+                    Generator::new(ds).flat_map(move |b| split(b, batch).into_iter().enumerate()),
+                ),
             )
         }
     };
     let protocol = args.protocol;
     let is_calls = args.calls.is_some();
-    let (tx, rx) = tokio::sync::mpsc::channel::<(Payload, u64)>(args.concurrency * 4);
+    let conns = args.concurrency.max(1);
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..conns)
+        .map(|_| tokio::sync::mpsc::channel::<(Payload, u64)>(4))
+        .unzip();
     let producer = std::thread::spawn(move || {
-        for b in batches {
+        for (shard, b) in batches {
             let samples = b.sample_count() as u64;
             let payload = match protocol {
                 Protocol::Sonde if is_calls => Payload::Sonde(calls_request(&b)),
@@ -184,7 +193,10 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                     )
                 }
             };
-            if tx.blocking_send((payload, samples)).is_err() {
+            if txs[shard % txs.len()]
+                .blocking_send((payload, samples))
+                .is_err()
+            {
                 break;
             }
         }
@@ -200,11 +212,9 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let started = Instant::now();
     let (latencies, errors, sent) = runtime.block_on(async {
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let http = reqwest::Client::new();
         let mut tasks = Vec::new();
-        for _ in 0..args.concurrency.max(1) {
-            let rx = rx.clone();
+        for mut rx in rxs {
             let bar = bar.clone();
             let http = http.clone();
             let target = target.clone();
@@ -221,7 +231,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                 let mut lat = Vec::new();
                 let (mut errors, mut sent) = (Vec::new(), 0u64);
                 loop {
-                    let next = rx.lock().await.recv().await;
+                    let next = rx.recv().await;
                     let Some((payload, samples)) = next else {
                         break;
                     };
