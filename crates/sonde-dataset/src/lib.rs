@@ -270,15 +270,7 @@ pub struct CallGenerator {
 }
 
 /// Field names of `llm_calls`, in the order [`CallGenerator`] writes them.
-pub const CALL_FIELDS: [(&str, FieldType); 7] = [
-    ("input_tokens", FieldType::I64),
-    ("output_tokens", FieldType::I64),
-    ("cached_input_tokens", FieldType::I64),
-    ("reasoning_tokens", FieldType::I64),
-    ("ttft_seconds", FieldType::F64),
-    ("duration_seconds", FieldType::F64),
-    ("cost_usd", FieldType::F64),
-];
+pub use sonde_types::LLM_CALL_FIELDS as CALL_FIELDS;
 
 impl CallGenerator {
     pub fn new(config: CallConfig) -> Self {

@@ -26,15 +26,7 @@ use crate::ingest::Rejected;
 use crate::pricing::{self, Price};
 
 /// Field names and types of `llm_calls`, in order.
-pub const CALL_FIELDS: [(&str, FieldType); 7] = [
-    ("input_tokens", FieldType::I64),
-    ("output_tokens", FieldType::I64),
-    ("cached_input_tokens", FieldType::I64),
-    ("reasoning_tokens", FieldType::I64),
-    ("ttft_seconds", FieldType::F64),
-    ("duration_seconds", FieldType::F64),
-    ("cost_usd", FieldType::F64),
-];
+pub use sonde_types::LLM_CALL_FIELDS as CALL_FIELDS;
 
 type Rows = (MetricKind, Vec<FieldDef>, BTreeMap<Labels, SeriesBatch>);
 

@@ -24,6 +24,17 @@ pub use limits::Limits;
 /// Time in milliseconds since the Unix epoch, UTC.
 pub type TimestampMs = i64;
 
+/// The fields of the `llm_calls` event table, in order: one row per LLM call.
+pub const LLM_CALL_FIELDS: [(&str, FieldType); 7] = [
+    ("input_tokens", FieldType::I64),
+    ("output_tokens", FieldType::I64),
+    ("cached_input_tokens", FieldType::I64),
+    ("reasoning_tokens", FieldType::I64),
+    ("ttft_seconds", FieldType::F64),
+    ("duration_seconds", FieldType::F64),
+    ("cost_usd", FieldType::F64),
+];
+
 /// Milliseconds in one UTC day; segments and the series catalog are partitioned by day.
 pub const DAY_MS: i64 = 86_400_000;
 

@@ -112,3 +112,18 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// Now, in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Opens the data directory of a stopped server, to check what it stored.
+pub fn reopen(dir: &Path) -> sonde_storage::Storage {
+    let mut c = sonde_storage::Config::new(dir);
+    c.background_flush = false;
+    sonde_storage::Storage::open(c).unwrap()
+}

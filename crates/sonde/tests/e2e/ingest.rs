@@ -3,10 +3,10 @@
 use sonde_proto::v1::{
     FieldDef, FieldType, FieldValues, Label, MetricKind, Series, TableWrite, WriteRequest,
 };
-use sonde_storage::{Config, ScanRequest, Storage, series::Values};
+use sonde_storage::{ScanRequest, Storage, series::Values};
 use tonic::Code;
 
-use crate::harness::TestServer;
+use crate::harness::{TestServer, now_ms, reopen};
 
 fn label(n: &str, v: &str) -> Label {
     Label {
@@ -29,19 +29,6 @@ fn counter(table: &str, model: &str, ts: Vec<i64>, v: Vec<f64>) -> TableWrite {
             }],
         }],
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn reopen(dir: &std::path::Path) -> Storage {
-    let mut c = Config::new(dir);
-    c.background_flush = false;
-    Storage::open(c).unwrap()
 }
 
 fn f64s(s: &Storage, table: &str) -> Vec<(String, Vec<i64>, Vec<f64>)> {

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use sonde_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-use sonde_storage::{Config, ScanRequest, Storage};
+use sonde_storage::ScanRequest;
 
-use crate::harness::TestServer;
+use crate::harness::{TestServer, now_ms, reopen};
 
 fn series(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
     let mut l = vec![Label {
@@ -32,19 +32,6 @@ fn encode(req: &WriteRequest) -> Vec<u8> {
     snap::raw::Encoder::new()
         .compress_vec(&req.encode_to_vec())
         .unwrap()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn reopen(dir: &std::path::Path) -> Storage {
-    let mut c = Config::new(dir);
-    c.background_flush = false;
-    Storage::open(c).unwrap()
 }
 
 const CT: &str = "application/x-protobuf";
