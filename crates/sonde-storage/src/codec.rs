@@ -9,8 +9,9 @@ use sonde_types::{
     FieldColumn, FieldDef, FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteBatch,
 };
 
-/// Version of the persisted write-batch encoding.
-pub const BATCH_FORMAT: u8 = 1;
+/// Version of the persisted write-batch encoding. Format 2 appends the write's
+/// server time and its deduplication keys; format 1 (no keys) is still read.
+pub const BATCH_FORMAT: u8 = 2;
 
 /// A decoding failure: what was being read when the bytes ran out or made no sense.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -169,8 +170,16 @@ pub fn open_sealed<'a>(
     Ok(body)
 }
 
-/// Encodes `(tenant, batch)` as a WAL record payload.
-pub fn encode_batch(tenant: &str, batch: &WriteBatch) -> Vec<u8> {
+/// What a WAL record carries besides the batch: when it was written (server clock)
+/// and the deduplication keys it claims.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordKeys {
+    pub written_ms: i64,
+    pub keys: Vec<String>,
+}
+
+/// Encodes `(tenant, batch, keys)` as a WAL record payload.
+pub fn encode_batch(tenant: &str, batch: &WriteBatch, keys: &RecordKeys) -> Vec<u8> {
     let mut e = Enc(Vec::with_capacity(64 + batch.sample_count() * 9));
     e.u8(BATCH_FORMAT);
     e.str(tenant);
@@ -206,13 +215,19 @@ pub fn encode_batch(tenant: &str, batch: &WriteBatch) -> Vec<u8> {
             }
         }
     }
+    e.ivar(keys.written_ms);
+    e.uvar(keys.keys.len() as u64);
+    for k in &keys.keys {
+        e.str(k);
+    }
     e.0
 }
 
 /// Decodes what [`encode_batch`] wrote.
-pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch), DecodeError> {
+pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch, RecordKeys), DecodeError> {
     let mut d = Dec::new(buf);
-    if d.u8("batch format")? != BATCH_FORMAT {
+    let format = d.u8("batch format")?;
+    if format != 1 && format != 2 {
         return Err(bad("batch format version"));
     }
     let tenant = d.str("tenant")?;
@@ -275,10 +290,18 @@ pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch), DecodeError> {
             series,
         });
     }
+    let mut keys = RecordKeys::default();
+    if format >= 2 {
+        keys.written_ms = d.ivar("written time")?;
+        let n = d.len("key count", 1)?;
+        for _ in 0..n {
+            keys.keys.push(d.str("key")?);
+        }
+    }
     if !d.is_empty() {
         return Err(bad("trailing bytes"));
     }
-    Ok((tenant, WriteBatch { tables }))
+    Ok((tenant, WriteBatch { tables }, keys))
 }
 
 #[cfg(test)]
@@ -299,9 +322,14 @@ mod tests {
         let b = WriteBatch {
             tables: vec![t, t2],
         };
-        let enc = encode_batch("acme", &b);
-        let (tenant, got) = decode_batch(&enc).unwrap();
+        let keys = RecordKeys {
+            written_ms: 42,
+            keys: vec!["req:abc".into()],
+        };
+        let enc = encode_batch("acme", &b, &keys);
+        let (tenant, got, got_keys) = decode_batch(&enc).unwrap();
         assert_eq!(tenant, "acme");
+        assert_eq!(got_keys, keys);
         assert_eq!(format!("{got:?}"), format!("{b:?}")); // NaN != NaN, compare text
         for cut in 0..enc.len() {
             assert!(decode_batch(&enc[..cut]).is_err());

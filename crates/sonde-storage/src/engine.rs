@@ -14,7 +14,8 @@ use sonde_types::{
 };
 
 use crate::catalog;
-use crate::codec;
+use crate::codec::{self, RecordKeys};
+use crate::dedup::DedupSet;
 use crate::head::Head;
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::segment::{self, TableChunk, WriteOptions, index::SegmentIndex};
@@ -53,6 +54,8 @@ pub struct Config {
     pub background_flush: bool,
     pub limits: Limits,
     pub segment: WriteOptions,
+    /// How long a deduplication key (idempotency key, LLM call id) is remembered.
+    pub dedup_window: Duration,
 }
 
 impl Config {
@@ -67,6 +70,7 @@ impl Config {
             background_flush: true,
             limits: Limits::default(),
             segment: WriteOptions::default(),
+            dedup_window: Duration::from_secs(3600),
         }
     }
 }
@@ -120,7 +124,9 @@ enum WalMsg {
         tenant: String,
         batch: WriteBatch,
         payload: Vec<u8>,
-        reply: Reply<u64>,
+        keys: RecordKeys,
+        /// `None`: a key was already claimed, nothing was written.
+        reply: Reply<Option<u64>>,
     },
     /// Cut the WAL and freeze the active head (if it holds anything).
     Rotate(Reply<Option<Arc<Frozen>>>),
@@ -136,6 +142,7 @@ pub(crate) struct Inner {
     pub state: RwLock<ReadState>,
     pub schemas: RwLock<HashMap<String, BTreeMap<String, TableSchema>>>,
     pub index_cache: Mutex<HashMap<u64, Arc<SegmentIndex>>>,
+    pub dedup: Mutex<DedupSet>,
     flush_lock: Mutex<()>,
     /// Set when the WAL failed: the engine refuses writes from then on.
     failed: Mutex<Option<String>>,
@@ -194,14 +201,18 @@ impl Storage {
         }
 
         let mut head = Head::default();
+        let mut dedup = DedupSet::load(vfs.as_ref(), &dir)?;
         let now = clock.now_ms();
         let stats = wal::replay(
             vfs.as_ref(),
             &wal_dir,
             manifest.wal_watermark,
             |seq, payload| {
-                let (tenant, batch) = codec::decode_batch(payload)
+                let (tenant, batch, keys) = codec::decode_batch(payload)
                     .map_err(|e| Error::format(&wal_dir, format!("WAL record {seq}: {e}")))?;
+                for k in &keys.keys {
+                    dedup.insert(&tenant, k, keys.written_ms);
+                }
                 register_batch(schemas.entry(tenant.clone()).or_default(), &batch);
                 head.apply(&tenant, &batch, seq, now);
                 Ok(())
@@ -229,6 +240,7 @@ impl Storage {
             }),
             schemas: RwLock::new(schemas),
             index_cache: Mutex::new(HashMap::new()),
+            dedup: Mutex::new(dedup),
             flush_lock: Mutex::new(()),
             failed: Mutex::new(None),
             stop: Mutex::new(false),
@@ -278,26 +290,48 @@ impl Storage {
     /// under [`FsyncPolicy::Always`], written to the OS under `Interval`; in both cases
     /// readable by [`Storage::scan`]. A rejected batch stores nothing.
     pub fn write(&self, tenant: &str, batch: WriteBatch) -> Result<WriteReceipt> {
+        let receipt = self.write_with_keys(tenant, batch, Vec::new())?;
+        Ok(receipt.expect("a write without keys is never a duplicate"))
+    }
+
+    /// Like [`Storage::write`], claiming deduplication `keys`: if any of them was
+    /// claimed by an acknowledged write within `dedup_window`, nothing is stored and
+    /// the result is `Ok(None)`. Claims are atomic (checked in WAL order) and as
+    /// durable as the write.
+    pub fn write_with_keys(
+        &self,
+        tenant: &str,
+        batch: WriteBatch,
+        keys: Vec<String>,
+    ) -> Result<Option<WriteReceipt>> {
         sonde_types::validate_tenant(tenant)?;
-        batch.validate(&self.inner.config.limits, self.inner.clock.now_ms())?;
+        let now = self.inner.clock.now_ms();
+        batch.validate(&self.inner.config.limits, now)?;
         self.check_schema(tenant, &batch)?;
         self.wait_for_head_room()?;
         let rows = batch.row_count();
         let samples = batch.sample_count();
-        let payload = codec::encode_batch(tenant, &batch);
+        let keys = RecordKeys {
+            written_ms: now,
+            keys,
+        };
+        let payload = codec::encode_batch(tenant, &batch, &keys);
         let (reply, rx) = mpsc::sync_channel(1);
         self.send(WalMsg::Append {
             tenant: tenant.to_string(),
             batch,
             payload,
+            keys,
             reply,
         })?;
-        let seq = rx.recv().map_err(|_| self.closed_error())??;
+        let Some(seq) = rx.recv().map_err(|_| self.closed_error())?? else {
+            return Ok(None);
+        };
         if self.inner.state.read().active.read().sample_bytes() >= self.inner.config.max_head_bytes
         {
             self.inner.wake.notify_one();
         }
-        Ok(WriteReceipt { seq, rows, samples })
+        Ok(Some(WriteReceipt { seq, rows, samples }))
     }
 
     /// Backpressure: while the active head is full and an earlier head is still being
@@ -364,6 +398,16 @@ impl Storage {
         self.send(WalMsg::Rotate(reply))?;
         rx.recv().map_err(|_| self.closed_error())??;
         flush_frozen(&self.inner)
+    }
+
+    /// Whether a deduplication key was claimed by an acknowledged write within the
+    /// window.
+    pub fn key_seen(&self, tenant: &str, key: &str) -> bool {
+        let window = self.inner.config.dedup_window.as_millis() as i64;
+        self.inner
+            .dedup
+            .lock()
+            .contains(tenant, key, self.inner.clock.now_ms(), window)
     }
 
     /// The current manifest (live segments).
@@ -520,6 +564,9 @@ fn remove_orphans(vfs: &dyn Vfs, dir: &Path, manifest: &Manifest) -> Result<()> 
     Ok(())
 }
 
+/// An append waiting in the WAL thread: tenant, batch, encoded payload, keys, reply.
+type Pending = (String, WriteBatch, Vec<u8>, RecordKeys, Reply<Option<u64>>);
+
 fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
     let vfs = inner.vfs.clone();
     let interval = match inner.config.fsync {
@@ -559,13 +606,33 @@ fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
                 Err(_) => break,
             }
         }
-        let mut appends: Vec<(String, WriteBatch, Vec<u8>, Reply<u64>)> = Vec::new();
+        let mut appends: Vec<Pending> = Vec::new();
         let mut control = Vec::new();
-        let drain = |appends: &mut Vec<(String, WriteBatch, Vec<u8>, Reply<u64>)>,
+        let drain = |appends: &mut Vec<Pending>,
                      writer: &mut WalWriter,
                      dirty: &mut bool,
                      last_sync: &mut Instant|
          -> Result<()> {
+            // Claims first, in WAL order: a write whose key is taken is answered now.
+            {
+                let window = inner.config.dedup_window.as_millis() as i64;
+                let now = inner.clock.now_ms();
+                let mut dedup = inner.dedup.lock();
+                appends.retain(|(tenant, _, _, keys, reply)| {
+                    if keys
+                        .keys
+                        .iter()
+                        .any(|k| dedup.contains(tenant, k, now, window))
+                    {
+                        let _ = reply.send(Ok(None));
+                        return false;
+                    }
+                    for k in &keys.keys {
+                        dedup.insert(tenant, k, keys.written_ms);
+                    }
+                    true
+                });
+            }
             if appends.is_empty() {
                 return Ok(());
             }
@@ -590,15 +657,15 @@ fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
                     let now = inner.clock.now_ms();
                     let st = inner.state.read();
                     let mut head = st.active.write();
-                    for (i, (tenant, batch, _, reply)) in appends.drain(..).enumerate() {
+                    for (i, (tenant, batch, _, _, reply)) in appends.drain(..).enumerate() {
                         let seq = first + i as u64;
                         head.apply(&tenant, &batch, seq, now);
-                        let _ = reply.send(Ok(seq));
+                        let _ = reply.send(Ok(Some(seq)));
                     }
                     Ok(())
                 }
                 Err(e) => {
-                    for (_, _, _, reply) in appends.drain(..) {
+                    for (_, _, _, _, reply) in appends.drain(..) {
                         let _ = reply.send(Err(Error::Closed(format!("WAL failure: {e}"))));
                     }
                     Err(e)
@@ -611,8 +678,9 @@ fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
                     tenant,
                     batch,
                     payload,
+                    keys,
                     reply,
-                } => appends.push((tenant, batch, payload, reply)),
+                } => appends.push((tenant, batch, payload, keys, reply)),
                 other => {
                     if let Err(e) = drain(&mut appends, &mut writer, &mut dirty, &mut last_sync) {
                         fail(&inner, &e);
@@ -823,6 +891,17 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
         vfs.sync_dir(d)
             .map_err(|e| Error::io("syncing segment directory", d, e))?;
     }
+    // Keys claimed by the WAL records this manifest retires must outlive them.
+    // (A snapshot, so writers do not wait for the file.)
+    let keys = {
+        let mut dedup = inner.dedup.lock();
+        dedup.prune(
+            inner.clock.now_ms(),
+            inner.config.dedup_window.as_millis() as i64,
+        );
+        dedup.clone()
+    };
+    keys.store(vfs, &inner.dir)?;
     manifest.generation += 1;
     manifest.wal_watermark = manifest.wal_watermark.max(frozen.watermark);
     manifest.store(vfs, &inner.dir)?;

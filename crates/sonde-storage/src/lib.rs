@@ -14,6 +14,7 @@
 //! segments/<tenant>/<day>/<id>.parquet       rows of many tables of one tenant-day
 //! segments/<tenant>/<day>/<id>.sidx          label index of that segment
 //! catalog/<tenant>/<day>.cat                 series seen per tenant-day
+//! dedup.keys                                 deduplication keys of flushed writes
 //! ```
 //!
 //! Design decision: one thread owns the WAL and applies batches to the head in
@@ -23,6 +24,7 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod dedup;
 mod engine;
 mod error;
 pub mod head;

@@ -21,11 +21,13 @@ fn open(vfs: &SimVfs) -> Storage {
     .unwrap()
 }
 
-/// Writes batches of 4 ids, flushing every third write; returns the acked ids.
+/// Writes batches of 4 ids, each claiming the key `k<i>`, flushing every third
+/// write; returns the acked ids.
 fn workload(s: &Storage) -> Vec<i64> {
     let mut acked = Vec::new();
     for i in 0..12i64 {
-        if s.write(TENANT, events(i * 4..i * 4 + 4)).is_ok() {
+        let key = vec![format!("k{i}")];
+        if let Ok(Some(_)) = s.write_with_keys(TENANT, events(i * 4..i * 4 + 4), key) {
             acked.extend(i * 4..i * 4 + 4);
         }
         if i % 3 == 2 {

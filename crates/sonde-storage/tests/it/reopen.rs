@@ -118,3 +118,61 @@ fn llm_calls_event_table_survives_reopen() {
     let s = Storage::open(config(dir.path())).unwrap();
     assert_eq!(before, dump(&s, "llm_calls"));
 }
+
+/// A write claiming a key already claimed is stored once — across a restart, across
+/// a flush (the key outlives its WAL record), and again once the window has passed.
+#[test]
+fn dedup_keys_survive_restart_and_flush_and_expire() {
+    use crate::common::{events, stored_events};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = sonde_types::ManualClock::new(1_000_000);
+    let open = || {
+        Storage::open_with(
+            config(dir.path()),
+            Arc::new(sonde_storage::vfs::OsVfs),
+            Arc::new(clock.clone()),
+        )
+        .unwrap()
+    };
+    let key = || vec!["req:retry-1".to_string()];
+    let s = open();
+    assert!(
+        s.write_with_keys(TENANT, events(0..4), key())
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.write_with_keys(TENANT, events(0..4), key())
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.key_seen(TENANT, "req:retry-1"));
+    assert!(!s.key_seen("other", "req:retry-1"), "keys are per tenant");
+    drop(s);
+    let s = open();
+    assert!(
+        s.write_with_keys(TENANT, events(0..4), key())
+            .unwrap()
+            .is_none(),
+        "after restart (WAL)"
+    );
+    s.flush().unwrap();
+    drop(s);
+    let s = open();
+    assert!(
+        s.write_with_keys(TENANT, events(0..4), key())
+            .unwrap()
+            .is_none(),
+        "after flush (dedup.keys)"
+    );
+    assert_eq!(stored_events(&s).len(), 4);
+    assert!(stored_events(&s).values().all(|&n| n == 1));
+    clock.advance(3_600_001);
+    assert!(
+        s.write_with_keys(TENANT, events(10..14), key())
+            .unwrap()
+            .is_some(),
+        "window passed"
+    );
+}
