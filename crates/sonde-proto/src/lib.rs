@@ -111,6 +111,7 @@ pub fn table_batch(t: v1::TableWrite) -> Result<TableBatch, ConvertError> {
 pub fn to_v1(batch: &sonde_types::WriteBatch) -> v1::WriteRequest {
     v1::WriteRequest {
         calls: Vec::new(),
+        idempotency_key: String::new(),
         tables: batch
             .tables
             .iter()

@@ -12,8 +12,8 @@ use sonde_proto::v1::{Rejection, WriteRequest, WriteResponse};
 use sonde_storage::Error as StorageError;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::AppState;
 use crate::ingest::{Rejected, ingest};
+use crate::{AppState, DEFAULT_TENANT};
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -56,48 +56,99 @@ impl Ingest for IngestService {
 }
 
 async fn write_one(state: &Arc<AppState>, req: WriteRequest) -> Result<WriteResponse, Status> {
-    let calls = crate::calls::convert(req.calls, &state.prices);
-    let tables = req
-        .tables
-        .into_iter()
-        .map(|t| {
-            let samples = t
-                .series
-                .iter()
-                .map(|s| s.timestamps_ms.len() * t.fields.len().max(1))
-                .sum::<usize>() as u64;
-            sonde_proto::table_batch(t).map_err(|e| Rejected {
-                table: e.table,
-                reason: e.reason,
-                samples,
-            })
-        })
-        .chain(calls)
-        .collect();
-    let outcome = ingest(state, "sonde", tables)
-        .await
-        .map_err(|e| status(&e))?;
-    if outcome.accepted_samples == 0
-        && let Some(r) = outcome.rejections.first()
+    let storage = &state.storage;
+    let request_key =
+        (!req.idempotency_key.is_empty()).then(|| format!("req:{}", req.idempotency_key));
+    if let Some(k) = &request_key
+        && storage.key_seen(DEFAULT_TENANT, k)
     {
-        return Err(Status::invalid_argument(format!(
-            "table {:?}: {}",
-            r.table, r.reason
-        )));
+        return Ok(WriteResponse {
+            duplicate: true,
+            ..Default::default()
+        });
     }
-    Ok(WriteResponse {
-        accepted_samples: outcome.accepted_samples,
-        rejected_samples: outcome.rejected_samples,
-        rejections: outcome
-            .rejections
-            .into_iter()
-            .map(|r| Rejection {
-                table: r.table,
-                reason: r.reason,
-                samples: r.samples,
+    // A concurrent request may claim one of our call ids between the check and the
+    // write; the write then stores nothing and we filter again (bounded).
+    for _ in 0..3 {
+        let mut duplicate_calls = 0u64;
+        let mut keys: Vec<String> = Vec::new();
+        let mut in_request = std::collections::HashSet::new();
+        let calls: Vec<_> = req
+            .calls
+            .iter()
+            .filter(|c| {
+                if c.call_id.is_empty() {
+                    return true;
+                }
+                let k = format!("call:{}", c.call_id);
+                let dup = !in_request.insert(k.clone()) || storage.key_seen(DEFAULT_TENANT, &k);
+                if dup {
+                    duplicate_calls += 1;
+                } else {
+                    keys.push(k);
+                }
+                !dup
             })
-            .collect(),
-    })
+            .cloned()
+            .collect();
+        keys.extend(request_key.clone());
+        let tables = req
+            .tables
+            .iter()
+            .cloned()
+            .map(|t| {
+                let samples = t
+                    .series
+                    .iter()
+                    .map(|s| s.timestamps_ms.len() * t.fields.len().max(1))
+                    .sum::<usize>() as u64;
+                sonde_proto::table_batch(t).map_err(|e| Rejected {
+                    table: e.table,
+                    reason: e.reason,
+                    samples,
+                })
+            })
+            .chain(crate::calls::convert(calls, &state.prices))
+            .collect();
+        let outcome = ingest(state, "sonde", tables, keys)
+            .await
+            .map_err(|e| status(&e))?;
+        if outcome.duplicate {
+            if request_key.is_some() {
+                return Ok(WriteResponse {
+                    duplicate: true,
+                    ..Default::default()
+                });
+            }
+            continue;
+        }
+        if outcome.accepted_samples == 0
+            && let Some(r) = outcome.rejections.first()
+        {
+            return Err(Status::invalid_argument(format!(
+                "table {:?}: {}",
+                r.table, r.reason
+            )));
+        }
+        return Ok(WriteResponse {
+            accepted_samples: outcome.accepted_samples,
+            rejected_samples: outcome.rejected_samples,
+            rejections: outcome
+                .rejections
+                .into_iter()
+                .map(|r| Rejection {
+                    table: r.table,
+                    reason: r.reason,
+                    samples: r.samples,
+                })
+                .collect(),
+            duplicate: false,
+            duplicate_calls,
+        });
+    }
+    Err(Status::aborted(
+        "call ids kept being claimed by concurrent requests; retry",
+    ))
 }
 
 /// The one place a storage error becomes a gRPC status.

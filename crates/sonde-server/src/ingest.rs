@@ -19,6 +19,8 @@ pub struct Rejected {
 /// What happened to a request.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// A deduplication key was already claimed: nothing was stored.
+    pub duplicate: bool,
     pub accepted_samples: u64,
     pub rejected_samples: u64,
     pub rejections: Vec<Rejected>,
@@ -31,6 +33,7 @@ pub async fn ingest(
     state: &Arc<AppState>,
     protocol: &'static str,
     tables: Vec<Result<TableBatch, Rejected>>,
+    keys: Vec<String>,
 ) -> Result<Outcome, sonde_storage::Error> {
     let mut outcome = Outcome::default();
     let mut accepted = WriteBatch::default();
@@ -62,11 +65,17 @@ pub async fn ingest(
     }
     let samples = accepted.sample_count() as u64;
     let storage = state.storage.clone();
-    let result = tokio::task::spawn_blocking(move || storage.write(DEFAULT_TENANT, accepted))
-        .await
-        .map_err(|e| sonde_storage::Error::Closed(format!("write task failed: {e}")))?;
+    let result = tokio::task::spawn_blocking(move || {
+        storage.write_with_keys(DEFAULT_TENANT, accepted, keys)
+    })
+    .await
+    .map_err(|e| sonde_storage::Error::Closed(format!("write task failed: {e}")))?;
     match result {
-        Ok(_) => {
+        Ok(None) => {
+            outcome.duplicate = true;
+            Ok(outcome)
+        }
+        Ok(Some(_)) => {
             state.metrics.ingested(protocol, samples);
             outcome.accepted_samples = samples;
             Ok(outcome)

@@ -66,7 +66,7 @@ pub async fn write(State(state): State<Arc<AppState>>, body: Bytes) -> Response 
         }
     };
     let tables = convert(req);
-    match ingest(&state, "remote_write", tables).await {
+    match ingest(&state, "remote_write", tables, Vec::new()).await {
         Ok(outcome) => match outcome.rejections.first() {
             None => StatusCode::NO_CONTENT.into_response(),
             Some(r) => plain(

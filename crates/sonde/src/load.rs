@@ -131,6 +131,7 @@ fn calls_request(b: &WriteBatch) -> sonde_proto::v1::WriteRequest {
     sonde_proto::v1::WriteRequest {
         tables: Vec::new(),
         calls,
+        idempotency_key: String::new(),
     }
 }
 

@@ -369,3 +369,74 @@ async fn llm_calls_become_rows_and_metrics_with_computed_cost() {
     let kind = s.tables("default")["llm_tokens_total"].kind;
     assert_eq!(kind, sonde_types::MetricKind::DeltaSum);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retried_write_with_the_same_idempotency_key_is_stored_once() {
+    use sonde_proto::v1::LlmCall;
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms() - 60_000;
+    let req = |key: &str, ts: i64| WriteRequest {
+        tables: vec![counter("events_total", "m", vec![ts], vec![1.0])],
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let call = |id: &str| LlmCall {
+        time_ms: t0,
+        call_id: id.into(),
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        input_tokens: 10,
+        output_tokens: 5,
+        ..Default::default()
+    };
+    {
+        let server = TestServer::start(dir.path());
+        let mut client = server.client().await;
+        let first = client.write(req("batch-1", t0)).await.unwrap().into_inner();
+        assert!(!first.duplicate && first.accepted_samples == 1);
+        // The retry carries a different timestamp, so without the key it would be a
+        // second row; with it, nothing is stored.
+        let retry = client
+            .write(req("batch-1", t0 + 1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(retry.duplicate && retry.accepted_samples == 0, "{retry:?}");
+        let calls = WriteRequest {
+            calls: vec![call("c-1"), call("c-2"), call("c-1")],
+            ..Default::default()
+        };
+        let r = client.write(calls).await.unwrap().into_inner();
+        assert_eq!(r.duplicate_calls, 1, "c-1 twice in one request");
+        server.stop();
+    }
+    // After a restart the keys are still known.
+    let server = TestServer::start(dir.path());
+    let mut client = server.client().await;
+    let retry = client
+        .write(req("batch-1", t0 + 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.duplicate, "{retry:?}");
+    let r = client
+        .write(WriteRequest {
+            calls: vec![call("c-2"), call("c-3")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.duplicate_calls, 1, "c-2 was stored before the restart");
+    server.stop();
+
+    let s = reopen(dir.path());
+    let rows = |t: &str| {
+        s.scan("default", &ScanRequest::new(t, i64::MIN, i64::MAX))
+            .unwrap()
+            .stats
+            .rows
+    };
+    assert_eq!(rows("events_total"), 1);
+    assert_eq!(rows("llm_calls"), 3, "c-1, c-2, c-3 once each");
+}
