@@ -12,8 +12,8 @@ use sonde_proto::v1::{Rejection, WriteRequest, WriteResponse};
 use sonde_storage::Error as StorageError;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::AppState;
 use crate::ingest::{Rejected, ingest};
-use crate::{AppState, DEFAULT_TENANT};
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -34,7 +34,8 @@ impl Ingest for IngestService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        write_one(&self.state, request.into_inner())
+        let tenant = tenant_of(&self.state, &request)?;
+        write_one(&self.state, &tenant, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -43,10 +44,11 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let tenant = tenant_of(&self.state, &request)?;
         let mut stream = request.into_inner();
         let mut total = WriteResponse::default();
         while let Some(req) = stream.message().await? {
-            let r = write_one(&self.state, req).await?;
+            let r = write_one(&self.state, &tenant, req).await?;
             total.accepted_samples += r.accepted_samples;
             total.rejected_samples += r.rejected_samples;
             total.rejections.extend(r.rejections);
@@ -55,12 +57,28 @@ impl Ingest for IngestService {
     }
 }
 
-async fn write_one(state: &Arc<AppState>, req: WriteRequest) -> Result<WriteResponse, Status> {
+/// The caller's tenant from the `authorization` metadata (`Bearer <token>`).
+fn tenant_of<T>(state: &AppState, request: &Request<T>) -> Result<String, Status> {
+    let header = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    state
+        .auth
+        .tenant(header)
+        .map_err(|_| Status::unauthenticated("missing or invalid bearer token"))
+}
+
+async fn write_one(
+    state: &Arc<AppState>,
+    tenant: &str,
+    req: WriteRequest,
+) -> Result<WriteResponse, Status> {
     let storage = &state.storage;
     let request_key =
         (!req.idempotency_key.is_empty()).then(|| format!("req:{}", req.idempotency_key));
     if let Some(k) = &request_key
-        && storage.key_seen(DEFAULT_TENANT, k)
+        && storage.key_seen(tenant, k)
     {
         return Ok(WriteResponse {
             duplicate: true,
@@ -81,7 +99,7 @@ async fn write_one(state: &Arc<AppState>, req: WriteRequest) -> Result<WriteResp
                     return true;
                 }
                 let k = format!("call:{}", c.call_id);
-                let dup = !in_request.insert(k.clone()) || storage.key_seen(DEFAULT_TENANT, &k);
+                let dup = !in_request.insert(k.clone()) || storage.key_seen(tenant, &k);
                 if dup {
                     duplicate_calls += 1;
                 } else {
@@ -110,7 +128,7 @@ async fn write_one(state: &Arc<AppState>, req: WriteRequest) -> Result<WriteResp
             })
             .chain(crate::calls::convert(calls, &state.prices))
             .collect();
-        let outcome = ingest(state, "sonde", tables, keys)
+        let outcome = ingest(state, tenant, "sonde", tables, keys)
             .await
             .map_err(|e| status(&e))?;
         if outcome.duplicate {

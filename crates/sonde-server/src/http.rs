@@ -26,8 +26,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The caller's tenant from `Authorization: Bearer <token>`, or a 401 response.
+pub fn tenant(state: &AppState, headers: &axum::http::HeaderMap) -> Result<String, Box<Response>> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.auth.tenant(header).map_err(|_| {
+        Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "missing or invalid bearer token\n",
+            )
+                .into_response(),
+        )
+    })
+}
+
 /// Persists the head into segments; returns when the manifest naming them is durable.
-async fn flush(State(state): State<Arc<AppState>>) -> Response {
+/// With authentication on, any valid token may ask.
+async fn flush(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(resp) = tenant(&state, &headers) {
+        return *resp;
+    }
     let storage = state.storage.clone();
     let started = Instant::now();
     match tokio::task::spawn_blocking(move || storage.flush()).await {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sonde_types::{TableBatch, WriteBatch};
 
-use crate::{AppState, DEFAULT_TENANT};
+use crate::AppState;
 
 /// A table a protocol could not convert or that failed validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,7 @@ pub struct Outcome {
 /// (head full, shutdown, I/O) fails the whole call: nothing of it was stored.
 pub async fn ingest(
     state: &Arc<AppState>,
+    tenant: &str,
     protocol: &'static str,
     tables: Vec<Result<TableBatch, Rejected>>,
     keys: Vec<String>,
@@ -42,7 +43,7 @@ pub async fn ingest(
             let samples = tb.sample_count() as u64;
             let name = tb.table.clone();
             let one = WriteBatch { tables: vec![tb] };
-            match state.storage.validate(DEFAULT_TENANT, &one) {
+            match state.storage.validate(tenant, &one) {
                 Ok(()) => Ok(one),
                 Err(e) => Err(Rejected {
                     table: name,
@@ -65,11 +66,11 @@ pub async fn ingest(
     }
     let samples = accepted.sample_count() as u64;
     let storage = state.storage.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        storage.write_with_keys(DEFAULT_TENANT, accepted, keys)
-    })
-    .await
-    .map_err(|e| sonde_storage::Error::Closed(format!("write task failed: {e}")))?;
+    let tenant = tenant.to_string();
+    let result =
+        tokio::task::spawn_blocking(move || storage.write_with_keys(&tenant, accepted, keys))
+            .await
+            .map_err(|e| sonde_storage::Error::Closed(format!("write task failed: {e}")))?;
     match result {
         Ok(None) => {
             outcome.duplicate = true;

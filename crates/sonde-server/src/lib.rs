@@ -26,6 +26,65 @@ pub use metrics::Metrics;
 /// The tenant used when authentication is off.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// Bearer tokens, each mapped to a tenant. With none configured every request
+/// belongs to [`DEFAULT_TENANT`]. The tenant of stored data comes only from the
+/// token, never from the payload.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    tokens: std::collections::HashMap<String, String>,
+}
+
+/// A request without a valid bearer token while authentication is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unauthenticated;
+
+impl Auth {
+    /// From `TOKEN=TENANT` pairs; errors name the bad entry.
+    pub fn from_pairs<S: AsRef<str>>(pairs: &[S]) -> std::result::Result<Self, String> {
+        let mut tokens = std::collections::HashMap::new();
+        for p in pairs {
+            let p = p.as_ref().trim();
+            if p.is_empty() {
+                continue;
+            }
+            let (token, tenant) = p
+                .split_once('=')
+                .ok_or_else(|| format!("auth token {p:?}: expected TOKEN=TENANT"))?;
+            sonde_types::validate_tenant(tenant).map_err(|e| format!("auth token for {e}"))?;
+            if token.len() < 8 {
+                return Err(format!(
+                    "auth token for tenant {tenant:?}: at least 8 characters, got {}",
+                    token.len()
+                ));
+            }
+            tokens.insert(token.to_string(), tenant.to_string());
+        }
+        Ok(Auth { tokens })
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// The tenant for an `Authorization` header value.
+    pub fn tenant(
+        &self,
+        authorization: Option<&str>,
+    ) -> std::result::Result<String, Unauthenticated> {
+        if self.tokens.is_empty() {
+            return Ok(DEFAULT_TENANT.to_string());
+        }
+        authorization
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .and_then(|t| self.tokens.get(t.trim()))
+            .cloned()
+            .ok_or(Unauthenticated)
+    }
+}
+
 /// What the services share.
 #[derive(Debug)]
 pub struct AppState {
@@ -33,6 +92,7 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Prices for computing the cost of LLM calls that arrive without one.
     pub prices: Vec<pricing::Price>,
+    pub auth: Auth,
 }
 
 /// Failures starting or running the servers.

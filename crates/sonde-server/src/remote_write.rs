@@ -35,7 +35,15 @@ fn plain(code: StatusCode, msg: String) -> Response {
     (code, [(header::CONTENT_TYPE, "text/plain")], msg + "\n").into_response()
 }
 
-pub async fn write(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+pub async fn write(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let tenant = match crate::http::tenant(&state, &headers) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
     let len = match snap::raw::decompress_len(&body) {
         Ok(n) => n,
         Err(e) => {
@@ -66,7 +74,7 @@ pub async fn write(State(state): State<Arc<AppState>>, body: Bytes) -> Response 
         }
     };
     let tables = convert(req);
-    match ingest(&state, "remote_write", tables, Vec::new()).await {
+    match ingest(&state, &tenant, "remote_write", tables, Vec::new()).await {
         Ok(outcome) => match outcome.rejections.first() {
             None => StatusCode::NO_CONTENT.into_response(),
             Some(r) => plain(

@@ -43,6 +43,9 @@ pub struct LoadArgs {
     /// Send this many LLM call records (table llm_calls) instead of the metric dataset.
     #[arg(long)]
     calls: Option<usize>,
+    /// Bearer token for servers with authentication on.
+    #[arg(long, env = "SONDE_TOKEN")]
+    token: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -219,6 +222,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             let bar = bar.clone();
             let http = http.clone();
             let target = target.clone();
+            let token = args.token.clone();
             let mut grpc = match protocol {
                 Protocol::Sonde => Some(
                     IngestClient::connect(target.clone())
@@ -238,15 +242,23 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                     };
                     let t = Instant::now();
                     let result = match payload {
-                        Payload::Sonde(req) => grpc
-                            .as_mut()
-                            .expect("gRPC client")
-                            .write(req)
-                            .await
-                            .map(|_| ())
-                            .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                        Payload::Sonde(req) => {
+                            let mut req = tonic::Request::new(req);
+                            if let Some(t) = &token
+                                && let Ok(v) = format!("Bearer {t}").parse()
+                            {
+                                req.metadata_mut().insert("authorization", v);
+                            }
+                            grpc.as_mut()
+                                .expect("gRPC client")
+                                .write(req)
+                                .await
+                                .map(|_| ())
+                                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                        }
                         Payload::RemoteWrite(body) => match http
                             .post(&target)
+                            .bearer_auth(token.as_deref().unwrap_or(""))
                             .header("Content-Encoding", "snappy")
                             .header("Content-Type", "application/x-protobuf")
                             .header("X-Prometheus-Remote-Write-Version", "0.1.0")

@@ -51,6 +51,10 @@ struct ServeArgs {
     /// milliseconds, e.g. `100` (acknowledge after the OS write).
     #[arg(long, env = "SONDE_FSYNC", default_value = "always")]
     fsync: String,
+    /// Bearer tokens as TOKEN=TENANT (repeat the flag, or comma-separate in the
+    /// environment variable). None: every request goes to tenant "default".
+    #[arg(long = "auth-token", env = "SONDE_AUTH_TOKENS", value_delimiter = ',')]
+    auth_tokens: Vec<String>,
     /// Flush the in-memory head to segments at this many MiB of samples.
     #[arg(long, env = "SONDE_MAX_HEAD_MB", default_value_t = 256)]
     max_head_mb: usize,
@@ -72,6 +76,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let auth = sonde_server::Auth::from_pairs(&args.auth_tokens).map_err(anyhow::Error::msg)?;
+    let loopback =
+        |a: &str| a.starts_with("127.") || a.starts_with("[::1]") || a.starts_with("localhost");
+    let all_loopback = loopback(&args.grpc_addr) && loopback(&args.http_addr);
+    if !auth.enabled() && !all_loopback {
+        tracing::warn!(
+            grpc = %args.grpc_addr,
+            http = %args.http_addr,
+            "authentication is off and Sonde listens beyond loopback: anyone who can reach it can write"
+        );
+    }
     let mut config = Config::new(&args.data_dir);
     config.fsync = match args.fsync.as_str() {
         "always" => FsyncPolicy::Always,
@@ -92,6 +107,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         storage: storage.clone(),
         metrics: Metrics::default(),
         prices: sonde_server::pricing::defaults(),
+        auth,
     });
     runtime.block_on(async {
         let listeners = Listeners::bind(&args.grpc_addr, &args.http_addr).await?;

@@ -17,6 +17,11 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `sonde serve` on `dir` with free ports and waits until it listens.
     pub fn start(dir: &Path) -> TestServer {
+        Self::start_with(dir, &[])
+    }
+
+    /// Like [`TestServer::start`], with extra `sonde serve` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sonde"))
             .args([
                 "serve",
@@ -27,6 +32,7 @@ impl TestServer {
             ])
             .arg("--data-dir")
             .arg(dir)
+            .args(extra)
             .env("SONDE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -62,11 +68,24 @@ impl TestServer {
 
     /// A minimal HTTP/1.1 request with a body; returns (status, body).
     pub fn http_body(&self, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, String) {
+        self.http_auth(method, path, ctype, body, None)
+    }
+
+    /// A minimal HTTP/1.1 request with a body and an optional bearer token.
+    pub fn http_auth(
+        &self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let mut s = std::net::TcpStream::connect(&self.http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: sonde\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: sonde\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
         .unwrap();
