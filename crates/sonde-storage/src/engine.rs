@@ -280,6 +280,7 @@ impl Storage {
     pub fn validate(&self, tenant: &str, batch: &WriteBatch) -> Result<()> {
         sonde_types::validate_tenant(tenant)?;
         batch.validate(&self.inner.config.limits, self.inner.clock.now_ms())?;
+        self.check_cardinality(tenant, batch)?;
         match self.inner.schemas.read().get(tenant) {
             Some(tables) => schema_conflicts(tables, batch),
             None => Ok(()),
@@ -308,6 +309,7 @@ impl Storage {
         let now = self.inner.clock.now_ms();
         batch.validate(&self.inner.config.limits, now)?;
         self.check_schema(tenant, &batch)?;
+        self.check_cardinality(tenant, &batch)?;
         self.wait_for_head_room()?;
         let rows = batch.row_count();
         let samples = batch.sample_count();
@@ -332,6 +334,31 @@ impl Storage {
             self.inner.wake.notify_one();
         }
         Ok(Some(WriteReceipt { seq, rows, samples }))
+    }
+
+    /// The cardinality cap: a table may not grow past `max_series_per_table` active
+    /// series. (Concurrent writers of new series may overshoot it by their batches.)
+    fn check_cardinality(&self, tenant: &str, batch: &WriteBatch) -> Result<()> {
+        let cap = self.inner.config.limits.max_series_per_table;
+        let st = self.inner.state.read();
+        let head = st.active.read();
+        for t in &batch.tables {
+            let (existing, new) = match head.table(tenant, &t.table) {
+                Some(th) => (
+                    th.series.len(),
+                    t.series.iter().filter(|s| !th.contains(&s.labels)).count(),
+                ),
+                None => (0, t.series.len()),
+            };
+            if new > 0 && existing + new > cap {
+                return Err(Error::Invalid(sonde_types::Error::limit(
+                    format!("table {:?} active series", t.table),
+                    existing + new,
+                    cap,
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Backpressure: while the active head is full and an earlier head is still being

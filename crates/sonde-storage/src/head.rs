@@ -54,6 +54,11 @@ impl TableHead {
         }
     }
 
+    /// Whether the registry already holds this series.
+    pub fn contains(&self, labels: &Labels) -> bool {
+        self.ids.contains_key(labels)
+    }
+
     /// Normalized, time-sliced rows of the series matching `matchers`.
     pub fn select(
         &self,

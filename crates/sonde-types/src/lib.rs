@@ -53,13 +53,13 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Invalid {
             field: field.into(),
             reason: reason.into(),
         }
     }
-    pub(crate) fn limit(field: impl Into<String>, actual: usize, limit: usize) -> Self {
+    pub fn limit(field: impl Into<String>, actual: usize, limit: usize) -> Self {
         Error::LimitExceeded {
             field: field.into(),
             actual,

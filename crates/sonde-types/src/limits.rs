@@ -18,6 +18,10 @@ pub struct Limits {
     pub max_future_ms: i64,
     /// How far in the past (ms) a sample may be; `None` accepts anything inside retention.
     pub max_past_ms: Option<i64>,
+    /// Most active series (written since the previous flush cycle) one table of one
+    /// tenant may have in memory: the cardinality cap. New series past it are
+    /// rejected; existing series keep being accepted.
+    pub max_series_per_table: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +34,7 @@ impl Default for Limits {
             max_samples_per_batch: 1_000_000,
             max_future_ms: 10 * 60 * 1000,
             max_past_ms: None,
+            max_series_per_table: 1_000_000,
         }
     }
 }

@@ -55,6 +55,9 @@ struct ServeArgs {
     /// environment variable). None: every request goes to tenant "default".
     #[arg(long = "auth-token", env = "SONDE_AUTH_TOKENS", value_delimiter = ',')]
     auth_tokens: Vec<String>,
+    /// Cardinality cap: most active series per table per tenant.
+    #[arg(long, env = "SONDE_MAX_SERIES_PER_TABLE", default_value_t = 1_000_000)]
+    max_series_per_table: usize,
     /// Flush the in-memory head to segments at this many MiB of samples.
     #[arg(long, env = "SONDE_MAX_HEAD_MB", default_value_t = 256)]
     max_head_mb: usize,
@@ -95,6 +98,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )?)),
     };
     config.max_head_bytes = args.max_head_mb << 20;
+    config.limits.max_series_per_table = args.max_series_per_table;
     let storage = Arc::new(
         Storage::open(config)
             .with_context(|| format!("opening data directory {}", args.data_dir.display()))?,

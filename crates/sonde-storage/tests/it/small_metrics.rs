@@ -56,3 +56,33 @@ fn thousand_metrics_share_one_segment() {
         10
     );
 }
+
+/// The cardinality cap rejects new series of a full table, naming the limit, while
+/// existing series and other tables keep being accepted.
+#[test]
+fn cardinality_cap_rejects_new_series_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.max_series_per_table = 10;
+    let s = Storage::open(c).unwrap();
+    let batch = |table: &str, users: std::ops::Range<u32>| {
+        let mut t = TableBatch::single(table, MetricKind::Gauge, FieldType::F64);
+        for u in users {
+            let labels = Labels::new([("user_id", format!("u{u}"))]).unwrap();
+            t.series
+                .push(SeriesBatch::f64(labels, vec![1_000], vec![1.0]));
+        }
+        WriteBatch { tables: vec![t] }
+    };
+    s.write(TENANT, batch("m", 0..10)).unwrap();
+    let err = s.write(TENANT, batch("m", 5..11)).unwrap_err();
+    assert!(err.is_invalid_input());
+    assert_eq!(
+        err.to_string(),
+        "table \"m\" active series: 11 exceeds the limit of 10"
+    );
+    s.write(TENANT, batch("m", 0..10)).unwrap();
+    s.write(TENANT, batch("other", 0..10)).unwrap();
+    let out = s.scan(TENANT, &ScanRequest::new("m", 0, 10_000)).unwrap();
+    assert_eq!(out.series.len(), 10, "the rejected batch stored nothing");
+}
