@@ -7,6 +7,7 @@
 //! variable. SIGINT/SIGTERM stop accepting, drain in-flight requests, make the WAL
 //! durable, and exit 0.
 
+mod config;
 mod load;
 
 use std::path::PathBuf;
@@ -36,31 +37,36 @@ enum Command {
     Load(load::LoadArgs),
 }
 
+/// Every setting is optional here: a flag (or its environment variable) wins over the
+/// config file, which wins over the built-in default.
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Data directory (created if missing).
-    #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
-    data_dir: PathBuf,
-    /// gRPC listen address (sonde.v1.Ingest).
-    #[arg(long, env = "SONDE_GRPC_ADDR", default_value = "127.0.0.1:4317")]
-    grpc_addr: String,
-    /// HTTP listen address (health, admin, metrics).
-    #[arg(long, env = "SONDE_HTTP_ADDR", default_value = "127.0.0.1:4318")]
-    http_addr: String,
-    /// WAL fsync policy: `always` (acknowledge after fsync) or a sync interval in
-    /// milliseconds, e.g. `100` (acknowledge after the OS write).
-    #[arg(long, env = "SONDE_FSYNC", default_value = "always")]
-    fsync: String,
+    /// TOML config file (see the README for its keys).
+    #[arg(long, env = "SONDE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (created if missing). Default ./sonde-data.
+    #[arg(long, env = "SONDE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address (sonde.v1.Ingest). Default 127.0.0.1:4317.
+    #[arg(long, env = "SONDE_GRPC_ADDR")]
+    grpc_addr: Option<String>,
+    /// HTTP listen address (remote_write, admin, metrics). Default 127.0.0.1:4318.
+    #[arg(long, env = "SONDE_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// WAL fsync policy: `always` (acknowledge after fsync; default) or a sync
+    /// interval in milliseconds, e.g. `100` (acknowledge after the OS write).
+    #[arg(long, env = "SONDE_FSYNC")]
+    fsync: Option<String>,
     /// Bearer tokens as TOKEN=TENANT (repeat the flag, or comma-separate in the
     /// environment variable). None: every request goes to tenant "default".
     #[arg(long = "auth-token", env = "SONDE_AUTH_TOKENS", value_delimiter = ',')]
     auth_tokens: Vec<String>,
-    /// Cardinality cap: most active series per table per tenant.
-    #[arg(long, env = "SONDE_MAX_SERIES_PER_TABLE", default_value_t = 1_000_000)]
-    max_series_per_table: usize,
-    /// Flush the in-memory head to segments at this many MiB of samples.
-    #[arg(long, env = "SONDE_MAX_HEAD_MB", default_value_t = 256)]
-    max_head_mb: usize,
+    /// Cardinality cap: most active series per table per tenant. Default 1000000.
+    #[arg(long, env = "SONDE_MAX_SERIES_PER_TABLE")]
+    max_series_per_table: Option<usize>,
+    /// Flush the in-memory head to segments at this many MiB of samples. Default 256.
+    #[arg(long, env = "SONDE_MAX_HEAD_MB")]
+    max_head_mb: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +85,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => config::FileConfig::load(path)?,
+        None => config::FileConfig::default(),
+    };
+    let args = config::Settings::resolve(args, file)?;
     let auth = sonde_server::Auth::from_pairs(&args.auth_tokens).map_err(anyhow::Error::msg)?;
     let loopback =
         |a: &str| a.starts_with("127.") || a.starts_with("[::1]") || a.starts_with("localhost");
@@ -99,6 +110,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.max_head_bytes = args.max_head_mb << 20;
     config.limits.max_series_per_table = args.max_series_per_table;
+    config.dedup_window = args.dedup_window;
     let storage = Arc::new(
         Storage::open(config)
             .with_context(|| format!("opening data directory {}", args.data_dir.display()))?,
@@ -110,7 +122,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         storage: storage.clone(),
         metrics: Metrics::default(),
-        prices: sonde_server::pricing::defaults(),
+        prices: args.prices,
         auth,
     });
     runtime.block_on(async {

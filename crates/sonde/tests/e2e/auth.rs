@@ -102,3 +102,60 @@ async fn tokens_pick_the_tenant_and_bad_tokens_are_refused() {
     assert_eq!(rows("acme", "rw") + rows("globex", "g"), 0);
     assert_eq!(rows("default", "g") + rows("someone-else", "g"), 0);
 }
+
+/// Tokens and prices from a config file; an invalid file stops the start with an
+/// error naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_file_sets_tokens_and_prices() {
+    use sonde_proto::v1::LlmCall;
+    use sonde_storage::series::Values;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sonde.toml");
+    std::fs::write(
+        &cfg,
+        "[auth_tokens]\n\"file-token-1\" = \"acme\"\n\n[[pricing]]\nmodel = \"mystery-*\"\ninput = 1.0\noutput = 2.0\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_with(&data, &["--config", cfg.to_str().unwrap()]);
+    let mut client = server.client().await;
+    let call = LlmCall {
+        time_ms: now_ms() - 1000,
+        provider: "lab".into(),
+        model: "mystery-model".into(),
+        input_tokens: 1000,
+        output_tokens: 500,
+        ..Default::default()
+    };
+    let req = WriteRequest {
+        calls: vec![call],
+        ..Default::default()
+    };
+    let err = client.write(req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    client.write(with_token(req, "file-token-1")).await.unwrap();
+    server.stop();
+    let s = reopen(&data);
+    let out = s
+        .scan(
+            "acme",
+            &ScanRequest::new("llm_cost_usd_total", i64::MIN, i64::MAX),
+        )
+        .unwrap();
+    let Values::F64(v) = &out.series[0].1.cols[0].as_ref().unwrap().values else {
+        panic!()
+    };
+    assert_eq!(v, &vec![0.002], "(1000 × 1 + 500 × 2) / 1M");
+
+    std::fs::write(&cfg, "no_such_key = 1\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sonde.toml") && stderr.contains("no_such_key"),
+        "{stderr}"
+    );
+}
