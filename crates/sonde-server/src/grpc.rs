@@ -13,6 +13,8 @@ use sonde_storage::Error as StorageError;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
+use sonde_types::TableBatch;
+
 use crate::ingest::{Rejected, ingest};
 
 /// Largest request accepted, in bytes.
@@ -85,6 +87,25 @@ async fn write_one(
             ..Default::default()
         });
     }
+    // Tables are converted once. Only a request with call ids and no request key can
+    // be retried below, so only then is a copy kept for the retry.
+    let may_retry = request_key.is_none() && req.calls.iter().any(|c| !c.call_id.is_empty());
+    let mut converted: Vec<Result<TableBatch, Rejected>> = req
+        .tables
+        .into_iter()
+        .map(|t| {
+            let samples = t
+                .series
+                .iter()
+                .map(|s| s.timestamps_ms.len() * t.fields.len().max(1))
+                .sum::<usize>() as u64;
+            sonde_proto::table_batch(t).map_err(|e| Rejected {
+                table: e.table,
+                reason: e.reason,
+                samples,
+            })
+        })
+        .collect();
     // A concurrent request may claim one of our call ids between the check and the
     // write; the write then stores nothing and we filter again (bounded).
     for _ in 0..3 {
@@ -110,24 +131,12 @@ async fn write_one(
             .cloned()
             .collect();
         keys.extend(request_key.clone());
-        let tables = req
-            .tables
-            .iter()
-            .cloned()
-            .map(|t| {
-                let samples = t
-                    .series
-                    .iter()
-                    .map(|s| s.timestamps_ms.len() * t.fields.len().max(1))
-                    .sum::<usize>() as u64;
-                sonde_proto::table_batch(t).map_err(|e| Rejected {
-                    table: e.table,
-                    reason: e.reason,
-                    samples,
-                })
-            })
-            .chain(crate::calls::convert(calls, &state.prices))
-            .collect();
+        let mut tables = if may_retry {
+            converted.clone()
+        } else {
+            std::mem::take(&mut converted)
+        };
+        tables.extend(crate::calls::convert(calls, &state.prices));
         let outcome = ingest(state, tenant, "sonde", tables, keys)
             .await
             .map_err(|e| status(&e))?;

@@ -7,7 +7,7 @@ use sonde_proto::v1::{FieldValues, MetricKind, Series, TableWrite, WriteRequest}
 use sonde_storage::ScanRequest;
 use tonic::Code;
 
-use crate::harness::{TestServer, now_ms, reopen};
+use crate::harness::{TestServer, now_ms, reopen, rows};
 
 fn request(table: &str, ts: i64) -> WriteRequest {
     WriteRequest {
@@ -91,12 +91,7 @@ async fn tokens_pick_the_tenant_and_bad_tokens_are_refused() {
     server.stop();
 
     let s = reopen(dir.path());
-    let rows = |tenant: &str, table: &str| {
-        s.scan(tenant, &ScanRequest::new(table, i64::MIN, i64::MAX))
-            .unwrap()
-            .stats
-            .rows
-    };
+    let rows = |tenant: &str, table: &str| rows(&s, tenant, table);
     assert_eq!(rows("acme", "g"), 1);
     assert_eq!(rows("globex", "rw"), 1);
     assert_eq!(rows("acme", "rw") + rows("globex", "g"), 0);

@@ -146,3 +146,14 @@ pub fn reopen(dir: &Path) -> sonde_storage::Storage {
     c.background_flush = false;
     sonde_storage::Storage::open(c).unwrap()
 }
+
+/// Rows stored in `table` of `tenant`, all time.
+pub fn rows(s: &sonde_storage::Storage, tenant: &str, table: &str) -> usize {
+    s.scan(
+        tenant,
+        &sonde_storage::ScanRequest::new(table, i64::MIN, i64::MAX),
+    )
+    .unwrap()
+    .stats
+    .rows
+}

@@ -6,7 +6,7 @@ use sonde_proto::v1::{
 use sonde_storage::{ScanRequest, Storage, series::Values};
 use tonic::Code;
 
-use crate::harness::{TestServer, now_ms, reopen};
+use crate::harness::{TestServer, now_ms, reopen, rows};
 
 fn label(n: &str, v: &str) -> Label {
     Label {
@@ -431,12 +431,7 @@ async fn retried_write_with_the_same_idempotency_key_is_stored_once() {
     server.stop();
 
     let s = reopen(dir.path());
-    let rows = |t: &str| {
-        s.scan("default", &ScanRequest::new(t, i64::MIN, i64::MAX))
-            .unwrap()
-            .stats
-            .rows
-    };
+    let rows = |t: &str| rows(&s, "default", t);
     assert_eq!(rows("events_total"), 1);
     assert_eq!(rows("llm_calls"), 3, "c-1, c-2, c-3 once each");
 }

@@ -3,9 +3,9 @@
 
 use std::process::Command;
 
-use sonde_storage::{Config, ScanRequest, Storage};
+use sonde_storage::{Config, Storage};
 
-use crate::harness::TestServer;
+use crate::harness::{TestServer, rows};
 
 fn load(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
@@ -73,12 +73,7 @@ fn load_over_both_protocols() {
     let mut c = Config::new(dir.path());
     c.background_flush = false;
     let s = Storage::open(c).unwrap();
-    let rows = |t: &str| {
-        s.scan("default", &ScanRequest::new(t, i64::MIN, i64::MAX))
-            .unwrap()
-            .stats
-            .rows
-    };
+    let rows = |t: &str| rows(&s, "default", t);
     // Both loads sent the same 40 token series, 10 samples each, ending at "now": the
     // two runs start milliseconds apart, so their timestamps differ (800 rows); 400
     // only if both started in the same millisecond.
@@ -99,12 +94,7 @@ fn load_calls_as_llm_call_records() {
     let mut c = Config::new(dir.path());
     c.background_flush = false;
     let s = Storage::open(c).unwrap();
-    let rows = |t: &str| {
-        s.scan("default", &ScanRequest::new(t, i64::MIN, i64::MAX))
-            .unwrap()
-            .stats
-            .rows
-    };
+    let rows = |t: &str| rows(&s, "default", t);
     assert_eq!(rows("llm_calls"), 500);
     assert_eq!(rows("llm_request_duration_seconds"), 500);
     assert!(rows("llm_requests_total") > 0 && rows("llm_cost_usd_total") > 0);
