@@ -23,7 +23,44 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(crate::remote_write::write)
                 .layer(DefaultBodyLimit::max(crate::remote_write::MAX_BODY_BYTES)),
         )
+        .route(
+            "/v1/metrics",
+            post(crate::otlp::http_export)
+                .layer(DefaultBodyLimit::max(crate::otlp::MAX_REQUEST_BYTES)),
+        )
+        .route("/api/v1/metadata", get(metadata))
         .with_state(state)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MetadataParams {
+    metric: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/metadata[?metric=NAME][&limit=N]`, in Prometheus' response format;
+/// OTLP metrics also carry `otel_name`, the name before normalisation.
+async fn metadata(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<MetadataParams>,
+) -> Response {
+    let tenant = match tenant(&state, &headers) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    let families = state.metadata.families(&tenant);
+    let data: serde_json::Map<String, serde_json::Value> = families
+        .into_iter()
+        .filter(|(name, _)| params.metric.as_ref().is_none_or(|m| m == name))
+        .take(params.limit.unwrap_or(usize::MAX))
+        .map(|(name, meta)| (name, serde_json::json!([meta])))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({"status": "success", "data": data}).to_string(),
+    )
+        .into_response()
 }
 
 /// The caller's tenant from `Authorization: Bearer <token>`, or a 401 response.

@@ -1,5 +1,7 @@
-//! Sonde's network services over one [`Storage`]: the `sonde.v1.Ingest` gRPC service
-//! and the HTTP endpoints (`/healthz`, `/readyz`, `/api/v1/admin/flush`, `/metrics`).
+//! Sonde's network services over one [`Storage`]: the `sonde.v1.Ingest` and OTLP
+//! `MetricsService` gRPC services and the HTTP endpoints (`/healthz`, `/readyz`,
+//! `/api/v1/admin/flush`, `/metrics`, `/api/v1/write`, `/v1/metrics`,
+//! `/api/v1/metadata`).
 //!
 //! Design decision: storage is synchronous (its WAL thread does group commit), so
 //! every storage call runs on tokio's blocking pool; the async side never blocks.
@@ -11,7 +13,9 @@ pub mod calls;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
+pub mod metadata;
 pub mod metrics;
+pub mod otlp;
 pub mod pricing;
 pub mod remote_write;
 
@@ -93,6 +97,8 @@ pub struct AppState {
     /// Prices for computing the cost of LLM calls that arrive without one.
     pub prices: Vec<pricing::Price>,
     pub auth: Auth,
+    /// Metric types, units, help and original OTLP names.
+    pub metadata: metadata::MetadataStore,
 }
 
 /// Failures starting or running the servers.
@@ -152,6 +158,7 @@ pub async fn serve(
     let mut http_stop = tx.subscribe();
     let grpc = tonic::transport::Server::builder()
         .add_service(grpc::service(state.clone()))
+        .add_service(otlp::service(state.clone()))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listeners.grpc),
             async move {

@@ -8,8 +8,10 @@
 //! `Retry-After` when the head is full and flushing is behind; 503 while shutting
 //! down; 500 for internal faults.
 //!
-//! Each metric name becomes a table with one f64 field `value`. The kind comes from
-//! the request's metadata when present, else from the name: `_total` → counter,
+//! Each metric name becomes a table with one f64 field `value`. Its kind is the
+//! existing table's kind when the table exists (remote_write 1.0 sends metadata in
+//! separate requests, so a later guess must not contradict the first); else the
+//! request's metadata when present; else from the name: `_total` → counter,
 //! `_bucket`, `_sum`, `_count` → histogram series, otherwise gauge.
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,7 +75,8 @@ pub async fn write(
             return plain(StatusCode::BAD_REQUEST, format!("protobuf: {e}"));
         }
     };
-    let tables = convert(req);
+    crate::metadata::record_remote_write(&state, &tenant, &req.metadata);
+    let tables = convert(req, |t| state.storage.table_kind(&tenant, t));
     match ingest(&state, &tenant, "remote_write", tables, Vec::new()).await {
         Ok(outcome) => match outcome.rejections.first() {
             None => StatusCode::NO_CONTENT.into_response(),
@@ -118,7 +121,10 @@ fn kind_of(name: &str, metadata: &HashMap<String, MetricType>) -> MetricKind {
 
 /// Groups the series by metric name into table batches; series Sonde cannot take are
 /// returned as rejections.
-pub fn convert(req: WriteRequest) -> Vec<Result<TableBatch, Rejected>> {
+pub fn convert(
+    req: WriteRequest,
+    existing_kind: impl Fn(&str) -> Option<MetricKind>,
+) -> Vec<Result<TableBatch, Rejected>> {
     let metadata: HashMap<String, MetricType> = req
         .metadata
         .iter()
@@ -166,7 +172,8 @@ pub fn convert(req: WriteRequest) -> Vec<Result<TableBatch, Rejected>> {
             }
         };
         let table = tables.entry(name.clone()).or_insert_with(|| {
-            TableBatch::single(&name, kind_of(&name, &metadata), FieldType::F64)
+            let kind = existing_kind(&name).unwrap_or_else(|| kind_of(&name, &metadata));
+            TableBatch::single(&name, kind, FieldType::F64)
         });
         table.series.push(SeriesBatch::f64(
             labels,

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use sonde_types::{
-    Clock, DAY_MS, FieldDef, FieldType, Limits, MetricKind, SystemClock, WriteBatch, day_of,
+    Clock, DAY_MS, FieldDef, FieldType, Limits, MetricKind, SystemClock, TimestampMs, WriteBatch,
+    day_of,
 };
 
 use crate::catalog;
@@ -464,6 +465,21 @@ impl Storage {
         t
     }
 
+    /// The kind of a tenant's table, if it exists.
+    pub fn table_kind(&self, tenant: &str, table: &str) -> Option<MetricKind> {
+        Some(self.inner.schemas.read().get(tenant)?.get(table)?.kind)
+    }
+
+    /// The validation limits every write is checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+
+    /// The storage clock's current time (ms).
+    pub fn now_ms(&self) -> TimestampMs {
+        self.inner.clock.now_ms()
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -527,6 +543,16 @@ fn schema_conflicts(tables: &BTreeMap<String, TableSchema>, batch: &WriteBatch) 
         let Some(s) = tables.get(&t.table) else {
             continue;
         };
+        if s.kind != t.kind {
+            return Err(Error::Invalid(sonde_types::Error::Invalid {
+                field: format!("table {:?} kind", t.table),
+                reason: format!(
+                    "the table holds {} data; got {}",
+                    s.kind.as_str(),
+                    t.kind.as_str()
+                ),
+            }));
+        }
         for f in &t.fields {
             if let Some(g) = s.fields.iter().find(|g| g.name == f.name)
                 && g.ty == FieldType::F64

@@ -124,6 +124,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         prices: args.prices,
         auth,
+        metadata: sonde_server::metadata::MetadataStore::open(&args.data_dir),
     });
     runtime.block_on(async {
         let listeners = Listeners::bind(&args.grpc_addr, &args.http_addr).await?;

@@ -80,23 +80,44 @@ impl TestServer {
         body: &[u8],
         token: Option<&str>,
     ) -> (u16, String) {
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", ctype)];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a));
+        }
+        let (status, body) = self.request(method, path, &headers, body);
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A minimal HTTP/1.1 request with any headers; returns (status, raw body).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
         let mut s = std::net::TcpStream::connect(&self.http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: sonde\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: sonde\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
-        )
-        .unwrap();
+        ));
+        s.write_all(head.as_bytes()).unwrap();
         // The server may answer (413) before reading a large body: ignore write errors.
         let _ = s.write_all(body);
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
-        let resp = String::from_utf8_lossy(&raw).into_owned();
-        let status = resp[9..12].parse().unwrap();
-        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
+        let status = String::from_utf8_lossy(&raw[9..12]).parse().unwrap();
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(raw.len(), |i| i + 4);
+        (status, raw[split..].to_vec())
     }
 
     /// SIGTERM, and the exit status must be success.

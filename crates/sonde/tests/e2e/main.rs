@@ -4,4 +4,5 @@ mod auth;
 mod harness;
 mod ingest;
 mod load;
+mod otlp;
 mod remote_write;
