@@ -1,5 +1,5 @@
 //! `sonde load`: sends the standard LLM dataset (or per-call records) to a server over
-//! sonde.v1 gRPC or Prometheus remote_write, with N concurrent connections, and prints
+//! sonde.v1 gRPC, OTLP/gRPC or Prometheus remote_write, with N concurrent connections, and prints
 //! throughput and request latency. Works against any remote_write receiver, so the same
 //! command drives Prometheus and VictoriaMetrics in benchmarks.
 
@@ -7,10 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use prost::Message;
 use sonde_dataset::{CallConfig, CallGenerator, DatasetConfig, Generator};
 use sonde_proto::v1::ingest_client::IngestClient;
 use sonde_types::WriteBatch;
+
+use crate::otlp_load::otlp_chunks;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
@@ -18,13 +22,17 @@ pub enum Protocol {
     Sonde,
     /// Prometheus remote_write 1.0 over HTTP.
     RemoteWrite,
+    /// OTLP metrics (MetricsService/Export) over gRPC, shaped as an OpenTelemetry SDK
+    /// sends them: counters as cumulative sums, the duration histogram as one
+    /// histogram point per series and scrape.
+    Otlp,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     #[arg(long, value_enum, default_value = "sonde")]
     protocol: Protocol,
-    /// Server URL. Default: http://127.0.0.1:4317 (sonde),
+    /// Server URL. Default: http://127.0.0.1:4317 (sonde, otlp),
     /// http://127.0.0.1:4318/api/v1/write (remote-write).
     #[arg(long)]
     target: Option<String>,
@@ -54,6 +62,7 @@ pub struct LoadArgs {
 enum Payload {
     Sonde(sonde_proto::v1::WriteRequest),
     RemoteWrite(Vec<u8>),
+    Otlp(ExportMetricsServiceRequest),
 }
 
 /// Splits a batch into batches of about `max` samples (whole series).
@@ -143,7 +152,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         bail!("--calls sends LLM call records, which need --protocol sonde");
     }
     let target = args.target.clone().unwrap_or_else(|| match args.protocol {
-        Protocol::Sonde => "http://127.0.0.1:4317".into(),
+        Protocol::Sonde | Protocol::Otlp => "http://127.0.0.1:4317".into(),
         Protocol::RemoteWrite => "http://127.0.0.1:4318/api/v1/write".into(),
     });
     let now = std::time::SystemTime::now()
@@ -168,11 +177,15 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             let start = now - args.samples as i64 * 15_000;
             let ds = DatasetConfig::sized(args.series, args.samples, start);
             let batch = args.batch;
+            let scrapes = Generator::new(ds);
             (
                 ds.total_samples() as u64,
-                Box::new(
-                    Generator::new(ds).flat_map(move |b| split(b, batch).into_iter().enumerate()),
-                ),
+                if args.protocol == Protocol::Otlp {
+                    // Split per OTLP data point by the producer.
+                    Box::new(scrapes.map(|b| (0, b)))
+                } else {
+                    Box::new(scrapes.flat_map(move |b| split(b, batch).into_iter().enumerate()))
+                },
             )
         }
     };
@@ -182,12 +195,25 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..conns)
         .map(|_| tokio::sync::mpsc::channel::<(Payload, u64)>(4))
         .unzip();
+    let batch = args.batch;
     let producer = std::thread::spawn(move || {
         for (shard, b) in batches {
+            if protocol == Protocol::Otlp {
+                for (i, (req, samples)) in otlp_chunks(&b, batch).into_iter().enumerate() {
+                    if txs[i % txs.len()]
+                        .blocking_send((Payload::Otlp(req), samples))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                continue;
+            }
             let samples = b.sample_count() as u64;
             let payload = match protocol {
                 Protocol::Sonde if is_calls => Payload::Sonde(calls_request(&b)),
                 Protocol::Sonde => Payload::Sonde(sonde_proto::to_v1(&b)),
+                Protocol::Otlp => unreachable!("sent above"),
                 Protocol::RemoteWrite => {
                     let raw = sonde_proto::to_remote_write(&b).encode_to_vec();
                     Payload::RemoteWrite(
@@ -230,7 +256,16 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                         .with_context(|| format!("connecting to {target}"))?
                         .max_encoding_message_size(64 << 20),
                 ),
-                Protocol::RemoteWrite => None,
+                Protocol::RemoteWrite | Protocol::Otlp => None,
+            };
+            let mut otlp = match protocol {
+                Protocol::Otlp => Some(
+                    MetricsServiceClient::connect(target.clone())
+                        .await
+                        .with_context(|| format!("connecting to {target}"))?
+                        .max_encoding_message_size(64 << 20),
+                ),
+                _ => None,
             };
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
@@ -255,6 +290,24 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                                 .await
                                 .map(|_| ())
                                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                        }
+                        Payload::Otlp(req) => {
+                            let mut req = tonic::Request::new(req);
+                            if let Some(t) = &token
+                                && let Ok(v) = format!("Bearer {t}").parse()
+                            {
+                                req.metadata_mut().insert("authorization", v);
+                            }
+                            match otlp.as_mut().expect("OTLP client").export(req).await {
+                                Ok(r) => match r.into_inner().partial_success {
+                                    Some(p) if p.rejected_data_points > 0 => Err(format!(
+                                        "{} data points rejected: {}",
+                                        p.rejected_data_points, p.error_message
+                                    )),
+                                    _ => Ok(()),
+                                },
+                                Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+                            }
                         }
                         Payload::RemoteWrite(body) => match http
                             .post(&target)

@@ -9,6 +9,7 @@
 
 mod config;
 mod load;
+mod otlp_load;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -24,7 +24,7 @@ fn load(args: &[&str]) -> String {
 }
 
 #[test]
-fn load_over_both_protocols() {
+fn load_over_sonde_and_remote_write() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
     let grpc = format!("http://{}", server.grpc);
@@ -98,4 +98,54 @@ fn load_calls_as_llm_call_records() {
     assert_eq!(rows("llm_calls"), 500);
     assert_eq!(rows("llm_request_duration_seconds"), 500);
     assert!(rows("llm_requests_total") > 0 && rows("llm_cost_usd_total") > 0);
+}
+
+/// The same dataset over OTLP lands in the same tables as over the other protocols:
+/// counters, gauges and the classic histogram (sent as one OTLP histogram).
+#[test]
+fn load_over_otlp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let grpc = format!("http://{}", server.grpc);
+    let out = load(&[
+        "--protocol",
+        "otlp",
+        "--target",
+        &grpc,
+        "--series",
+        "300",
+        "--samples",
+        "10",
+        "--batch",
+        "500",
+    ]);
+    assert!(
+        out.contains("samples=3000 ") && out.contains("errors=0"),
+        "{out}"
+    );
+    let (_, metrics) = server.http("GET", "/metrics");
+    assert!(
+        metrics.contains("sonde_ingested_samples_total{protocol=\"otlp\"} 3000"),
+        "{metrics}"
+    );
+    server.stop();
+    let s = crate::harness::reopen(dir.path());
+    let rows = |t: &str| rows(&s, "default", t);
+    // 20 combinations × 10 scrapes: 2 token series, 9 buckets, 1 sum, 1 count,
+    // 1 gauge, 1 cost counter each.
+    assert_eq!(rows("llm_tokens_total"), 400);
+    assert_eq!(rows("llm_request_duration_seconds_bucket"), 1800);
+    assert_eq!(rows("llm_request_duration_seconds_sum"), 200);
+    assert_eq!(rows("llm_request_duration_seconds_count"), 200);
+    assert_eq!(rows("llm_ttft_seconds"), 200);
+    assert_eq!(rows("llm_cost_usd_total"), 200);
+    let kind = |t: &str| s.table_kind("default", t);
+    assert_eq!(
+        kind("llm_tokens_total"),
+        Some(sonde_types::MetricKind::Counter)
+    );
+    assert_eq!(
+        kind("llm_request_duration_seconds_bucket"),
+        Some(sonde_types::MetricKind::Histogram)
+    );
 }
