@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use sonde_types::{TableBatch, WriteBatch};
+use sonde_types::TableBatch;
 
 use crate::AppState;
 
@@ -26,9 +26,10 @@ pub struct Outcome {
     pub rejections: Vec<Rejected>,
 }
 
-/// Validates each table on its own, writes the valid ones in one storage write (one
-/// WAL record, durable before this returns), and reports the rest. A storage error
-/// (head full, shutdown, I/O) fails the whole call: nothing of it was stored.
+/// Stores the tables that pass validation in one storage write (one WAL record,
+/// durable before this returns; each table validated exactly once) and reports the
+/// rest. A storage error (head full, shutdown, I/O) fails the whole call: nothing of
+/// it was stored.
 pub async fn ingest(
     state: &Arc<AppState>,
     tenant: &str,
@@ -37,55 +38,50 @@ pub async fn ingest(
     keys: Vec<String>,
 ) -> Result<Outcome, sonde_storage::Error> {
     let mut outcome = Outcome::default();
-    let mut accepted = WriteBatch::default();
+    let mut valid = Vec::with_capacity(tables.len());
     for t in tables {
-        let checked = t.and_then(|tb| {
-            let samples = tb.sample_count() as u64;
-            let name = tb.table.clone();
-            let one = WriteBatch { tables: vec![tb] };
-            match state.storage.validate(tenant, &one) {
-                Ok(()) => Ok(one),
-                Err(e) => Err(Rejected {
-                    table: name,
-                    reason: e.to_string(),
-                    samples,
-                }),
-            }
-        });
-        match checked {
-            Ok(mut one) => accepted.tables.append(&mut one.tables),
-            Err(r) => {
-                state.metrics.rejected(protocol, "invalid", r.samples);
-                outcome.rejected_samples += r.samples;
-                outcome.rejections.push(r);
-            }
+        match t {
+            Ok(tb) => valid.push(tb),
+            Err(r) => outcome.rejections.push(r),
         }
     }
-    if accepted.tables.is_empty() {
-        return Ok(outcome);
-    }
-    let samples = accepted.sample_count() as u64;
+    let valid_samples: u64 = valid.iter().map(|t| t.sample_count() as u64).sum();
     let storage = state.storage.clone();
     let tenant = tenant.to_string();
-    let result =
-        tokio::task::spawn_blocking(move || storage.write_with_keys(&tenant, accepted, keys))
+    let result = if valid.is_empty() {
+        Ok(sonde_storage::TablesOutcome::default())
+    } else {
+        tokio::task::spawn_blocking(move || storage.write_tables(&tenant, valid, keys))
             .await
-            .map_err(|e| sonde_storage::Error::Closed(format!("write task failed: {e}")))?;
-    match result {
-        Ok(None) => {
-            outcome.duplicate = true;
-            Ok(outcome)
-        }
-        Ok(Some(_)) => {
-            state.metrics.ingested(protocol, samples);
-            outcome.accepted_samples = samples;
-            Ok(outcome)
-        }
+            .map_err(|e| sonde_storage::Error::Closed(format!("write task failed: {e}")))?
+    };
+    let written = match result {
+        Ok(w) => w,
         Err(e) => {
-            state.metrics.rejected(protocol, reason_label(&e), samples);
-            Err(e)
+            state
+                .metrics
+                .rejected(protocol, reason_label(&e), valid_samples);
+            return Err(e);
         }
+    };
+    outcome
+        .rejections
+        .extend(written.rejected.into_iter().map(|r| Rejected {
+            table: r.table,
+            reason: r.error.to_string(),
+            samples: r.samples as u64,
+        }));
+    for r in &outcome.rejections {
+        state.metrics.rejected(protocol, "invalid", r.samples);
+        outcome.rejected_samples += r.samples;
     }
+    outcome.duplicate = written.duplicate;
+    if let Some(receipt) = written.receipt {
+        let samples = receipt.samples as u64;
+        state.metrics.ingested(protocol, samples);
+        outcome.accepted_samples = samples;
+    }
+    Ok(outcome)
 }
 
 /// A short, bounded label for the rejection metric.

@@ -118,6 +118,11 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// HTTP/2 flow-control window per gRPC stream, in bytes.
+pub const GRPC_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window per gRPC connection, in bytes.
+pub const GRPC_CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// Bound listeners, so callers learn the real ports before serving (port 0 works).
 #[derive(Debug)]
 pub struct Listeners {
@@ -156,7 +161,11 @@ pub async fn serve(
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_stop = tx.subscribe();
     let mut http_stop = tx.subscribe();
+    // HTTP/2's default 64 KiB flow-control window makes a multi-megabyte write wait
+    // for a window update every 64 KiB; large windows let a batch arrive in one go.
     let grpc = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
+        .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
         .add_service(grpc::service(state.clone()))
         .add_service(otlp::service(state.clone()))
         .serve_with_incoming_shutdown(

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use sonde_types::{
-    Clock, DAY_MS, FieldDef, FieldType, Limits, MetricKind, SystemClock, TimestampMs, WriteBatch,
-    day_of,
+    Clock, DAY_MS, FieldDef, FieldType, Limits, MetricKind, SystemClock, TableBatch, TimestampMs,
+    WriteBatch, day_of,
 };
 
 use crate::catalog;
@@ -92,6 +92,24 @@ pub struct FlushStats {
     pub rows: u64,
     pub bytes: u64,
     pub wal_files_removed: usize,
+}
+
+/// A table [`Storage::write_tables`] did not store, and why.
+#[derive(Debug)]
+pub struct TableRejection {
+    pub table: String,
+    pub samples: usize,
+    pub error: Error,
+}
+
+/// What [`Storage::write_tables`] did.
+#[derive(Debug, Default)]
+pub struct TablesOutcome {
+    /// The write of the accepted tables; `None` when nothing was written.
+    pub receipt: Option<WriteReceipt>,
+    /// A deduplication key was already claimed: nothing was stored.
+    pub duplicate: bool,
+    pub rejected: Vec<TableRejection>,
 }
 
 /// The logical schema of a table: its kind, fields and every tag key seen.
@@ -311,6 +329,83 @@ impl Storage {
         batch.validate(&self.inner.config.limits, now)?;
         self.check_schema(tenant, &batch)?;
         self.check_cardinality(tenant, &batch)?;
+        self.append(tenant, batch, keys, now)
+    }
+
+    /// Validates each table on its own, stores the valid ones in one write (one WAL
+    /// record, acknowledged like [`Storage::write_with_keys`]) and returns the others
+    /// with their errors — the partial acceptance the network protocols offer,
+    /// validating every table exactly once. Errors that concern the whole write
+    /// (tenant, head full, shutdown, I/O) fail the call and store nothing.
+    pub fn write_tables(
+        &self,
+        tenant: &str,
+        tables: Vec<TableBatch>,
+        keys: Vec<String>,
+    ) -> Result<TablesOutcome> {
+        sonde_types::validate_tenant(tenant)?;
+        let now = self.inner.clock.now_ms();
+        let limits = &self.inner.config.limits;
+        let mut out = TablesOutcome::default();
+        let mut batch = WriteBatch {
+            tables: Vec::with_capacity(tables.len()),
+        };
+        {
+            let st = self.inner.state.read();
+            let head = st.active.read();
+            let schemas = self.inner.schemas.read();
+            let existing = schemas.get(tenant);
+            let mut one = WriteBatch {
+                tables: Vec::with_capacity(1),
+            };
+            for t in tables {
+                one.tables.push(t);
+                let checked = one
+                    .validate(limits, now)
+                    .map_err(Error::from)
+                    .and_then(|()| match existing {
+                        Some(s) => schema_conflicts(s, &one),
+                        None => Ok(()),
+                    })
+                    .and_then(|()| cardinality(&head, tenant, &one, limits));
+                let t = one.tables.pop().expect("pushed above");
+                match checked {
+                    Ok(()) => batch.tables.push(t),
+                    Err(e) => out.rejected.push(TableRejection {
+                        samples: t.sample_count(),
+                        table: t.table,
+                        error: e,
+                    }),
+                }
+            }
+        }
+        if batch.tables.is_empty() {
+            return Ok(out);
+        }
+        let samples = batch.sample_count();
+        if samples > limits.max_samples_per_batch {
+            return Err(Error::Invalid(sonde_types::Error::limit(
+                "samples per write",
+                samples,
+                limits.max_samples_per_batch,
+            )));
+        }
+        // Registering under the write lock re-checks conflicts with tables that
+        // concurrent writes created meanwhile.
+        self.check_schema(tenant, &batch)?;
+        out.receipt = self.append(tenant, batch, keys, now)?;
+        out.duplicate = out.receipt.is_none();
+        Ok(out)
+    }
+
+    /// Appends a validated batch to the WAL and the head; `None` if a key was taken.
+    fn append(
+        &self,
+        tenant: &str,
+        batch: WriteBatch,
+        keys: Vec<String>,
+        now: TimestampMs,
+    ) -> Result<Option<WriteReceipt>> {
         self.wait_for_head_room()?;
         let rows = batch.row_count();
         let samples = batch.sample_count();
@@ -337,29 +432,10 @@ impl Storage {
         Ok(Some(WriteReceipt { seq, rows, samples }))
     }
 
-    /// The cardinality cap: a table may not grow past `max_series_per_table` active
-    /// series. (Concurrent writers of new series may overshoot it by their batches.)
     fn check_cardinality(&self, tenant: &str, batch: &WriteBatch) -> Result<()> {
-        let cap = self.inner.config.limits.max_series_per_table;
         let st = self.inner.state.read();
         let head = st.active.read();
-        for t in &batch.tables {
-            let (existing, new) = match head.table(tenant, &t.table) {
-                Some(th) => (
-                    th.series.len(),
-                    t.series.iter().filter(|s| !th.contains(&s.labels)).count(),
-                ),
-                None => (0, t.series.len()),
-            };
-            if new > 0 && existing + new > cap {
-                return Err(Error::Invalid(sonde_types::Error::limit(
-                    format!("table {:?} active series", t.table),
-                    existing + new,
-                    cap,
-                )));
-            }
-        }
-        Ok(())
+        cardinality(&head, tenant, batch, &self.inner.config.limits)
     }
 
     /// Backpressure: while the active head is full and an earlier head is still being
@@ -510,6 +586,29 @@ impl Drop for Storage {
             tracing::error!(error = %e, "closing storage");
         }
     }
+}
+
+/// The cardinality cap: a table may not grow past `max_series_per_table` active
+/// series. (Concurrent writers of new series may overshoot it by their batches.)
+fn cardinality(head: &Head, tenant: &str, batch: &WriteBatch, limits: &Limits) -> Result<()> {
+    let cap = limits.max_series_per_table;
+    for t in &batch.tables {
+        let (existing, new) = match head.table(tenant, &t.table) {
+            Some(th) => (
+                th.series.len(),
+                t.series.iter().filter(|s| !th.contains(&s.labels)).count(),
+            ),
+            None => (0, t.series.len()),
+        };
+        if new > 0 && existing + new > cap {
+            return Err(Error::Invalid(sonde_types::Error::limit(
+                format!("table {:?} active series", t.table),
+                existing + new,
+                cap,
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn merge_schema(

@@ -31,7 +31,10 @@ const SERIES_OVERHEAD: usize = 320;
 pub struct TableHead {
     pub kind: MetricKind,
     pub fields: Vec<FieldDef>,
-    ids: HashMap<Arc<Labels>, u32>,
+    /// foldhash: SipHash was the largest single cost of ingest at 10k series per
+    /// request; foldhash is seeded per process, so crafted label sets cannot
+    /// predict collisions.
+    ids: HashMap<Arc<Labels>, u32, foldhash::fast::RandomState>,
     /// Series by ordinal; the label set is shared with `ids`, not stored twice.
     pub series: Vec<(Arc<Labels>, SeriesData)>,
     /// Shared with frozen cuts of this table; copied on write when a new series
@@ -46,7 +49,7 @@ impl TableHead {
         TableHead {
             kind,
             fields: Vec::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             series: Vec::new(),
             postings: Arc::new(Postings::default()),
             min_time: i64::MAX,
@@ -211,7 +214,7 @@ impl Head {
                     TableHead {
                         kind: th.kind,
                         fields: th.fields.clone(),
-                        ids: HashMap::new(),
+                        ids: HashMap::default(),
                         series,
                         postings: th.postings.clone(),
                         min_time: std::mem::replace(&mut th.min_time, i64::MAX),

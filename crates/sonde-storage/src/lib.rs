@@ -36,7 +36,10 @@ pub mod series;
 pub mod vfs;
 pub mod wal;
 
-pub use engine::{Config, FlushStats, FsyncPolicy, Storage, TableSchema, WriteReceipt};
+pub use engine::{
+    Config, FlushStats, FsyncPolicy, Storage, TableRejection, TableSchema, TablesOutcome,
+    WriteReceipt,
+};
 pub use error::{Error, Result};
 pub use postings::{MatchOp, Matcher};
 pub use scan::{ScanOutput, ScanRequest, ScanStats};

@@ -147,6 +147,18 @@ fn calls_request(b: &WriteBatch) -> sonde_proto::v1::WriteRequest {
     }
 }
 
+/// A gRPC channel with large HTTP/2 windows, so a multi-megabyte request does not
+/// wait for a window update every 64 KiB.
+async fn channel(target: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(target.to_string())
+        .with_context(|| format!("target {target:?}"))?
+        .initial_stream_window_size(Some(sonde_server::GRPC_STREAM_WINDOW))
+        .initial_connection_window_size(Some(sonde_server::GRPC_CONNECTION_WINDOW))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {target}"))
+}
+
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.calls.is_some() && args.protocol != Protocol::Sonde {
         bail!("--calls sends LLM call records, which need --protocol sonde");
@@ -251,18 +263,13 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             let token = args.token.clone();
             let mut grpc = match protocol {
                 Protocol::Sonde => Some(
-                    IngestClient::connect(target.clone())
-                        .await
-                        .with_context(|| format!("connecting to {target}"))?
-                        .max_encoding_message_size(64 << 20),
+                    IngestClient::new(channel(&target).await?).max_encoding_message_size(64 << 20),
                 ),
                 Protocol::RemoteWrite | Protocol::Otlp => None,
             };
             let mut otlp = match protocol {
                 Protocol::Otlp => Some(
-                    MetricsServiceClient::connect(target.clone())
-                        .await
-                        .with_context(|| format!("connecting to {target}"))?
+                    MetricsServiceClient::new(channel(&target).await?)
                         .max_encoding_message_size(64 << 20),
                 ),
                 _ => None,

@@ -86,3 +86,71 @@ fn cardinality_cap_rejects_new_series_only() {
     let out = s.scan(TENANT, &ScanRequest::new("m", 0, 10_000)).unwrap();
     assert_eq!(out.series.len(), 10, "the rejected batch stored nothing");
 }
+
+/// `write_tables` stores the valid tables of a write and names the others: an
+/// invalid name, a kind that contradicts the stored table, the cardinality cap.
+#[test]
+fn write_tables_accepts_per_table_and_refuses_kind_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.max_series_per_table = 2;
+    let s = Storage::open(c).unwrap();
+    let table = |name: &str, kind: MetricKind, users: u32| {
+        let mut t = TableBatch::single(name, kind, FieldType::F64);
+        for u in 0..users {
+            let labels = Labels::new([("user_id", format!("u{u}"))]).unwrap();
+            t.series
+                .push(SeriesBatch::f64(labels, vec![1_000], vec![1.0]));
+        }
+        t
+    };
+    s.write(
+        TENANT,
+        WriteBatch {
+            tables: vec![table("tokens_total", MetricKind::Counter, 1)],
+        },
+    )
+    .unwrap();
+    let out = s
+        .write_tables(
+            TENANT,
+            vec![
+                table("ok", MetricKind::Gauge, 2),
+                table("bad name", MetricKind::Gauge, 1),
+                table("tokens_total", MetricKind::DeltaSum, 1),
+                table("wide", MetricKind::Gauge, 3),
+            ],
+            Vec::new(),
+        )
+        .unwrap();
+    assert_eq!(out.receipt.as_ref().map(|r| r.samples), Some(2));
+    let reasons: Vec<String> = out
+        .rejected
+        .iter()
+        .map(|r| format!("{}: {}", r.table, r.error))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].starts_with("bad name: "), "{reasons:?}");
+    assert!(
+        reasons[1].contains("holds counter data; got delta_sum"),
+        "{reasons:?}"
+    );
+    assert!(reasons[2].contains("exceeds the limit of 2"), "{reasons:?}");
+    let rows = |t: &str| {
+        s.scan(TENANT, &ScanRequest::new(t, 0, 10_000))
+            .unwrap()
+            .stats
+            .rows
+    };
+    assert_eq!((rows("ok"), rows("tokens_total"), rows("wide")), (2, 1, 0));
+    // The same kind conflict through `write`: the whole batch is refused.
+    let err = s
+        .write(
+            TENANT,
+            WriteBatch {
+                tables: vec![table("tokens_total", MetricKind::Gauge, 1)],
+            },
+        )
+        .unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+}
