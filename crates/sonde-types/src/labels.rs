@@ -51,6 +51,22 @@ impl Labels {
         Ok(Self::pack(v.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
     }
 
+    /// Like [`Labels::new`] from borrowed pairs (sorted in place): one allocation,
+    /// for decoders that read names and values straight out of a request buffer.
+    pub fn from_strs(pairs: &mut Vec<(&str, &str)>) -> Result<Self> {
+        pairs.retain(|(_, v)| !v.is_empty());
+        pairs.sort_unstable();
+        for w in pairs.windows(2) {
+            if w[0].0 == w[1].0 {
+                return Err(Error::invalid(
+                    format!("label {:?}", w[0].0),
+                    "appears more than once in one series",
+                ));
+            }
+        }
+        Ok(Self::pack(pairs.iter().copied()))
+    }
+
     /// Builds from pairs already sorted by name with unique names and non-empty values.
     /// Used by decoders of Sonde's own files, which only ever contain such sets.
     pub fn from_sorted_unchecked(pairs: Vec<(String, String)>) -> Self {
