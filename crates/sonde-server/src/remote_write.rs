@@ -119,6 +119,9 @@ fn kind_of(name: &str, metadata: &HashMap<&str, MetricType>) -> MetricKind {
     }
 }
 
+/// The tables (or rejections) of a request, and its metadata.
+pub type Decoded = (Vec<Result<TableBatch, Rejected>>, Vec<MetricMetadata>);
+
 /// Decodes a `prometheus.WriteRequest` straight into table batches, reading label
 /// names and values out of the request buffer (no per-label `String`s: decoding
 /// into generated structs first was the largest cost of remote_write ingest). Series
@@ -127,7 +130,7 @@ fn kind_of(name: &str, metadata: &HashMap<&str, MetricType>) -> MetricKind {
 pub fn decode(
     raw: &[u8],
     existing_kind: impl Fn(&str) -> Option<MetricKind>,
-) -> Result<(Vec<Result<TableBatch, Rejected>>, Vec<MetricMetadata>), String> {
+) -> Result<Decoded, String> {
     let mut series_msgs = Vec::new();
     let mut metadata = Vec::new();
     let mut r = Reader(raw);
