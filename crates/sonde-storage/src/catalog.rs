@@ -209,3 +209,76 @@ impl Storage {
         Ok(counts)
     }
 }
+
+/// A table's size and extent, for cardinality questions (`sonde_series` in SQL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableStats {
+    pub table: String,
+    pub kind: sonde_types::MetricKind,
+    /// Every tag key the table has used.
+    pub tags: Vec<String>,
+    /// Distinct series, all time (persisted and in memory).
+    pub series: usize,
+    /// Rows, persisted and in memory (a row written twice before a flush counts
+    /// twice until the flush merges it).
+    pub rows: u64,
+    /// Segment bytes attributed to the table: each segment's size shared among its
+    /// tables in proportion to their rows.
+    pub bytes: u64,
+    pub min_time: TimestampMs,
+    pub max_time: TimestampMs,
+}
+
+impl Storage {
+    /// Size, series count and time range of each of `tenant`'s tables.
+    pub fn table_stats(&self, tenant: &str) -> Result<Vec<TableStats>> {
+        let schemas = self.tables(tenant);
+        let counts = self.series_counts(tenant, TimestampMs::MIN, TimestampMs::MAX)?;
+        let mut stats: BTreeMap<String, TableStats> = schemas
+            .into_iter()
+            .map(|(name, s)| {
+                let st = TableStats {
+                    table: name.clone(),
+                    kind: s.kind,
+                    tags: s.tags.into_iter().collect(),
+                    series: counts.get(&name).copied().unwrap_or(0),
+                    rows: 0,
+                    bytes: 0,
+                    min_time: TimestampMs::MAX,
+                    max_time: TimestampMs::MIN,
+                };
+                (name, st)
+            })
+            .collect();
+        let st = self.inner.state.read();
+        for seg in st.manifest.segments.iter().filter(|s| s.tenant == tenant) {
+            for t in &seg.tables {
+                if let Some(e) = stats.get_mut(&t.name) {
+                    e.rows += t.rows;
+                    e.bytes +=
+                        (seg.bytes as u128 * t.rows as u128 / seg.rows.max(1) as u128) as u64;
+                    e.min_time = e.min_time.min(t.min_time);
+                    e.max_time = e.max_time.max(t.max_time);
+                }
+            }
+        }
+        let mut add = |h: &crate::head::Head| {
+            if let Some(tables) = h.tenants.get(tenant) {
+                for (name, th) in tables {
+                    if let Some(e) = stats.get_mut(name) {
+                        e.rows += th.series.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+                        if th.min_time <= th.max_time {
+                            e.min_time = e.min_time.min(th.min_time);
+                            e.max_time = e.max_time.max(th.max_time);
+                        }
+                    }
+                }
+            }
+        };
+        add(&st.active.read());
+        for f in &st.frozen {
+            add(&f.head);
+        }
+        Ok(stats.into_values().collect())
+    }
+}

@@ -36,6 +36,7 @@ pub mod series;
 pub mod vfs;
 pub mod wal;
 
+pub use catalog::TableStats;
 pub use engine::{
     Config, FlushStats, FsyncPolicy, Storage, TableRejection, TableSchema, TablesOutcome,
     WriteReceipt,

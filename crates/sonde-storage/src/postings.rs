@@ -33,6 +33,24 @@ pub struct Matcher {
     pub op: MatchOp,
 }
 
+impl std::fmt::Display for Matcher {
+    /// PromQL-like: `model="gpt-4o"`, `status!="ok"`, `route=~"^(?:/v1/.*)$"`,
+    /// `user_id IN ("a", "b")`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = &self.name;
+        match &self.op {
+            MatchOp::Eq(v) => write!(f, "{n}={v:?}"),
+            MatchOp::Ne(v) => write!(f, "{n}!={v:?}"),
+            MatchOp::Re(r) => write!(f, "{n}=~{:?}", r.as_str()),
+            MatchOp::NotRe(r) => write!(f, "{n}!~{:?}", r.as_str()),
+            MatchOp::In(vs) => {
+                let vs: Vec<String> = vs.iter().map(|v| format!("{v:?}")).collect();
+                write!(f, "{n} IN ({})", vs.join(", "))
+            }
+        }
+    }
+}
+
 impl Matcher {
     pub fn eq(name: impl Into<String>, value: impl Into<String>) -> Self {
         Matcher {

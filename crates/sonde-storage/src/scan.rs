@@ -35,6 +35,9 @@ pub struct ScanRequest {
     pub matchers: Vec<Matcher>,
     pub start: TimestampMs,
     pub end: TimestampMs,
+    /// Fields to read (in table order); `None` reads all. Segment reads fetch only
+    /// the column chunks of these fields.
+    pub fields: Option<Vec<String>>,
 }
 
 impl ScanRequest {
@@ -44,7 +47,13 @@ impl ScanRequest {
             matchers: Vec::new(),
             start,
             end,
+            fields: None,
         }
+    }
+    /// Reads only these fields.
+    pub fn with_fields(mut self, fields: Vec<String>) -> Self {
+        self.fields = Some(fields);
+        self
     }
     pub fn with(mut self, m: Matcher) -> Self {
         self.matchers.push(m);
@@ -83,7 +92,7 @@ impl Storage {
     /// An unknown table gives an empty result.
     pub fn scan(&self, tenant: &str, req: &ScanRequest) -> Result<ScanOutput> {
         let inner = &self.inner;
-        let Some(schema) = inner
+        let Some(mut schema) = inner
             .schemas
             .read()
             .get(tenant)
@@ -100,6 +109,9 @@ impl Storage {
                 stats: ScanStats::default(),
             });
         };
+        if let Some(wanted) = &req.fields {
+            schema.fields.retain(|f| wanted.contains(&f.name));
+        }
         let mut stats = ScanStats::default();
         // Snapshot, and read the active head while holding the state lock so a
         // concurrent rotation cannot hide rows between the heads.
