@@ -46,3 +46,10 @@ pub fn arrow_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>,
 pub fn table(batches: &[RecordBatch]) -> Result<String, ArrowError> {
     Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string())
 }
+
+/// An aligned text table from an Arrow IPC stream (what `sonde sql` receives).
+pub fn table_from_ipc(bytes: &[u8]) -> Result<String, ArrowError> {
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    table(&batches)
+}

@@ -29,6 +29,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(crate::otlp::MAX_REQUEST_BYTES)),
         )
         .route("/api/v1/metadata", get(metadata))
+        .route(
+            "/api/v1/sql",
+            post(crate::sql::http_sql).layer(DefaultBodyLimit::max(crate::sql::MAX_SQL_BYTES)),
+        )
         .with_state(state)
 }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod pricing;
 pub mod remote_write;
+pub mod sql;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +100,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Metric types, units, help and original OTLP names.
     pub metadata: metadata::MetadataStore,
+    /// SQL over the storage (DataFusion).
+    pub query: sonde_query::QueryEngine,
 }
 
 /// Failures starting or running the servers.

@@ -9,6 +9,9 @@
 //! max_head_mb = 256
 //! max_series_per_table = 1000000
 //! dedup_window_secs = 3600
+//! sql_timeout_secs = 30         # per SQL query
+//! sql_memory_mb = 1024          # memory all SQL queries may hold together
+//! sql_max_rows = 100000         # rows per SQL response
 //!
 //! [auth_tokens]                 # token = tenant
 //! "acme-secret-token" = "acme"
@@ -41,6 +44,9 @@ pub struct FileConfig {
     max_head_mb: Option<usize>,
     max_series_per_table: Option<usize>,
     dedup_window_secs: Option<u64>,
+    sql_timeout_secs: Option<u64>,
+    sql_memory_mb: Option<usize>,
+    sql_max_rows: Option<usize>,
     #[serde(default)]
     auth_tokens: BTreeMap<String, String>,
     #[serde(default)]
@@ -105,6 +111,7 @@ pub struct Settings {
     pub max_series_per_table: usize,
     pub max_head_mb: usize,
     pub dedup_window: std::time::Duration,
+    pub sql: sonde_query::QueryConfig,
     pub prices: Vec<Price>,
 }
 
@@ -157,6 +164,21 @@ impl Settings {
                 .unwrap_or(1_000_000),
             max_head_mb: args.max_head_mb.or(file.max_head_mb).unwrap_or(256),
             dedup_window: std::time::Duration::from_secs(file.dedup_window_secs.unwrap_or(3600)),
+            sql: {
+                let d = sonde_query::QueryConfig::default();
+                sonde_query::QueryConfig {
+                    timeout: args
+                        .sql_timeout_secs
+                        .or(file.sql_timeout_secs)
+                        .map_or(d.timeout, std::time::Duration::from_secs),
+                    memory_limit_bytes: args
+                        .sql_memory_mb
+                        .or(file.sql_memory_mb)
+                        .map_or(d.memory_limit_bytes, |mb| mb << 20),
+                    max_rows: args.sql_max_rows.or(file.sql_max_rows).unwrap_or(d.max_rows),
+                    ..d
+                }
+            },
             prices,
         })
     }

@@ -10,6 +10,7 @@
 mod config;
 mod load;
 mod otlp_load;
+mod sql_cli;
 
 /// jemalloc: ingest allocates and frees millions of small label strings per second
 /// across threads; with glibc's allocator a sixth of server CPU went to malloc/free
@@ -42,6 +43,8 @@ enum Command {
     Serve(ServeArgs),
     /// Send the standard LLM dataset (or call records) to a server and measure.
     Load(load::LoadArgs),
+    /// Run one SQL statement against a server and print the answer.
+    Sql(sql_cli::SqlArgs),
 }
 
 /// Every setting is optional here: a flag (or its environment variable) wins over the
@@ -74,6 +77,15 @@ struct ServeArgs {
     /// Flush the in-memory head to segments at this many MiB of samples. Default 256.
     #[arg(long, env = "SONDE_MAX_HEAD_MB")]
     max_head_mb: Option<usize>,
+    /// Per-query SQL timeout in seconds. Default 30.
+    #[arg(long, env = "SONDE_SQL_TIMEOUT_SECS")]
+    sql_timeout_secs: Option<u64>,
+    /// Memory all running SQL queries may hold together, MiB. Default 1024.
+    #[arg(long, env = "SONDE_SQL_MEMORY_MB")]
+    sql_memory_mb: Option<usize>,
+    /// Most rows in one SQL response (the rest is cut off and flagged). Default 100000.
+    #[arg(long, env = "SONDE_SQL_MAX_ROWS")]
+    sql_max_rows: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +100,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Load(args) => load::run(args),
+        Command::Sql(args) => sql_cli::run(args),
     }
 }
 
@@ -132,6 +145,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         prices: args.prices,
         auth,
         metadata: sonde_server::metadata::MetadataStore::open(&args.data_dir),
+        query: sonde_query::QueryEngine::new(storage.clone(), args.sql.clone())
+            .map_err(|e| anyhow::anyhow!("starting the SQL engine: {e}"))?,
     });
     runtime.block_on(async {
         let listeners = Listeners::bind(&args.grpc_addr, &args.http_addr).await?;
