@@ -175,7 +175,10 @@ impl Settings {
                         .sql_memory_mb
                         .or(file.sql_memory_mb)
                         .map_or(d.memory_limit_bytes, |mb| mb << 20),
-                    max_rows: args.sql_max_rows.or(file.sql_max_rows).unwrap_or(d.max_rows),
+                    max_rows: args
+                        .sql_max_rows
+                        .or(file.sql_max_rows)
+                        .unwrap_or(d.max_rows),
                     ..d
                 }
             },

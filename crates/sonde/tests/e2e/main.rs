@@ -6,3 +6,4 @@ mod ingest;
 mod load;
 mod otlp;
 mod remote_write;
+mod sql;
