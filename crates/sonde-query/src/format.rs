@@ -53,3 +53,31 @@ pub fn table_from_ipc(bytes: &[u8]) -> Result<String, ArrowError> {
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
     table(&batches)
 }
+
+/// Column types and rows as text (NULL for nulls) from an Arrow IPC stream, for
+/// test drivers such as sqllogictest.
+pub fn rows_from_ipc(
+    bytes: &[u8],
+) -> Result<(Vec<arrow::datatypes::DataType>, Vec<Vec<String>>), ArrowError> {
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let types = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    let opts = arrow::util::display::FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for b in reader {
+        let b = b?;
+        let fmts = b
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in 0..b.num_rows() {
+            rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    Ok((types, rows))
+}

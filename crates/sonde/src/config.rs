@@ -12,6 +12,7 @@
 //! sql_timeout_secs = 30         # per SQL query
 //! sql_memory_mb = 1024          # memory all SQL queries may hold together
 //! sql_max_rows = 100000         # rows per SQL response
+//! sql_partitions = 2            # parallelism of one SQL query (default: CPUs)
 //!
 //! [auth_tokens]                 # token = tenant
 //! "acme-secret-token" = "acme"
@@ -47,6 +48,7 @@ pub struct FileConfig {
     sql_timeout_secs: Option<u64>,
     sql_memory_mb: Option<usize>,
     sql_max_rows: Option<usize>,
+    sql_partitions: Option<usize>,
     #[serde(default)]
     auth_tokens: BTreeMap<String, String>,
     #[serde(default)]
@@ -179,7 +181,11 @@ impl Settings {
                         .sql_max_rows
                         .or(file.sql_max_rows)
                         .unwrap_or(d.max_rows),
-                    ..d
+                    target_partitions: args
+                        .sql_partitions
+                        .or(file.sql_partitions)
+                        .unwrap_or(d.target_partitions)
+                        .max(1),
                 }
             },
             prices,

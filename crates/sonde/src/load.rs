@@ -51,6 +51,13 @@ pub struct LoadArgs {
     /// Send this many LLM call records (table llm_calls) instead of the metric dataset.
     #[arg(long)]
     calls: Option<usize>,
+    /// Start of the data, ms since the epoch (default: so that it ends now). A fixed
+    /// start makes the data identical run to run (golden tests).
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// LLM calls per second of data time (with --calls).
+    #[arg(long, default_value_t = 50.0)]
+    call_rate: f64,
     /// Bearer token for servers with authentication on.
     #[arg(long, env = "SONDE_TOKEN")]
     token: Option<String>,
@@ -177,8 +184,12 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     type Batches = Box<dyn Iterator<Item = (usize, WriteBatch)> + Send>;
     let (total, batches): (u64, Batches) = match args.calls {
         Some(n) => {
-            let start = now - n as i64 * 20; // 50 calls/s ending now
-            let mut g = CallGenerator::new(CallConfig::new(n, start));
+            let start = args
+                .start_ms
+                .unwrap_or(now - (n as f64 * 1000.0 / args.call_rate) as i64);
+            let mut cfg = CallConfig::new(n, start);
+            cfg.calls_per_second = args.call_rate;
+            let mut g = CallGenerator::new(cfg);
             let batch = args.batch;
             (
                 n as u64 * sonde_dataset::CALL_FIELDS.len() as u64,
@@ -186,7 +197,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             )
         }
         None => {
-            let start = now - args.samples as i64 * 15_000;
+            let start = args.start_ms.unwrap_or(now - args.samples as i64 * 15_000);
             let ds = DatasetConfig::sized(args.series, args.samples, start);
             let batch = args.batch;
             let scrapes = Generator::new(ds);
@@ -295,8 +306,18 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                                 .expect("gRPC client")
                                 .write(req)
                                 .await
-                                .map(|_| ())
                                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                                .and_then(|r| {
+                                    // Partly rejected writes are errors too.
+                                    let r = r.into_inner();
+                                    match r.rejections.first() {
+                                        None => Ok(()),
+                                        Some(x) => Err(format!(
+                                            "{} samples rejected; table {:?}: {}",
+                                            r.rejected_samples, x.table, x.reason
+                                        )),
+                                    }
+                                })
                         }
                         Payload::Otlp(req) => {
                             let mut req = tonic::Request::new(req);

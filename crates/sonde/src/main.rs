@@ -86,6 +86,9 @@ struct ServeArgs {
     /// Most rows in one SQL response (the rest is cut off and flagged). Default 100000.
     #[arg(long, env = "SONDE_SQL_MAX_ROWS")]
     sql_max_rows: Option<usize>,
+    /// Parallelism of one SQL query. Default: the number of CPUs.
+    #[arg(long, env = "SONDE_SQL_PARTITIONS")]
+    sql_partitions: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -6,4 +6,5 @@ mod ingest;
 mod load;
 mod otlp;
 mod remote_write;
+mod slt;
 mod sql;
