@@ -54,8 +54,12 @@ impl sqllogictest::DB for SondeDb<'_> {
                 v["error"].as_str().unwrap_or("?")
             )));
         }
-        let (types, rows) =
+        let (types, mut rows) =
             sonde_query::format::rows_from_ipc(&bytes).map_err(|e| SqlError(e.to_string()))?;
+        // Plans end in a newline; a trailing blank line would end the record.
+        for cell in rows.iter_mut().flatten() {
+            cell.truncate(cell.trim_end().len());
+        }
         let types = types
             .iter()
             .map(|t| {
