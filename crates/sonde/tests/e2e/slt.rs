@@ -54,12 +54,23 @@ impl sqllogictest::DB for SondeDb<'_> {
                 v["error"].as_str().unwrap_or("?")
             )));
         }
-        let (types, mut rows) =
+        let (types, mut rows): (_, Vec<Vec<String>>) =
             sonde_query::format::rows_from_ipc(&bytes).map_err(|e| SqlError(e.to_string()))?;
-        // Plans end in a newline; a trailing blank line would end the record.
+        // Plans are multi-line cells: one expected line per text line, and no
+        // trailing blank line (which would end the record).
         for cell in rows.iter_mut().flatten() {
             cell.truncate(cell.trim_end().len());
         }
+        let rows = rows
+            .into_iter()
+            .flat_map(|r| {
+                if r.iter().any(|c| c.contains('\n')) {
+                    r.join(" ").lines().map(|l| vec![l.to_string()]).collect()
+                } else {
+                    vec![r]
+                }
+            })
+            .collect();
         let types = types
             .iter()
             .map(|t| {
