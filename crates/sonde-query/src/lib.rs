@@ -143,18 +143,43 @@ impl QueryEngine {
         Ok(ctx)
     }
 
+    /// Every table of `tenant` (and `sonde_series`) with its Arrow schema.
+    pub fn table_schemas(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, arrow::datatypes::Schema)>, QueryError> {
+        let mut out: Vec<(String, arrow::datatypes::Schema)> = self
+            .storage
+            .tables(tenant)
+            .iter()
+            .map(|(name, s)| (name.clone(), provider::table_schema(s).as_ref().clone()))
+            .collect();
+        let series =
+            series_table(&self.storage, tenant).map_err(|e| QueryError::Internal(e.to_string()))?;
+        out.push((SERIES_TABLE.to_string(), series.schema().as_ref().clone()));
+        Ok(out)
+    }
+
+    /// The schema of a statement's answer, planned but not run (Flight SQL clients
+    /// ask for it before fetching).
+    pub async fn schema(&self, tenant: &str, sql: &str) -> Result<SchemaRef, QueryError> {
+        check_statement(sql)?;
+        let ctx = self.session(tenant)?;
+        let df = ctx
+            .sql_with_options(sql, read_only())
+            .await
+            .map_err(|e| self.classify(e))?;
+        Ok(Arc::new(df.schema().as_arrow().clone()))
+    }
+
     /// Runs one read-only statement for `tenant`.
     pub async fn sql(&self, tenant: &str, sql: &str) -> Result<QueryOutput, QueryError> {
         check_statement(sql)?;
         let ctx = self.session(tenant)?;
         let max_rows = self.config.max_rows;
         let run = async {
-            let options = datafusion::execution::context::SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false);
             let df = ctx
-                .sql_with_options(sql, options)
+                .sql_with_options(sql, read_only())
                 .await
                 .map_err(|e| self.classify(e))?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -202,6 +227,14 @@ impl QueryEngine {
             other => QueryError::Internal(other.to_string()),
         }
     }
+}
+
+/// DataFusion's own guard, under the allow-list of [`check_statement`].
+fn read_only() -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// Refuses everything but `SELECT`/`WITH`/`VALUES`, `EXPLAIN` of those, `SHOW` and

@@ -10,6 +10,7 @@
 //! limit; internal faults are logged in full and reported opaquely.
 
 pub mod calls;
+pub mod flight;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
@@ -171,6 +172,7 @@ pub async fn serve(
         .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
         .add_service(grpc::service(state.clone()))
         .add_service(otlp::service(state.clone()))
+        .add_service(flight::service(state.clone()))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listeners.grpc),
             async move {

@@ -1,6 +1,7 @@
 //! End-to-end tests against the real `sonde` binary on free loopback ports.
 
 mod auth;
+mod flight;
 mod harness;
 mod ingest;
 mod load;
