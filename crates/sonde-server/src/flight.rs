@@ -218,7 +218,7 @@ impl FlightSqlService for SondeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.tenant(&request)?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.info(
             &schema,
             query.as_any().encode_to_vec(),
