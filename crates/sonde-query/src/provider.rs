@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Result as DfResult, ScalarValue};
@@ -20,31 +20,13 @@ use datafusion::datasource::TableType;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use sonde_storage::{Matcher, ScanRequest, Storage, TableSchema};
-use sonde_types::{FieldType, TIME_COLUMN, TimestampMs};
+use sonde_types::{TIME_COLUMN, TimestampMs};
 
 use crate::exec::SondeScanExec;
 
 /// The Arrow schema of a table: tags, `time`, fields.
 pub fn table_schema(s: &TableSchema) -> SchemaRef {
-    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-    let mut cols: Vec<Field> = s
-        .tags
-        .iter()
-        .map(|t| Field::new(t, dict.clone(), true))
-        .collect();
-    cols.push(Field::new(
-        TIME_COLUMN,
-        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        false,
-    ));
-    for f in &s.fields {
-        let ty = match f.ty {
-            FieldType::F64 => DataType::Float64,
-            FieldType::I64 => DataType::Int64,
-        };
-        cols.push(Field::new(&f.name, ty, true));
-    }
-    Arc::new(Schema::new(cols))
+    s.arrow_schema()
 }
 
 /// One table of one tenant.

@@ -243,26 +243,7 @@ fn head_rows(
 impl ScanOutput {
     /// The logical Arrow schema: tag columns (dictionary strings), `time`, fields.
     pub fn arrow_schema(&self) -> SchemaRef {
-        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-        let mut cols: Vec<Field> = self
-            .schema
-            .tags
-            .iter()
-            .map(|t| Field::new(t, dict.clone(), true))
-            .collect();
-        cols.push(Field::new(
-            TIME_COLUMN,
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ));
-        for f in &self.schema.fields {
-            let ty = match f.ty {
-                FieldType::F64 => DataType::Float64,
-                FieldType::I64 => DataType::Int64,
-            };
-            cols.push(Field::new(&f.name, ty, true));
-        }
-        Arc::new(Schema::new(cols))
+        self.schema.arrow_schema()
     }
 
     /// All rows as one Arrow batch in the logical schema.
@@ -332,5 +313,30 @@ impl ScanOutput {
             });
         }
         Ok(RecordBatch::try_new(schema, cols)?)
+    }
+}
+
+impl TableSchema {
+    /// The logical Arrow schema: tag columns (dictionary strings), `time`, fields.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let mut cols: Vec<Field> = self
+            .tags
+            .iter()
+            .map(|t| Field::new(t, dict.clone(), true))
+            .collect();
+        cols.push(Field::new(
+            TIME_COLUMN,
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ));
+        for f in &self.fields {
+            let ty = match f.ty {
+                FieldType::F64 => DataType::Float64,
+                FieldType::I64 => DataType::Int64,
+            };
+            cols.push(Field::new(&f.name, ty, true));
+        }
+        Arc::new(Schema::new(cols))
     }
 }

@@ -40,15 +40,19 @@ impl Labels {
             .filter(|(_, v)| !v.is_empty())
             .collect();
         v.sort();
-        for w in v.windows(2) {
-            if w[0].0 == w[1].0 {
-                return Err(Error::invalid(
-                    format!("label {:?}", w[0].0),
-                    "appears more than once in one series",
-                ));
-            }
+        let pairs: Vec<(&str, &str)> = v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::from_sorted(&pairs)
+    }
+
+    /// Packs sorted pairs, refusing a name that appears twice.
+    fn from_sorted(pairs: &[(&str, &str)]) -> Result<Self> {
+        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::invalid(
+                format!("label {:?}", w[0].0),
+                "appears more than once in one series",
+            ));
         }
-        Ok(Self::pack(v.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+        Ok(Self::pack(pairs.iter().copied()))
     }
 
     /// Like [`Labels::new`] from borrowed pairs (sorted in place): one allocation,
@@ -56,15 +60,7 @@ impl Labels {
     pub fn from_strs(pairs: &mut Vec<(&str, &str)>) -> Result<Self> {
         pairs.retain(|(_, v)| !v.is_empty());
         pairs.sort_unstable();
-        for w in pairs.windows(2) {
-            if w[0].0 == w[1].0 {
-                return Err(Error::invalid(
-                    format!("label {:?}", w[0].0),
-                    "appears more than once in one series",
-                ));
-            }
-        }
-        Ok(Self::pack(pairs.iter().copied()))
+        Self::from_sorted(pairs)
     }
 
     /// Builds from pairs already sorted by name with unique names and non-empty values.

@@ -18,17 +18,7 @@ fn adbc_flight_sql_matches_http() {
             "flight-token-b=globex",
         ],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args(["load", "--quiet", "--target"])
-        .arg(format!("http://{}", server.grpc))
-        .args(["--calls", "2000", "--token", "flight-token-a"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.load(&["--calls", "2000", "--token", "flight-token-a"]);
     let sql = "SELECT model, count(*) AS calls, sum(input_tokens) AS input \
                FROM llm_calls GROUP BY model ORDER BY model";
     let (code, http) = server.http_auth(

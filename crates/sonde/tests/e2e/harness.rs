@@ -120,6 +120,14 @@ impl TestServer {
         (status, raw[split..].to_vec())
     }
 
+    /// `sonde load --quiet --target http://<grpc> ARGS…`; must succeed; its stdout.
+    pub fn load(&self, args: &[&str]) -> String {
+        let target = format!("http://{}", self.grpc);
+        let mut all = vec!["--target", target.as_str()];
+        all.extend_from_slice(args);
+        load(&all)
+    }
+
     /// SIGTERM, and the exit status must be success.
     pub fn stop(mut self) {
         let child = self.child.take().unwrap();
@@ -177,4 +185,21 @@ pub fn rows(s: &sonde_storage::Storage, tenant: &str, table: &str) -> usize {
     .unwrap()
     .stats
     .rows
+}
+
+/// `sonde load --quiet ARGS…`; must succeed; its stdout.
+pub fn load(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .arg("load")
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sonde load failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

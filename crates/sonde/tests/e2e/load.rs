@@ -1,27 +1,9 @@
 //! `sonde load` against the real server over each protocol; every sample it reports
 //! as sent is stored.
 
-use std::process::Command;
-
 use sonde_storage::{Config, Storage};
 
-use crate::harness::{TestServer, rows};
-
-fn load(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .arg("load")
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sonde load failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use crate::harness::{TestServer, load, rows};
 
 #[test]
 fn load_over_sonde_and_remote_write() {

@@ -6,8 +6,6 @@
 //! different tenants). `SONDE_SLT_UPDATE=1` rewrites the expected results (review
 //! the diff before committing it).
 
-use std::process::Command;
-
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 use crate::harness::TestServer;
@@ -92,19 +90,10 @@ fn token(tenant: &str) -> String {
 }
 
 fn load(server: &TestServer, tenant: &str, start_ms: i64, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args(["load", "--quiet", "--target"])
-        .arg(format!("http://{}", server.grpc))
-        .args(["--token", &token(tenant)])
-        .args(["--start-ms", &start_ms.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (token, start) = (token(tenant), start_ms.to_string());
+    let mut all = vec!["--token", token.as_str(), "--start-ms", start.as_str()];
+    all.extend_from_slice(args);
+    server.load(&all);
 }
 
 #[test]

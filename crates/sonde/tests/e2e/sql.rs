@@ -2,8 +2,6 @@
 //! formats, refused statements, tenant isolation, and index pruning measured by
 //! `EXPLAIN ANALYZE`.
 
-use std::process::Command;
-
 use crate::harness::TestServer;
 
 fn sql(server: &TestServer, token: Option<&str>, q: &str) -> (u16, String) {
@@ -24,17 +22,7 @@ fn rows(server: &TestServer, token: Option<&str>, q: &str) -> Vec<serde_json::Va
 }
 
 fn load(server: &TestServer, token: &str, series: &str, samples: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args(["load", "--quiet", "--target"])
-        .arg(format!("http://{}", server.grpc))
-        .args(["--series", series, "--samples", samples, "--token", token])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.load(&["--series", series, "--samples", samples, "--token", token]);
 }
 
 const ACME: &str = "acme-token-1";
@@ -160,17 +148,7 @@ fn sql_freshness_formats_refusals_and_tenants() {
 fn selecting_one_series_of_100k_reads_under_one_percent() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args(["load", "--quiet", "--target"])
-        .arg(format!("http://{}", server.grpc))
-        .args(["--series", "100000", "--samples", "30", "--batch", "50000"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.load(&["--series", "100000", "--samples", "30", "--batch", "50000"]);
     let (code, _) = server.http("POST", "/api/v1/admin/flush");
     assert_eq!(code, 200);
     let one = rows(
