@@ -9,7 +9,9 @@ JSON with --json FILE). DuckDB gets each table's values decoded from Sonde's
 physical columns (exact decimals, per-series deltas for counters and histograms) as
 storage-format.md documents; results of both engines are compared.
 
-usage: benches/sql_compare/run.py [--series 100000] [--runs 7] [--json out.json]
+usage: benches/sql_compare/run.py [--series 100000] [--samples 240] [--interval-s 15]
+                                  [--runs 7] [--json out.json]
+(the backfilled shape: --series 10000 --samples 2016 --interval-s 300 = 7 days)
 """
 
 import argparse
@@ -110,6 +112,8 @@ def timed(fn, runs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--series", type=int, default=100_000)
+    ap.add_argument("--samples", type=int, default=240)
+    ap.add_argument("--interval-s", type=int, default=15)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -126,9 +130,11 @@ def main():
                 break
             except OSError:
                 time.sleep(0.1)
-        start_ms = (int(time.time()) // 60 * 60 - 240 * 15) * 1000
+        span_s = args.samples * args.interval_s
+        start_ms = (int(time.time()) // 60 * 60 - span_s) * 1000
         subprocess.run([SONDE, "load", "--quiet", "--target", f"http://{grpc}",
-                        "--series", str(args.series), "--samples", "240",
+                        "--series", str(args.series), "--samples", str(args.samples),
+                        "--interval-ms", str(args.interval_s * 1000),
                         "--start-ms", str(start_ms)], check=True)
         urllib.request.urlopen(urllib.request.Request(
             f"http://{http}/api/v1/admin/flush", method="POST"), timeout=600).read()
@@ -136,7 +142,7 @@ def main():
         seg_bytes = sum(os.path.getsize(os.path.join(d, f))
                         for d, _, fs in os.walk(os.path.join(work, "segments")) for f in fs
                         if f.endswith(".parquet"))
-        t_last10 = start_ms + 240 * 15_000 - 600_000
+        t_last10 = start_ms + span_s * 1000 - 600_000
         con = duckdb.connect()
         rows = []
         for name, sonde_sql, table, duck_sql in QUERIES:
@@ -152,7 +158,8 @@ def main():
             rows.append({"query": name, "sonde_p50_ms": round(s50, 1), "sonde_p95_ms": round(s95, 1),
                          "duckdb_p50_ms": round(d50, 1), "duckdb_p95_ms": round(d95, 1),
                          "ratio_p50": round(s50 / d50, 2), "rows": len(s_out), "same_answer": same})
-        print(f"| query ({args.series} series x 240, {seg_bytes / 1e6:.1f} MB of segments, "
+        print(f"| query ({args.series} series x {args.samples} every {args.interval_s} s, "
+              f"{seg_bytes / 1e6:.1f} MB of segments, "
               f"{args.runs} runs) | Sonde p50 ms | p95 | DuckDB p50 ms | p95 | Sonde/DuckDB | same answer |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:

@@ -39,9 +39,12 @@ pub struct LoadArgs {
     /// Series in the standard dataset (rounded up to a multiple of 15).
     #[arg(long, default_value_t = 10_000)]
     series: usize,
-    /// Samples per series (one every 15 s, ending now).
+    /// Samples per series (one every --interval-ms, ending now).
     #[arg(long, default_value_t = 240)]
     samples: usize,
+    /// Milliseconds between a series' samples (the dataset's scrape interval).
+    #[arg(long, default_value_t = 15_000)]
+    interval_ms: i64,
     /// Samples (or calls) per request.
     #[arg(long, default_value_t = 10_000)]
     batch: usize,
@@ -197,8 +200,12 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             )
         }
         None => {
-            let start = args.start_ms.unwrap_or(now - args.samples as i64 * 15_000);
-            let ds = DatasetConfig::sized(args.series, args.samples, start);
+            let interval = args.interval_ms.max(1);
+            let start = args
+                .start_ms
+                .unwrap_or(now - args.samples as i64 * interval);
+            let mut ds = DatasetConfig::sized(args.series, args.samples, start);
+            ds.interval_ms = interval;
             let batch = args.batch;
             let scrapes = Generator::new(ds);
             (
