@@ -210,3 +210,51 @@ async fn limits_are_enforced() {
     assert!(out.truncated);
     let _: &[RecordBatch] = &out.batches;
 }
+
+/// A field and a tag that appear later are NULL in older rows, before and after a
+/// flush.
+#[tokio::test]
+async fn schemas_evolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, q) = engine(dir.path());
+    let mut old = TableBatch::single("latency", MetricKind::Gauge, FieldType::F64);
+    old.series.push(SeriesBatch::f64(
+        Labels::new([("model", "gpt-4o")]).unwrap(),
+        vec![T0],
+        vec![1.5],
+    ));
+    s.write("acme", WriteBatch { tables: vec![old] }).unwrap();
+    s.flush().unwrap();
+    let mut new = TableBatch {
+        table: "latency".into(),
+        kind: MetricKind::Gauge,
+        fields: vec![
+            sonde_types::FieldDef::new("value", FieldType::F64),
+            sonde_types::FieldDef::new("ttft", FieldType::F64),
+        ],
+        series: Vec::new(),
+    };
+    new.series.push(SeriesBatch {
+        labels: Labels::new([("model", "gpt-4o"), ("region", "eu")]).unwrap(),
+        timestamps: vec![T0 + 1000],
+        fields: vec![
+            sonde_types::FieldColumn::F64(vec![2.5]),
+            sonde_types::FieldColumn::F64(vec![0.25]),
+        ],
+    });
+    s.write("acme", WriteBatch { tables: vec![new] }).unwrap();
+    let sql = "SELECT model, region, value, ttft FROM latency ORDER BY time";
+    let want = "model,region,value,ttft\ngpt-4o,,1.5,\ngpt-4o,eu,2.5,0.25\n";
+    assert_eq!(rows(&q, "acme", sql).await, want);
+    s.flush().unwrap();
+    assert_eq!(rows(&q, "acme", sql).await, want);
+    assert_eq!(
+        rows(
+            &q,
+            "acme",
+            "SELECT count(*) AS n FROM latency WHERE ttft IS NULL"
+        )
+        .await,
+        "n\n1\n"
+    );
+}
