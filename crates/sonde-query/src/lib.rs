@@ -144,20 +144,15 @@ impl QueryEngine {
     }
 
     /// Every table of `tenant` (and `sonde_series`) with its Arrow schema.
-    pub fn table_schemas(
-        &self,
-        tenant: &str,
-    ) -> Result<Vec<(String, arrow::datatypes::Schema)>, QueryError> {
+    pub fn table_schemas(&self, tenant: &str) -> Vec<(String, arrow::datatypes::Schema)> {
         let mut out: Vec<(String, arrow::datatypes::Schema)> = self
             .storage
             .tables(tenant)
             .iter()
-            .map(|(name, s)| (name.clone(), provider::table_schema(s).as_ref().clone()))
+            .map(|(name, s)| (name.clone(), s.arrow_schema().as_ref().clone()))
             .collect();
-        let series =
-            series_table(&self.storage, tenant).map_err(|e| QueryError::Internal(e.to_string()))?;
-        out.push((SERIES_TABLE.to_string(), series.schema().as_ref().clone()));
-        Ok(out)
+        out.push((SERIES_TABLE.to_string(), series_schema().as_ref().clone()));
+        out
     }
 
     /// The schema of a statement's answer, planned but not run (Flight SQL clients
@@ -317,19 +312,34 @@ impl SchemaProvider for TenantSchema {
         if name == SERIES_TABLE {
             return series_table(&self.storage, &self.tenant).map(Some);
         }
-        Ok(self.storage.tables(&self.tenant).get(name).map(|s| {
+        Ok(self.storage.table_schema(&self.tenant, name).map(|s| {
             Arc::new(provider::SondeTable::new(
                 self.storage.clone(),
                 &self.tenant,
                 name,
-                s,
+                &s,
             )) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == SERIES_TABLE || self.storage.tables(&self.tenant).contains_key(name)
+        name == SERIES_TABLE || self.storage.table_kind(&self.tenant, name).is_some()
     }
+}
+
+/// The columns of `sonde_series`.
+fn series_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("tag_keys", DataType::Utf8, false),
+        Field::new("series", DataType::Int64, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("min_time", ts.clone(), true),
+        Field::new("max_time", ts, true),
+    ]))
 }
 
 /// `sonde_series`: one row per table.
@@ -340,17 +350,7 @@ fn series_table(
     let stats = storage
         .table_stats(tenant)
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("table_name", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("tag_keys", DataType::Utf8, false),
-        Field::new("series", DataType::Int64, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("bytes", DataType::UInt64, false),
-        Field::new("min_time", ts.clone(), true),
-        Field::new("max_time", ts, true),
-    ]));
+    let schema = series_schema();
     let time = |f: fn(&sonde_storage::TableStats) -> i64| {
         TimestampMillisecondArray::from(
             stats

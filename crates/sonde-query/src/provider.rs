@@ -24,11 +24,6 @@ use sonde_types::{TIME_COLUMN, TimestampMs};
 
 use crate::exec::SondeScanExec;
 
-/// The Arrow schema of a table: tags, `time`, fields.
-pub fn table_schema(s: &TableSchema) -> SchemaRef {
-    s.arrow_schema()
-}
-
 /// One table of one tenant.
 #[derive(Debug)]
 pub struct SondeTable {
@@ -46,7 +41,7 @@ impl SondeTable {
             storage,
             tenant: tenant.to_string(),
             table: table.to_string(),
-            schema: table_schema(s),
+            schema: s.arrow_schema(),
             tags: s.tags.iter().cloned().collect(),
             fields: s.fields.iter().map(|f| f.name.clone()).collect(),
         }

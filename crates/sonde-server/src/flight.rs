@@ -283,7 +283,7 @@ impl FlightSqlService for SondeFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let tenant = self.tenant(&request)?;
         let mut b = query.into_builder();
-        for (name, schema) in self.state.query.table_schemas(&tenant).map_err(status)? {
+        for (name, schema) in self.state.query.table_schemas(&tenant) {
             b.append(CATALOG, SCHEMA, &name, "TABLE", &schema)
                 .map_err(Status::from)?;
         }

@@ -294,18 +294,6 @@ impl Storage {
         Ok(storage)
     }
 
-    /// Checks a batch as [`Storage::write`] would (names, limits, time window, field
-    /// types against the table) without storing anything.
-    pub fn validate(&self, tenant: &str, batch: &WriteBatch) -> Result<()> {
-        sonde_types::validate_tenant(tenant)?;
-        batch.validate(&self.inner.config.limits, self.inner.clock.now_ms())?;
-        self.check_cardinality(tenant, batch)?;
-        match self.inner.schemas.read().get(tenant) {
-            Some(tables) => schema_conflicts(tables, batch),
-            None => Ok(()),
-        }
-    }
-
     /// Validates and stores a batch. Returns once the batch is acknowledged: durable
     /// under [`FsyncPolicy::Always`], written to the OS under `Interval`; in both cases
     /// readable by [`Storage::scan`]. A rejected batch stores nothing.
@@ -539,6 +527,11 @@ impl Storage {
         let mut t: Vec<String> = self.inner.schemas.read().keys().cloned().collect();
         t.sort();
         t
+    }
+
+    /// The schema of one of a tenant's tables, if it exists.
+    pub fn table_schema(&self, tenant: &str, table: &str) -> Option<TableSchema> {
+        self.inner.schemas.read().get(tenant)?.get(table).cloned()
     }
 
     /// The kind of a tenant's table, if it exists.

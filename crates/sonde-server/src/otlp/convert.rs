@@ -133,17 +133,33 @@ impl Builder<'_> {
         }
         let mut labels = base.clone();
         add_attributes(&mut labels, attributes, "");
+        let build = |l: &BTreeMap<String, String>| {
+            Labels::new(l.iter().filter(|(_, v)| !v.is_empty()))
+                .and_then(|l| l.validate(self.limits).map(|()| l))
+        };
+        // The point's own label set, built once; samples with an extra label
+        // (`le`, `quantile`) add it to the map and take it out again.
+        let mut plain: Option<Labels> = None;
         // Check everything first: a point is stored whole or not at all.
         let mut checked = Vec::with_capacity(samples.len());
         for (suffix, extra, value) in samples {
             let table = format!("{family}{suffix}");
-            let mut l = labels.clone();
-            if let Some((k, v)) = extra {
-                l.insert(k.to_string(), v);
-            }
-            let labels = match Labels::new(l.iter().filter(|(_, v)| !v.is_empty()))
-                .and_then(|l| l.validate(self.limits).map(|()| l))
-            {
+            let built = match extra {
+                None => match &plain {
+                    Some(l) => Ok(l.clone()),
+                    None => build(&labels).inspect(|l| plain = Some(l.clone())),
+                },
+                Some((k, v)) => {
+                    let old = labels.insert(k.to_string(), v);
+                    let l = build(&labels);
+                    match old {
+                        Some(o) => labels.insert(k.to_string(), o),
+                        None => labels.remove(k),
+                    };
+                    l
+                }
+            };
+            let labels = match built {
                 Ok(l) => l,
                 Err(e) => {
                     self.reject(n, format!("metric {family:?}: {e}"));
@@ -372,37 +388,23 @@ fn metric(b: &mut Builder<'_>, base: &BTreeMap<String, String>, m: Metric) {
     match data {
         Data::Gauge(g) => number_points(b, &family, kind, base, g.data_points),
         Data::Sum(s) => number_points(b, &family, kind, base, s.data_points),
-        Data::Histogram(h) => {
-            for p in h.data_points {
-                if p.flags & NO_RECORDED_VALUE != 0 {
-                    b.out.skipped_points += 1;
-                    continue;
-                }
-                match histogram_samples(&p) {
-                    Ok(s) => {
-                        if b.point(&family, kind, base, &p.attributes, p.time_unix_nano, s) {
-                            b.count(&family);
-                        }
-                    }
-                    Err(e) => b.reject(0, format!("metric {family:?}: {e}")),
-                }
-            }
-        }
+        Data::Histogram(h) => bucket_points(b, &family, kind, base, h.data_points, |p| {
+            (
+                p.flags,
+                &p.attributes,
+                p.time_unix_nano,
+                histogram_samples(p),
+            )
+        }),
         Data::ExponentialHistogram(h) => {
-            for p in h.data_points {
-                if p.flags & NO_RECORDED_VALUE != 0 {
-                    b.out.skipped_points += 1;
-                    continue;
-                }
-                match exponential_samples(&p) {
-                    Ok(s) => {
-                        if b.point(&family, kind, base, &p.attributes, p.time_unix_nano, s) {
-                            b.count(&family);
-                        }
-                    }
-                    Err(e) => b.reject(0, format!("metric {family:?}: {e}")),
-                }
-            }
+            bucket_points(b, &family, kind, base, h.data_points, |p| {
+                (
+                    p.flags,
+                    &p.attributes,
+                    p.time_unix_nano,
+                    exponential_samples(p),
+                )
+            })
         }
         Data::Summary(s) => {
             for p in s.data_points {
@@ -439,6 +441,35 @@ fn metric(b: &mut Builder<'_>, base: &BTreeMap<String, String>, m: Metric) {
                     b.count(&family);
                 }
             }
+        }
+    }
+}
+
+/// (flags, attributes, time, samples) of a histogram-like point.
+type Parts<'a> = (u32, &'a [KeyValue], u64, Result<Vec<Sample>, String>);
+
+/// Explicit and exponential histogram points: skip the empty, convert, store.
+fn bucket_points<P>(
+    b: &mut Builder<'_>,
+    family: &str,
+    kind: MetricKind,
+    base: &BTreeMap<String, String>,
+    points: Vec<P>,
+    parts: fn(&P) -> Parts<'_>,
+) {
+    for p in &points {
+        let (flags, attributes, time, samples) = parts(p);
+        if flags & NO_RECORDED_VALUE != 0 {
+            b.out.skipped_points += 1;
+            continue;
+        }
+        match samples {
+            Ok(s) => {
+                if b.point(family, kind, base, attributes, time, s) {
+                    b.count(family);
+                }
+            }
+            Err(e) => b.reject(0, format!("metric {family:?}: {e}")),
         }
     }
 }
