@@ -1,0 +1,1006 @@
+//! Functions, aggregations and operators, with Prometheus' numeric behaviour.
+
+use std::collections::HashMap;
+
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{Call, Expr};
+use sonde_types::NAME_LABEL;
+
+use crate::eval::{
+    Evaluator, Grid, Metric, Series, Val, drop_name, get, merge_same, set_label,
+};
+use crate::format::format_float;
+use crate::{PromError, Result};
+
+pub(crate) fn is_comparison(op: &str) -> bool {
+    matches!(op, "==" | "!=" | ">" | "<" | ">=" | "<=")
+}
+
+/// Arithmetic drops the metric name; comparisons (as filters) keep it.
+pub(crate) fn drops_name(op: &str) -> bool {
+    matches!(op, "+" | "-" | "*" | "/" | "%" | "^" | "atan2")
+}
+
+/// Applies `op`; comparisons give the left value and whether it passes.
+pub(crate) fn binop(op: &str, l: f64, r: f64) -> Result<(f64, bool)> {
+    Ok(match op {
+        "+" => (l + r, true),
+        "-" => (l - r, true),
+        "*" => (l * r, true),
+        "/" => (l / r, true),
+        "%" => (l % r, true),
+        "^" => (l.powf(r), true),
+        "atan2" => (l.atan2(r), true),
+        "==" => (l, l == r),
+        "!=" => (l, l != r),
+        ">" => (l, l > r),
+        "<" => (l, l < r),
+        ">=" => (l, l >= r),
+        "<=" => (l, l <= r),
+        other => {
+            return Err(PromError::BadData(format!(
+                "operator \"{other}\" not allowed here"
+            )));
+        }
+    })
+}
+
+fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+fn kahan_sum(vals: &[f64]) -> f64 {
+    let (mut s, mut c) = (0.0, 0.0);
+    for &v in vals {
+        (s, c) = kahan_inc(v, s, c);
+    }
+    if s.is_infinite() { s } else { s + c }
+}
+
+/// Prometheus' quantile over unsorted values (`quantile`, `quantile_over_time`).
+pub(crate) fn quantile(q: f64, vals: &mut [f64]) -> f64 {
+    if vals.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    vals.sort_by(|a, b| a.total_cmp(b));
+    let n = vals.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    vals[lower as usize] * (1.0 - weight) + vals[upper as usize] * weight
+}
+
+/// Least-squares slope and intercept at `intercept_time`.
+fn linear_regression(ts: &[i64], vals: &[f64], intercept_time: i64) -> (f64, f64) {
+    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let init_y = vals[0];
+    let mut const_y = true;
+    for (i, (&t, &v)) in ts.iter().zip(vals).enumerate() {
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (t - intercept_time) as f64 / 1e3;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(v, sy, cy);
+        (sxy, cxy) = kahan_inc(x * v, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+/// `rate`, `increase` and `delta` with Prometheus' extrapolation.
+fn extrapolated(
+    ts: &[i64],
+    vals: &[f64],
+    wstart: i64,
+    wend: i64,
+    counter: bool,
+    rate: bool,
+    range_s: f64,
+) -> Option<f64> {
+    if ts.len() < 2 {
+        return None;
+    }
+    let n = ts.len();
+    let mut result = vals[n - 1] - vals[0];
+    if counter {
+        let mut last = 0.0;
+        for &v in vals {
+            if v < last {
+                result += last;
+            }
+            last = v;
+        }
+    }
+    let mut to_start = (ts[0] - wstart) as f64 / 1000.0;
+    let to_end = (wend - ts[n - 1]) as f64 / 1000.0;
+    let sampled = (ts[n - 1] - ts[0]) as f64 / 1000.0;
+    let avg = sampled / (n - 1) as f64;
+    if counter && result > 0.0 && vals[0] >= 0.0 {
+        let to_zero = sampled * (vals[0] / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    let threshold = avg * 1.1;
+    let mut interval = sampled;
+    interval += if to_start < threshold {
+        to_start
+    } else {
+        avg / 2.0
+    };
+    interval += if to_end < threshold { to_end } else { avg / 2.0 };
+    result *= interval / sampled;
+    if rate {
+        result /= range_s;
+    }
+    Some(result)
+}
+
+/// Sum of the deltas in `(wstart, wend]` (delta temporality).
+fn delta_sum(ts: &[i64], vals: &[f64], wstart: i64) -> Option<f64> {
+    let from = ts.partition_point(|&t| t <= wstart);
+    (from < ts.len()).then(|| kahan_sum(&vals[from..]))
+}
+
+fn over_time(name: &str, ts: &[i64], vals: &[f64], param: f64) -> Option<f64> {
+    Some(match name {
+        "sum_over_time" => kahan_sum(vals),
+        "count_over_time" => vals.len() as f64,
+        "present_over_time" => 1.0,
+        "last_over_time" => *vals.last()?,
+        "avg_over_time" => {
+            let (mut mean, mut count, mut c) = (0.0f64, 0.0, 0.0);
+            for &v in vals {
+                count += 1.0;
+                if mean.is_infinite() {
+                    if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                        continue;
+                    }
+                    if !v.is_infinite() && !v.is_nan() {
+                        continue;
+                    }
+                }
+                (mean, c) = kahan_inc(v / count - mean / count, mean, c);
+            }
+            if mean.is_infinite() { mean } else { mean + c }
+        }
+        "min_over_time" => vals.iter().copied().fold(vals[0], |m, v| {
+            if v < m || m.is_nan() { v } else { m }
+        }),
+        "max_over_time" => vals.iter().copied().fold(vals[0], |m, v| {
+            if v > m || m.is_nan() { v } else { m }
+        }),
+        "stddev_over_time" | "stdvar_over_time" => {
+            let (mut count, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for &v in vals {
+                count += 1.0;
+                let delta = v - (mean + cm);
+                (mean, cm) = kahan_inc(delta / count, mean, cm);
+                (aux, ca) = kahan_inc(delta * (v - (mean + cm)), aux, ca);
+            }
+            let var = (aux + ca) / count;
+            if name == "stddev_over_time" {
+                var.sqrt()
+            } else {
+                var
+            }
+        }
+        "quantile_over_time" => quantile(param, &mut vals.to_vec()),
+        "resets" => {
+            let mut r = 0.0;
+            for w in vals.windows(2) {
+                if w[1] < w[0] {
+                    r += 1.0;
+                }
+            }
+            r
+        }
+        "changes" => {
+            let mut r = 0.0;
+            for w in vals.windows(2) {
+                if !(w[1] == w[0] || (w[1].is_nan() && w[0].is_nan())) {
+                    r += 1.0;
+                }
+            }
+            r
+        }
+        "irate" | "idelta" => {
+            let n = vals.len();
+            if n < 2 {
+                return None;
+            }
+            let (last, prev) = (vals[n - 1], vals[n - 2]);
+            let mut r = if name == "irate" && last < prev {
+                last
+            } else {
+                last - prev
+            };
+            if name == "irate" {
+                let dt = (ts[n - 1] - ts[n - 2]) as f64 / 1000.0;
+                if dt == 0.0 {
+                    return None;
+                }
+                r /= dt;
+            }
+            r
+        }
+        "deriv" => {
+            if vals.len() < 2 {
+                return None;
+            }
+            linear_regression(ts, vals, ts[0]).0
+        }
+        _ => return None,
+    })
+}
+
+const RANGE_FUNCS: &[&str] = &[
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "resets",
+    "changes",
+    "deriv",
+    "predict_linear",
+    "avg_over_time",
+    "sum_over_time",
+    "min_over_time",
+    "max_over_time",
+    "count_over_time",
+    "last_over_time",
+    "quantile_over_time",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "present_over_time",
+];
+
+fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
+    let name = c.func.name;
+    // The range argument is the last one except for quantile_over_time (second)
+    // and predict_linear (first).
+    let (range_expr, param_expr) = match name {
+        "quantile_over_time" => (&c.args.args[1], Some(&c.args.args[0])),
+        "predict_linear" => (&c.args.args[0], Some(&c.args.args[1])),
+        _ => (&c.args.args[0], None),
+    };
+    let param = match param_expr {
+        Some(p) => ev.scalar_arg(p, g)?,
+        None => vec![0.0; g.n],
+    };
+    let arg = ev.range_arg(range_expr, g)?;
+    let range_s = arg.range as f64 / 1000.0;
+    let mut out = Vec::with_capacity(arg.raws.len());
+    for (ri, raw) in arg.raws.iter().enumerate() {
+        if ri % 1024 == 0 {
+            ev.check_deadline("range function")?;
+        }
+        let vals = arg.windows(raw, g, |step, ts, vals, ws, we| {
+            let p = param[step];
+            match name {
+                "rate" | "increase" | "delta" if raw.delta => {
+                    let s = delta_sum(ts, vals, ws)?;
+                    Some(if name == "rate" { s / range_s } else { s })
+                }
+                "rate" => extrapolated(ts, vals, ws, we, true, true, range_s),
+                "increase" => extrapolated(ts, vals, ws, we, true, false, range_s),
+                "delta" => extrapolated(ts, vals, ws, we, false, false, range_s),
+                "predict_linear" => {
+                    if vals.len() < 2 {
+                        return None;
+                    }
+                    let (slope, intercept) = linear_regression(ts, vals, we + arg.offset);
+                    Some(slope * p + intercept)
+                }
+                _ => over_time(name, ts, vals, p),
+            }
+        });
+        let mut metric = raw.metric.clone();
+        if name != "last_over_time" {
+            drop_name(&mut metric);
+        }
+        if vals.iter().any(Option::is_some) {
+            out.push(Series { metric, vals });
+        }
+    }
+    Ok(Val::Vector(merge_same(out)?))
+}
+
+fn map_values(series: Vec<Series>, keep_name: bool, f: impl Fn(f64) -> f64) -> Vec<Series> {
+    series
+        .into_iter()
+        .map(|mut s| {
+            if !keep_name {
+                drop_name(&mut s.metric);
+            }
+            for v in s.vals.iter_mut().flatten() {
+                *v = f(*v);
+            }
+            s
+        })
+        .collect()
+}
+
+fn map_values_at(
+    series: Vec<Series>,
+    params: &[Vec<f64>],
+    f: impl Fn(f64, &[f64]) -> f64,
+) -> Vec<Series> {
+    series
+        .into_iter()
+        .map(|mut s| {
+            drop_name(&mut s.metric);
+            for (i, v) in s.vals.iter_mut().enumerate() {
+                if let Some(x) = v {
+                    let p: Vec<f64> = params.iter().map(|p| p[i]).collect();
+                    *x = f(*x, &p);
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// Year, month (1–12), day (1–31) of a day number since 1970-01-01.
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn date_part(name: &str, secs: f64) -> f64 {
+    let s = secs.floor() as i64;
+    let days = s.div_euclid(86_400);
+    let sod = s.rem_euclid(86_400);
+    let (y, m, d) = civil(days);
+    let month_days = [31, if is_leap(y) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    match name {
+        "minute" => ((sod / 60) % 60) as f64,
+        "hour" => (sod / 3600) as f64,
+        "day_of_week" => (days + 4).rem_euclid(7) as f64,
+        "day_of_month" => d as f64,
+        "day_of_year" => {
+            (month_days[..(m - 1) as usize].iter().sum::<i64>() + d) as f64
+        }
+        "days_in_month" => month_days[(m - 1) as usize] as f64,
+        "month" => m as f64,
+        _ => y as f64,
+    }
+}
+
+fn string_arg(e: &Expr) -> Result<String> {
+    match e {
+        Expr::StringLiteral(s) => Ok(s.val.clone()),
+        Expr::Paren(p) => string_arg(&p.expr),
+        _ => Err(PromError::BadData("expected a string literal".into())),
+    }
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
+    let name = c.func.name;
+    let args = &c.args.args;
+    if RANGE_FUNCS.contains(&name) {
+        return range_function(ev, c, g);
+    }
+    let math = |f: fn(f64) -> f64| f;
+    let simple: Option<fn(f64) -> f64> = match name {
+        "abs" => Some(math(f64::abs)),
+        "ceil" => Some(math(f64::ceil)),
+        "floor" => Some(math(f64::floor)),
+        "exp" => Some(math(f64::exp)),
+        "ln" => Some(math(f64::ln)),
+        "log2" => Some(math(f64::log2)),
+        "log10" => Some(math(f64::log10)),
+        "sqrt" => Some(math(f64::sqrt)),
+        "sgn" => Some(|v: f64| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v
+            }
+        }),
+        "sin" => Some(math(f64::sin)),
+        "cos" => Some(math(f64::cos)),
+        "tan" => Some(math(f64::tan)),
+        "asin" => Some(math(f64::asin)),
+        "acos" => Some(math(f64::acos)),
+        "atan" => Some(math(f64::atan)),
+        "sinh" => Some(math(f64::sinh)),
+        "cosh" => Some(math(f64::cosh)),
+        "tanh" => Some(math(f64::tanh)),
+        "asinh" => Some(math(f64::asinh)),
+        "acosh" => Some(math(f64::acosh)),
+        "atanh" => Some(math(f64::atanh)),
+        "deg" => Some(|v: f64| v * 180.0 / std::f64::consts::PI),
+        "rad" => Some(|v: f64| v * std::f64::consts::PI / 180.0),
+        _ => None,
+    };
+    if let Some(f) = simple {
+        let v = ev.vector_arg(&args[0], g)?;
+        return Ok(Val::Vector(merge_same(map_values(v, false, f))?));
+    }
+    match name {
+        "time" => Ok(Val::Scalar((0..g.n).map(|i| g.t(i) as f64 / 1000.0).collect())),
+        "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; g.n])),
+        "vector" => {
+            let s = ev.scalar_arg(&args[0], g)?;
+            Ok(Val::Vector(vec![Series {
+                metric: Vec::new(),
+                vals: s.into_iter().map(Some).collect(),
+            }]))
+        }
+        "scalar" => {
+            let v = ev.vector_arg(&args[0], g)?;
+            Ok(Val::Scalar(
+                (0..g.n)
+                    .map(|i| {
+                        let mut it = v.iter().filter_map(|s| s.vals[i]);
+                        match (it.next(), it.next()) {
+                            (Some(x), None) => x,
+                            _ => f64::NAN,
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        "timestamp" => {
+            let v = match strip(&args[0]) {
+                Expr::VectorSelector(vs) => ev.selector(vs, g, true)?,
+                e => {
+                    let v = ev.vector_arg(e, g)?;
+                    v.into_iter()
+                        .map(|mut s| {
+                            for (i, x) in s.vals.iter_mut().enumerate() {
+                                if x.is_some() {
+                                    *x = Some(g.t(i) as f64 / 1000.0);
+                                }
+                            }
+                            s
+                        })
+                        .collect()
+                }
+            };
+            Ok(Val::Vector(merge_same(map_values(v, false, |x| x))?))
+        }
+        "round" => {
+            let v = ev.vector_arg(&args[0], g)?;
+            let to = match args.get(1) {
+                Some(a) => ev.scalar_arg(a, g)?,
+                None => vec![1.0; g.n],
+            };
+            Ok(Val::Vector(merge_same(map_values_at(v, &[to], |x, p| {
+                let inv = 1.0 / p[0];
+                (x * inv + 0.5).floor() / inv
+            }))?))
+        }
+        "clamp" | "clamp_min" | "clamp_max" => {
+            let v = ev.vector_arg(&args[0], g)?;
+            let mut params = Vec::new();
+            for a in &args[1..] {
+                params.push(ev.scalar_arg(a, g)?);
+            }
+            let mut out = map_values_at(v, &params, |x, p| match name {
+                "clamp" => p[0].max(x.min(p[1])),
+                "clamp_min" => x.max(p[0]),
+                _ => x.min(p[0]),
+            });
+            if name == "clamp" {
+                // `clamp` with min > max gives an empty vector at that step.
+                for s in &mut out {
+                    for (i, x) in s.vals.iter_mut().enumerate() {
+                        if params[0][i] > params[1][i] {
+                            *x = None;
+                        }
+                    }
+                }
+                out.retain(|s| s.vals.iter().any(Option::is_some));
+            }
+            Ok(Val::Vector(merge_same(out)?))
+        }
+        "minute" | "hour" | "day_of_week" | "day_of_month" | "day_of_year" | "days_in_month"
+        | "month" | "year" => {
+            let v = match args.first() {
+                Some(a) => ev.vector_arg(a, g)?,
+                None => vec![Series {
+                    metric: Vec::new(),
+                    vals: (0..g.n).map(|i| Some(g.t(i) as f64 / 1000.0)).collect(),
+                }],
+            };
+            Ok(Val::Vector(merge_same(map_values(v, false, |x| {
+                date_part(name, x)
+            }))?))
+        }
+        "sort" | "sort_desc" => {
+            let mut v = ev.vector_arg(&args[0], g)?;
+            let key = |s: &Series| s.vals[0].unwrap_or(f64::NAN);
+            v.sort_by(|a, b| {
+                let (x, y) = (key(a), key(b));
+                let o = match (x.is_nan(), y.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ if name == "sort" => x.total_cmp(&y),
+                    _ => y.total_cmp(&x),
+                };
+                o.then_with(|| a.metric.cmp(&b.metric))
+            });
+            Ok(Val::Vector(v))
+        }
+        "label_replace" => {
+            let v = ev.vector_arg(&args[0], g)?;
+            let dst = string_arg(&args[1])?;
+            let repl = string_arg(&args[2])?;
+            let src = string_arg(&args[3])?;
+            let re_src = string_arg(&args[4])?;
+            let re = regex::Regex::new(&format!("^(?s:{re_src})$")).map_err(|e| {
+                PromError::BadData(format!("invalid regular expression in label_replace(): {e}"))
+            })?;
+            if !valid_label_name(&dst) {
+                return Err(PromError::BadData(format!(
+                    "invalid destination label name in label_replace(): {dst}"
+                )));
+            }
+            let out = v
+                .into_iter()
+                .map(|mut s| {
+                    let value = get(&s.metric, &src).to_string();
+                    if let Some(caps) = re.captures(&value) {
+                        let mut res = String::new();
+                        caps.expand(&repl, &mut res);
+                        set_label(&mut s.metric, &dst, &res);
+                    }
+                    s
+                })
+                .collect();
+            Ok(Val::Vector(merge_same(out)?))
+        }
+        "label_join" => {
+            let v = ev.vector_arg(&args[0], g)?;
+            let dst = string_arg(&args[1])?;
+            let sep = string_arg(&args[2])?;
+            let srcs: Vec<String> = args[3..].iter().map(|a| string_arg(a)).collect::<Result<_>>()?;
+            if !valid_label_name(&dst) {
+                return Err(PromError::BadData(format!(
+                    "invalid destination label name in label_join(): {dst}"
+                )));
+            }
+            let out = v
+                .into_iter()
+                .map(|mut s| {
+                    let joined: Vec<&str> = srcs.iter().map(|l| get(&s.metric, l)).collect();
+                    let joined = joined.join(&sep);
+                    set_label(&mut s.metric, &dst, &joined);
+                    s
+                })
+                .collect();
+            Ok(Val::Vector(merge_same(out)?))
+        }
+        "absent" => {
+            let v = ev.vector_arg(&args[0], g)?;
+            let metric = absent_labels(&args[0]);
+            let vals = (0..g.n)
+                .map(|i| (!v.iter().any(|s| s.vals[i].is_some())).then_some(1.0))
+                .collect::<Vec<_>>();
+            Ok(Val::Vector(nonempty_one(metric, vals)))
+        }
+        "absent_over_time" => {
+            let arg = ev.range_arg(&args[0], g)?;
+            let mut present = vec![false; g.n];
+            for raw in &arg.raws {
+                let w = arg.windows(raw, g, |_, _, _, _, _| Some(1.0));
+                for (p, x) in present.iter_mut().zip(w) {
+                    *p |= x.is_some();
+                }
+            }
+            let metric = absent_labels(&args[0]);
+            let vals = present.iter().map(|p| (!p).then_some(1.0)).collect();
+            Ok(Val::Vector(nonempty_one(metric, vals)))
+        }
+        "histogram_quantile" => {
+            let q = ev.scalar_arg(&args[0], g)?;
+            let v = ev.vector_arg(&args[1], g)?;
+            histogram_quantile(&q, v, g)
+        }
+        other => Err(PromError::BadData(format!(
+            "function \"{other}\" is not supported"
+        ))),
+    }
+}
+
+fn strip(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => strip(&p.expr),
+        e => e,
+    }
+}
+
+fn nonempty_one(metric: Metric, vals: Vec<Option<f64>>) -> Vec<Series> {
+    if vals.iter().any(Option::is_some) {
+        vec![Series { metric, vals }]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The labels `absent` reports: the selector's equality matchers (a label matched
+/// twice is left out).
+fn absent_labels(e: &Expr) -> Metric {
+    let vs = match strip(e) {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Vec::new(),
+    };
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for m in &vs.matchers.matchers {
+        *seen.entry(m.name.as_str()).or_default() += 1;
+    }
+    let mut out: Metric = vs
+        .matchers
+        .matchers
+        .iter()
+        .filter(|m| {
+            matches!(m.op, MatchOp::Equal) && m.name != NAME_LABEL && seen[m.name.as_str()] == 1
+        })
+        .map(|m| (m.name.clone(), m.value.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn histogram_quantile(q: &[f64], v: Vec<Series>, g: &Grid) -> Result<Val> {
+    let mut groups: Vec<(Metric, Vec<(f64, usize)>)> = Vec::new();
+    let mut index: HashMap<Metric, usize> = HashMap::new();
+    for (i, s) in v.iter().enumerate() {
+        let Ok(le) = parse_le(get(&s.metric, "le")) else {
+            continue;
+        };
+        let mut m = s.metric.clone();
+        m.retain(|(k, _)| k != "le" && k != NAME_LABEL);
+        let gi = *index.entry(m.clone()).or_insert_with(|| {
+            groups.push((m, Vec::new()));
+            groups.len() - 1
+        });
+        groups[gi].1.push((le, i));
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for (metric, buckets) in groups {
+        let vals: Vec<Option<f64>> = (0..g.n)
+            .map(|step| {
+                let mut b: Vec<(f64, f64)> = buckets
+                    .iter()
+                    .filter_map(|&(le, i)| v[i].vals[step].map(|c| (le, c)))
+                    .collect();
+                if b.is_empty() {
+                    return None;
+                }
+                Some(bucket_quantile(q[step], &mut b))
+            })
+            .collect();
+        if vals.iter().any(Option::is_some) {
+            out.push(Series { metric, vals });
+        }
+    }
+    Ok(Val::Vector(out))
+}
+
+fn parse_le(s: &str) -> std::result::Result<f64, ()> {
+    match s {
+        "+Inf" | "Inf" | "+inf" | "inf" => Ok(f64::INFINITY),
+        "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
+        _ => s.trim().parse::<f64>().map_err(|_| ()),
+    }
+}
+
+/// Prometheus' quantile of classic buckets (upper bound, cumulative count).
+fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if buckets.last().map(|b| b.0) != Some(f64::INFINITY) {
+        return f64::NAN;
+    }
+    // Coalesce equal bounds, then force monotonic counts.
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for &(le, c) in buckets.iter() {
+        match merged.last_mut() {
+            Some(last) if last.0 == le => last.1 += c,
+            _ => merged.push((le, c)),
+        }
+    }
+    let mut max = f64::NEG_INFINITY;
+    for b in &mut merged {
+        if b.1 > max {
+            max = b.1;
+        } else {
+            b.1 = max;
+        }
+    }
+    if merged.len() < 2 {
+        return f64::NAN;
+    }
+    let observations = merged[merged.len() - 1].1;
+    if observations == 0.0 {
+        return f64::NAN;
+    }
+    let mut rank = q * observations;
+    let b = merged[..merged.len() - 1].partition_point(|x| x.1 < rank);
+    if b == merged.len() - 1 {
+        return merged[merged.len() - 2].0;
+    }
+    if b == 0 && merged[0].0 <= 0.0 {
+        return merged[0].0;
+    }
+    let mut start = 0.0;
+    let end = merged[b].0;
+    let mut count = merged[b].1;
+    if b > 0 {
+        start = merged[b - 1].0;
+        count -= merged[b - 1].1;
+        rank -= merged[b - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
+
+pub(crate) fn aggregate(
+    op: &str,
+    input: &[Series],
+    groups: Vec<(Metric, Vec<usize>)>,
+    param: Option<Val>,
+    g: &Grid,
+) -> Result<Val> {
+    let scalar_param = |p: &Option<Val>| -> Result<Vec<f64>> {
+        match p {
+            Some(Val::Scalar(v)) => Ok(v.clone()),
+            _ => Err(PromError::BadData(format!(
+                "expected a scalar parameter for {op}"
+            ))),
+        }
+    };
+    match op {
+        "topk" | "bottomk" => {
+            let k = scalar_param(&param)?;
+            let mut keep: Vec<Vec<bool>> = vec![vec![false; g.n]; input.len()];
+            for (_, members) in &groups {
+                for step in 0..g.n {
+                    let kk = k[step];
+                    if kk.is_nan() || kk < 1.0 {
+                        continue;
+                    }
+                    let kk = (kk as i64).min(members.len() as i64) as usize;
+                    let mut present: Vec<(f64, usize)> = members
+                        .iter()
+                        .filter_map(|&i| input[i].vals[step].map(|v| (v, i)))
+                        .collect();
+                    present.sort_by(|a, b| {
+                        let o = match (a.0.is_nan(), b.0.is_nan()) {
+                            (true, true) => std::cmp::Ordering::Equal,
+                            (true, false) => std::cmp::Ordering::Greater,
+                            (false, true) => std::cmp::Ordering::Less,
+                            _ if op == "topk" => b.0.total_cmp(&a.0),
+                            _ => a.0.total_cmp(&b.0),
+                        };
+                        o.then(a.1.cmp(&b.1))
+                    });
+                    for &(_, i) in present.iter().take(kk) {
+                        keep[i][step] = true;
+                    }
+                }
+            }
+            let out = input
+                .iter()
+                .zip(keep)
+                .filter_map(|(s, k)| {
+                    let vals: Vec<Option<f64>> = s
+                        .vals
+                        .iter()
+                        .zip(k)
+                        .map(|(v, k)| if k { *v } else { None })
+                        .collect();
+                    vals.iter().any(Option::is_some).then(|| Series {
+                        metric: s.metric.clone(),
+                        vals,
+                    })
+                })
+                .collect();
+            Ok(Val::Vector(out))
+        }
+        "count_values" => {
+            let Some(Val::Str(label)) = &param else {
+                return Err(PromError::BadData(
+                    "expected a string parameter for count_values".into(),
+                ));
+            };
+            if !valid_label_name(label) {
+                return Err(PromError::BadData(format!("invalid label name {label:?}")));
+            }
+            let mut out: Vec<Series> = Vec::new();
+            let mut index: HashMap<Metric, usize> = HashMap::new();
+            for (metric, members) in &groups {
+                for step in 0..g.n {
+                    for &i in members {
+                        let Some(v) = input[i].vals[step] else {
+                            continue;
+                        };
+                        let mut m = metric.clone();
+                        set_label(&mut m, label, &format_float(v));
+                        let oi = *index.entry(m.clone()).or_insert_with(|| {
+                            out.push(Series {
+                                metric: m,
+                                vals: vec![None; g.n],
+                            });
+                            out.len() - 1
+                        });
+                        let slot = &mut out[oi].vals[step];
+                        *slot = Some(slot.unwrap_or(0.0) + 1.0);
+                    }
+                }
+            }
+            Ok(Val::Vector(out))
+        }
+        _ => {
+            let q = if op == "quantile" {
+                scalar_param(&param)?
+            } else {
+                Vec::new()
+            };
+            let mut out = Vec::with_capacity(groups.len());
+            let mut buf: Vec<f64> = Vec::new();
+            for (metric, members) in groups {
+                let mut vals = vec![None; g.n];
+                for (step, slot) in vals.iter_mut().enumerate() {
+                    buf.clear();
+                    buf.extend(members.iter().filter_map(|&i| input[i].vals[step]));
+                    if buf.is_empty() {
+                        continue;
+                    }
+                    *slot = Some(aggregate_values(op, &mut buf, q.get(step).copied())?);
+                }
+                out.push(Series { metric, vals });
+            }
+            Ok(Val::Vector(out))
+        }
+    }
+}
+
+fn aggregate_values(op: &str, vals: &mut [f64], q: Option<f64>) -> Result<f64> {
+    Ok(match op {
+        "sum" => vals.iter().sum(),
+        "count" => vals.len() as f64,
+        "group" => 1.0,
+        "min" => vals.iter().copied().fold(vals[0], |m, v| {
+            if m > v || m.is_nan() { v } else { m }
+        }),
+        "max" => vals.iter().copied().fold(vals[0], |m, v| {
+            if m < v || m.is_nan() { v } else { m }
+        }),
+        "avg" => {
+            let mut mean = vals[0];
+            let mut count = 1.0;
+            for &v in &vals[1..] {
+                count += 1.0;
+                if mean.is_infinite() {
+                    if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                        continue;
+                    }
+                    if !v.is_infinite() && !v.is_nan() {
+                        continue;
+                    }
+                }
+                mean += v / count - mean / count;
+            }
+            mean
+        }
+        "stddev" | "stdvar" => {
+            let (mut count, mut mean, mut value) = (0.0, 0.0, 0.0);
+            for &v in vals.iter() {
+                count += 1.0;
+                let delta = v - mean;
+                mean += delta / count;
+                value += delta * (v - mean);
+            }
+            let var = value / count;
+            if op == "stddev" { var.sqrt() } else { var }
+        }
+        "quantile" => quantile(q.unwrap_or(f64::NAN), vals),
+        other => {
+            return Err(PromError::BadData(format!(
+                "aggregation \"{other}\" is not supported"
+            )));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_quantile_interpolates() {
+        let mut b = vec![(0.1, 10.0), (0.5, 30.0), (1.0, 40.0), (f64::INFINITY, 40.0)];
+        // rank 20 falls in (0.1, 0.5]: 0.1 + 0.4 * (10/20).
+        assert!((bucket_quantile(0.5, &mut b) - 0.3).abs() < 1e-12);
+        assert_eq!(bucket_quantile(1.0, &mut b), 1.0);
+        let mut no_inf = vec![(1.0, 3.0)];
+        assert!(bucket_quantile(0.5, &mut no_inf).is_nan());
+    }
+
+    #[test]
+    fn quantile_matches_prometheus() {
+        assert_eq!(quantile(0.5, &mut [1.0, 3.0, 2.0, 4.0]), 2.5);
+        assert_eq!(quantile(0.0, &mut [5.0, 1.0]), 1.0);
+        assert_eq!(quantile(2.0, &mut [1.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn rate_extrapolates_to_window_edges() {
+        // Samples every 10 s from 10 to 50 s, counter +1/s, window [0, 60].
+        let ts = [10_000, 20_000, 30_000, 40_000, 50_000];
+        let vals = [10.0, 20.0, 30.0, 40.0, 50.0];
+        let r = extrapolated(&ts, &vals, 0, 60_000, true, false, 60.0).unwrap();
+        // Both gaps (10 s) are below 1.1x the sample interval: extrapolated to both edges.
+        assert!((r - 60.0).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
+        assert_eq!(date_part("day_of_week", 0.0), 4.0);
+        assert_eq!(date_part("days_in_month", 19_782.0 * 86_400.0), 29.0);
+    }
+}

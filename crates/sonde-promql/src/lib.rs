@@ -1,0 +1,160 @@
+//! PromQL over Sonde storage.
+//!
+//! Queries are parsed with `promql-parser` and evaluated over a step grid: every
+//! expression yields its values at all steps at once, so a range query reads each
+//! selector's data exactly once (one storage scan of `[start - range - offset,
+//! end - offset]`, pruned by time and by the label index) and range functions run
+//! over the samples of each series with a sliding window.
+//!
+//! Semantics follow Prometheus 2.x (the version the differential tests run against):
+//! range selectors and the lookback window include both ends, counter resets and
+//! `rate` extrapolation behave as in Prometheus, and staleness markers end a series.
+//! Tables map to metric names as follows: a table whose only field is `value` is the
+//! metric of the same name; any other table (e.g. the `llm_calls` event table) is one
+//! metric per field, `<table>_<field>`. Tables of delta temporality (OTLP delta sums)
+//! give `increase`/`rate`/`delta` as the sum of the deltas in the window (divided by
+//! the range for `rate`), not Prometheus' extrapolation of a cumulative counter.
+
+mod eval;
+mod format;
+mod funcs;
+mod select;
+
+use std::time::Duration;
+
+use sonde_storage::Storage;
+
+pub use eval::{Metric, QueryValue, Raw, Series};
+pub use format::{format_float, format_time};
+pub use select::{MetricRef, metric_refs, series_matching};
+
+/// Limits and defaults of the PromQL engine.
+#[derive(Debug, Clone)]
+pub struct PromConfig {
+    /// How far back an instant selector looks for the latest sample.
+    pub lookback_delta: Duration,
+    /// Most samples one query may load from storage (Prometheus' `--query.max-samples`).
+    pub max_samples: usize,
+    /// Wall-clock limit of one query.
+    pub timeout: Duration,
+    /// Most points per series of a range query.
+    pub max_points_per_series: usize,
+    /// Step of subqueries that do not give one.
+    pub default_subquery_step: Duration,
+}
+
+impl Default for PromConfig {
+    fn default() -> Self {
+        PromConfig {
+            lookback_delta: Duration::from_secs(300),
+            max_samples: 50_000_000,
+            timeout: Duration::from_secs(120),
+            max_points_per_series: 11_000,
+            default_subquery_step: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a query failed. The variants map to Prometheus' `errorType`s.
+#[derive(Debug, thiserror::Error)]
+pub enum PromError {
+    /// The query or a parameter is malformed (`bad_data`, HTTP 400).
+    #[error("{0}")]
+    BadData(String),
+    /// The query is valid but cannot be evaluated (`execution`, HTTP 422).
+    #[error("{0}")]
+    Execution(String),
+    /// The query ran past its timeout (`timeout`, HTTP 503).
+    #[error("query timed out in {0}")]
+    Timeout(&'static str),
+    /// Storage failed (`internal`, HTTP 500).
+    #[error("storage: {0}")]
+    Storage(#[from] sonde_storage::Error),
+}
+
+impl PromError {
+    /// Prometheus' `errorType` of this error.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            PromError::BadData(_) => "bad_data",
+            PromError::Execution(_) => "execution",
+            PromError::Timeout(_) => "timeout",
+            PromError::Storage(_) => "internal",
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, PromError>;
+
+/// Parses a PromQL expression, with Prometheus' error wording.
+pub fn parse(query: &str) -> Result<promql_parser::parser::Expr> {
+    promql_parser::parser::parse(query).map_err(|e| PromError::BadData(format!("parse error: {e}")))
+}
+
+/// An instant query at `time_ms`.
+pub fn instant_query(
+    storage: &Storage,
+    tenant: &str,
+    config: &PromConfig,
+    query: &str,
+    time_ms: i64,
+) -> Result<QueryValue> {
+    let expr = parse(query)?;
+    eval::Evaluator::new(storage, tenant, config, time_ms, time_ms).run(&expr, time_ms, 0, 1)
+}
+
+/// A range query over `[start_ms, end_ms]` every `step_ms`.
+pub fn range_query(
+    storage: &Storage,
+    tenant: &str,
+    config: &PromConfig,
+    query: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+) -> Result<QueryValue> {
+    if step_ms <= 0 {
+        return Err(PromError::BadData(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+        ));
+    }
+    if end_ms < start_ms {
+        return Err(PromError::BadData(
+            "end timestamp must not be before start time".into(),
+        ));
+    }
+    let points = (end_ms - start_ms) / step_ms + 1;
+    if points as usize > config.max_points_per_series {
+        return Err(PromError::BadData(format!(
+            "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+            config.max_points_per_series
+        )));
+    }
+    let expr = parse(query)?;
+    match expr.value_type() {
+        promql_parser::parser::value::ValueType::Vector
+        | promql_parser::parser::value::ValueType::Scalar => {}
+        other => {
+            return Err(PromError::BadData(format!(
+                "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                type_name(other)
+            )));
+        }
+    }
+    eval::Evaluator::new(storage, tenant, config, start_ms, end_ms).run(
+        &expr,
+        start_ms,
+        step_ms,
+        points as usize,
+    )
+}
+
+pub(crate) fn type_name(t: promql_parser::parser::value::ValueType) -> &'static str {
+    use promql_parser::parser::value::ValueType;
+    match t {
+        ValueType::Vector => "instant vector",
+        ValueType::Scalar => "scalar",
+        ValueType::Matrix => "range vector",
+        ValueType::String => "string",
+    }
+}

@@ -1,0 +1,219 @@
+//! From PromQL selectors to storage scans: metric names resolve to (table, field)
+//! pairs, label matchers go to the storage index, and what comes back becomes
+//! [`Raw`] series with `__name__` among their labels.
+
+use promql_parser::label::{MatchOp as PMatchOp, Matcher as PMatcher};
+use sonde_storage::series::Values;
+use sonde_storage::{Matcher, ScanRequest, Storage};
+use sonde_types::{MetricKind, NAME_LABEL};
+
+use crate::eval::{Metric, Raw};
+use crate::{PromError, Result};
+
+/// The bit pattern Prometheus writes to mark a series as stale.
+pub(crate) const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// One PromQL metric name and where its samples live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricRef {
+    pub name: String,
+    pub table: String,
+    pub field: String,
+    pub kind: MetricKind,
+}
+
+/// Every metric name of a tenant: a table whose only field is `value` is the metric
+/// of its name; any other table is one metric per field, `<table>_<field>`.
+pub fn metric_refs(storage: &Storage, tenant: &str) -> Vec<MetricRef> {
+    let mut out = Vec::new();
+    for (table, schema) in storage.tables(tenant) {
+        if schema.fields.len() == 1 && schema.fields[0].name == "value" {
+            out.push(MetricRef {
+                name: table.clone(),
+                table,
+                field: "value".into(),
+                kind: schema.kind,
+            });
+        } else {
+            for f in &schema.fields {
+                out.push(MetricRef {
+                    name: format!("{table}_{}", f.name),
+                    table: table.clone(),
+                    field: f.name.clone(),
+                    kind: schema.kind,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The metrics whose names pass the `__name__` matchers.
+fn resolve(storage: &Storage, tenant: &str, name_matchers: &[&PMatcher]) -> Vec<MetricRef> {
+    // Fast path for the common `name{...}` form: no listing of every table.
+    if let Some(m) = name_matchers
+        .iter()
+        .find(|m| matches!(m.op, PMatchOp::Equal))
+    {
+        let name = &m.value;
+        let mut out = Vec::new();
+        if let Some(s) = storage.table_schema(tenant, name)
+            && s.fields.len() == 1
+            && s.fields[0].name == "value"
+        {
+            out.push(MetricRef {
+                name: name.clone(),
+                table: name.clone(),
+                field: "value".into(),
+                kind: s.kind,
+            });
+        }
+        for (i, _) in name.match_indices('_') {
+            let (table, field) = (&name[..i], &name[i + 1..]);
+            if let Some(s) = storage.table_schema(tenant, table)
+                && !(s.fields.len() == 1 && s.fields[0].name == "value")
+                && let Some(f) = s.fields.iter().find(|f| f.name == field)
+            {
+                out.push(MetricRef {
+                    name: name.clone(),
+                    table: table.into(),
+                    field: f.name.clone(),
+                    kind: s.kind,
+                });
+            }
+        }
+        out.retain(|r| name_matchers.iter().all(|m| m.is_match(&r.name)));
+        return out;
+    }
+    metric_refs(storage, tenant)
+        .into_iter()
+        .filter(|r| name_matchers.iter().all(|m| m.is_match(&r.name)))
+        .collect()
+}
+
+/// Converts label matchers (not `__name__`) to storage matchers.
+fn storage_matchers(matchers: &[&PMatcher]) -> Result<Vec<Matcher>> {
+    matchers
+        .iter()
+        .map(|m| {
+            Ok(match &m.op {
+                PMatchOp::Equal => Matcher::eq(&m.name, &m.value),
+                PMatchOp::NotEqual => Matcher::ne(&m.name, &m.value),
+                PMatchOp::Re(_) => Matcher::re(&m.name, &m.value)
+                    .map_err(|e| PromError::BadData(e.to_string()))?,
+                PMatchOp::NotRe(_) => Matcher::not_re(&m.name, &m.value)
+                    .map_err(|e| PromError::BadData(e.to_string()))?,
+            })
+        })
+        .collect()
+}
+
+/// Splits a selector's matchers into `__name__` matchers and the rest.
+fn split(matchers: &[PMatcher]) -> (Vec<&PMatcher>, Vec<&PMatcher>) {
+    matchers.iter().partition(|m| m.name == NAME_LABEL)
+}
+
+/// All samples in `[mint, maxt]` of the series matching `matchers`. Each series is
+/// sorted by time; `__name__` is among its labels. `budget` is decreased by the
+/// samples loaded and the call fails once it would go below zero.
+pub(crate) fn fetch(
+    storage: &Storage,
+    tenant: &str,
+    matchers: &[PMatcher],
+    mint: i64,
+    maxt: i64,
+    budget: &mut usize,
+) -> Result<Vec<Raw>> {
+    let (names, rest) = split(matchers);
+    let refs = resolve(storage, tenant, &names);
+    let label_matchers = storage_matchers(&rest)?;
+    let mut out = Vec::new();
+    for r in refs {
+        let mut req = ScanRequest::new(&r.table, mint, maxt).with_fields(vec![r.field.clone()]);
+        req.matchers = label_matchers.clone();
+        let scan = storage.scan(tenant, &req)?;
+        for (labels, data) in scan.series {
+            let Some(Some(col)) = data.cols.first() else {
+                continue;
+            };
+            let n = data.ts.len();
+            if n > *budget {
+                return Err(PromError::Execution(
+                    "query processing would load too many samples into memory in query execution"
+                        .into(),
+                ));
+            }
+            *budget -= n;
+            let mut ts = Vec::with_capacity(n);
+            let mut vals = Vec::with_capacity(n);
+            for i in 0..n {
+                if col.valid.as_ref().is_some_and(|v| !v[i]) {
+                    continue;
+                }
+                ts.push(data.ts[i]);
+                vals.push(match &col.values {
+                    Values::F64(v) => v[i],
+                    Values::I64(v) => v[i] as f64,
+                });
+            }
+            if ts.is_empty() {
+                continue;
+            }
+            let mut metric: Metric = Vec::with_capacity(labels.len() + 1);
+            metric.push((NAME_LABEL.to_string(), r.name.clone()));
+            metric.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            metric.sort();
+            out.push(Raw {
+                metric,
+                ts,
+                vals,
+                delta: r.kind == MetricKind::DeltaSum,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Label sets (with `__name__`) of the series matching any of `selectors` with data
+/// in `[start, end]`, from the catalog and the head (no segment reads).
+pub fn series_matching(
+    storage: &Storage,
+    tenant: &str,
+    selectors: &[Vec<PMatcher>],
+    start: i64,
+    end: i64,
+) -> Result<Vec<Metric>> {
+    let all = storage.series(tenant, start, end)?;
+    let mut refs_by_table: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for r in metric_refs(storage, tenant) {
+        refs_by_table.entry(r.table).or_default().push(r.name);
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for (table, labels) in &all {
+        let Some(names) = refs_by_table.get(table) else {
+            continue;
+        };
+        for name in names {
+            let matches = |sel: &Vec<PMatcher>| {
+                sel.iter().all(|m| {
+                    let v = if m.name == NAME_LABEL {
+                        name.as_str()
+                    } else {
+                        labels.get(&m.name).unwrap_or("")
+                    };
+                    m.is_match(v)
+                })
+            };
+            if selectors.iter().any(matches) {
+                let mut metric: Metric = labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                metric.push((NAME_LABEL.to_string(), name.clone()));
+                metric.sort();
+                out.insert(metric);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
