@@ -30,6 +30,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/metadata", get(metadata))
         .route(
+            "/api/v1/query",
+            get(crate::prom_api::query).post(crate::prom_api::query),
+        )
+        .route(
+            "/api/v1/query_range",
+            get(crate::prom_api::query_range).post(crate::prom_api::query_range),
+        )
+        .route(
+            "/api/v1/series",
+            get(crate::prom_api::series).post(crate::prom_api::series),
+        )
+        .route(
+            "/api/v1/labels",
+            get(crate::prom_api::labels).post(crate::prom_api::labels),
+        )
+        .route(
+            "/api/v1/label/{name}/values",
+            get(crate::prom_api::label_values),
+        )
+        .route(
+            "/api/v1/status/buildinfo",
+            get(crate::prom_api::buildinfo),
+        )
+        .route(
+            "/api/v1/query_exemplars",
+            get(crate::prom_api::query_exemplars).post(crate::prom_api::query_exemplars),
+        )
+        .route(
             "/api/v1/sql",
             post(crate::sql::http_sql).layer(DefaultBodyLimit::max(crate::sql::MAX_SQL_BYTES)),
         )

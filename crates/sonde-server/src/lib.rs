@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod otlp;
 pub mod pricing;
+pub mod prom_api;
 pub mod remote_write;
 pub mod sql;
 
@@ -103,6 +104,8 @@ pub struct AppState {
     pub metadata: metadata::MetadataStore,
     /// SQL over the storage (DataFusion).
     pub query: sonde_query::QueryEngine,
+    /// PromQL limits and defaults.
+    pub promql: sonde_promql::PromConfig,
 }
 
 /// Failures starting or running the servers.

@@ -14,6 +14,7 @@ pub struct Metrics {
     rejected: Mutex<BTreeMap<(&'static str, String), u64>>,
     flushes: AtomicU64,
     flush_micros: AtomicU64,
+    promql_queries: AtomicU64,
 }
 
 impl Metrics {
@@ -33,6 +34,10 @@ impl Metrics {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.flush_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn promql_query(&self) {
+        self.promql_queries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The exposition text, including storage gauges.
@@ -76,6 +81,11 @@ impl Metrics {
             "# HELP sonde_admin_flush_duration_seconds Flushes requested through the admin API.\n# TYPE sonde_admin_flush_duration_seconds summary\nsonde_admin_flush_duration_seconds_sum {}\nsonde_admin_flush_duration_seconds_count {}",
             self.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,
             self.flushes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sonde_promql_queries_total PromQL queries answered.\n# TYPE sonde_promql_queries_total counter\nsonde_promql_queries_total {}",
+            self.promql_queries.load(Ordering::Relaxed)
         );
         out
     }

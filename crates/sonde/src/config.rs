@@ -13,6 +13,9 @@
 //! sql_memory_mb = 1024          # memory all SQL queries may hold together
 //! sql_max_rows = 100000         # rows per SQL response
 //! sql_partitions = 2            # parallelism of one SQL query (default: CPUs)
+//! promql_timeout_secs = 120     # per PromQL query
+//! promql_max_samples = 50000000 # samples one PromQL query may load
+//! promql_lookback_secs = 300    # lookback window of instant selectors
 //!
 //! [auth_tokens]                 # token = tenant
 //! "acme-secret-token" = "acme"
@@ -49,6 +52,9 @@ pub struct FileConfig {
     sql_memory_mb: Option<usize>,
     sql_max_rows: Option<usize>,
     sql_partitions: Option<usize>,
+    promql_timeout_secs: Option<u64>,
+    promql_max_samples: Option<usize>,
+    promql_lookback_secs: Option<u64>,
     #[serde(default)]
     auth_tokens: BTreeMap<String, String>,
     #[serde(default)]
@@ -114,6 +120,7 @@ pub struct Settings {
     pub max_head_mb: usize,
     pub dedup_window: std::time::Duration,
     pub sql: sonde_query::QueryConfig,
+    pub promql: sonde_promql::PromConfig,
     pub prices: Vec<Price>,
 }
 
@@ -186,6 +193,24 @@ impl Settings {
                         .or(file.sql_partitions)
                         .unwrap_or(d.target_partitions)
                         .max(1),
+                }
+            },
+            promql: {
+                let d = sonde_promql::PromConfig::default();
+                sonde_promql::PromConfig {
+                    timeout: args
+                        .promql_timeout_secs
+                        .or(file.promql_timeout_secs)
+                        .map_or(d.timeout, std::time::Duration::from_secs),
+                    max_samples: args
+                        .promql_max_samples
+                        .or(file.promql_max_samples)
+                        .unwrap_or(d.max_samples),
+                    lookback_delta: args
+                        .promql_lookback_secs
+                        .or(file.promql_lookback_secs)
+                        .map_or(d.lookback_delta, std::time::Duration::from_secs),
+                    ..d
                 }
             },
             prices,

@@ -89,6 +89,15 @@ struct ServeArgs {
     /// Parallelism of one SQL query. Default: the number of CPUs.
     #[arg(long, env = "SONDE_SQL_PARTITIONS")]
     sql_partitions: Option<usize>,
+    /// Per-query PromQL timeout in seconds. Default 120.
+    #[arg(long, env = "SONDE_PROMQL_TIMEOUT_SECS")]
+    promql_timeout_secs: Option<u64>,
+    /// Most samples one PromQL query may load. Default 50000000.
+    #[arg(long, env = "SONDE_PROMQL_MAX_SAMPLES")]
+    promql_max_samples: Option<usize>,
+    /// How far back an instant selector looks for a sample, seconds. Default 300.
+    #[arg(long, env = "SONDE_PROMQL_LOOKBACK_SECS")]
+    promql_lookback_secs: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -150,6 +159,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metadata: sonde_server::metadata::MetadataStore::open(&args.data_dir),
         query: sonde_query::QueryEngine::new(storage.clone(), args.sql.clone())
             .map_err(|e| anyhow::anyhow!("starting the SQL engine: {e}"))?,
+        promql: args.promql.clone(),
     });
     runtime.block_on(async {
         let listeners = Listeners::bind(&args.grpc_addr, &args.http_addr).await?;
