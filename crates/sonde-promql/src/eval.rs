@@ -475,12 +475,11 @@ impl<'a> Evaluator<'a> {
                 )?;
                 for r in &mut raws {
                     if r.vals.iter().any(|v| is_stale(*v)) {
-                        let (ts, vals): (Vec<i64>, Vec<f64>) = r
-                            .ts
-                            .iter()
-                            .zip(&r.vals)
-                            .filter(|(_, v)| !is_stale(**v))
-                            .unzip();
+                        let (ts, vals): (Vec<i64>, Vec<f64>) =
+                            r.ts.iter()
+                                .zip(&r.vals)
+                                .filter(|(_, v)| !is_stale(**v))
+                                .unzip();
                         r.ts = ts;
                         r.vals = vals;
                     }
@@ -814,7 +813,10 @@ fn vector_vector(
     };
     let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
     let one_sig: Vec<Metric> = one.iter().map(|s| signature(&s.metric, matching)).collect();
-    let many_sig: Vec<Metric> = many.iter().map(|s| signature(&s.metric, matching)).collect();
+    let many_sig: Vec<Metric> = many
+        .iter()
+        .map(|s| signature(&s.metric, matching))
+        .collect();
     let mut by_sig: HashMap<&Metric, Vec<usize>> = HashMap::new();
     for (i, s) in one_sig.iter().enumerate() {
         by_sig.entry(s).or_default().push(i);

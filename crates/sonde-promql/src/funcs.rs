@@ -6,9 +6,7 @@ use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 use sonde_types::NAME_LABEL;
 
-use crate::eval::{
-    Evaluator, Grid, Metric, Series, Val, drop_name, get, merge_same, set_label,
-};
+use crate::eval::{Evaluator, Grid, Metric, Series, Val, drop_name, get, merge_same, set_label};
 use crate::format::format_float;
 use crate::{PromError, Result};
 
@@ -156,7 +154,11 @@ fn extrapolated(
     } else {
         avg / 2.0
     };
-    interval += if to_end < threshold { to_end } else { avg / 2.0 };
+    interval += if to_end < threshold {
+        to_end
+    } else {
+        avg / 2.0
+    };
     result *= interval / sampled;
     if rate {
         result /= range_s;
@@ -192,12 +194,14 @@ fn over_time(name: &str, ts: &[i64], vals: &[f64], param: f64) -> Option<f64> {
             }
             if mean.is_infinite() { mean } else { mean + c }
         }
-        "min_over_time" => vals.iter().copied().fold(vals[0], |m, v| {
-            if v < m || m.is_nan() { v } else { m }
-        }),
-        "max_over_time" => vals.iter().copied().fold(vals[0], |m, v| {
-            if v > m || m.is_nan() { v } else { m }
-        }),
+        "min_over_time" => vals
+            .iter()
+            .copied()
+            .fold(vals[0], |m, v| if v < m || m.is_nan() { v } else { m }),
+        "max_over_time" => vals
+            .iter()
+            .copied()
+            .fold(vals[0], |m, v| if v > m || m.is_nan() { v } else { m }),
         "stddev_over_time" | "stdvar_over_time" => {
             let (mut count, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
             for &v in vals {
@@ -393,15 +397,26 @@ fn date_part(name: &str, secs: f64) -> f64 {
     let days = s.div_euclid(86_400);
     let sod = s.rem_euclid(86_400);
     let (y, m, d) = civil(days);
-    let month_days = [31, if is_leap(y) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if is_leap(y) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     match name {
         "minute" => ((sod / 60) % 60) as f64,
         "hour" => (sod / 3600) as f64,
         "day_of_week" => (days + 4).rem_euclid(7) as f64,
         "day_of_month" => d as f64,
-        "day_of_year" => {
-            (month_days[..(m - 1) as usize].iter().sum::<i64>() + d) as f64
-        }
+        "day_of_year" => (month_days[..(m - 1) as usize].iter().sum::<i64>() + d) as f64,
         "days_in_month" => month_days[(m - 1) as usize] as f64,
         "month" => m as f64,
         _ => y as f64,
@@ -468,7 +483,9 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
         return Ok(Val::Vector(merge_same(map_values(v, false, f))?));
     }
     match name {
-        "time" => Ok(Val::Scalar((0..g.n).map(|i| g.t(i) as f64 / 1000.0).collect())),
+        "time" => Ok(Val::Scalar(
+            (0..g.n).map(|i| g.t(i) as f64 / 1000.0).collect(),
+        )),
         "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; g.n])),
         "vector" => {
             let s = ev.scalar_arg(&args[0], g)?;
@@ -581,7 +598,9 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
             let src = string_arg(&args[3])?;
             let re_src = string_arg(&args[4])?;
             let re = regex::Regex::new(&format!("^(?s:{re_src})$")).map_err(|e| {
-                PromError::BadData(format!("invalid regular expression in label_replace(): {e}"))
+                PromError::BadData(format!(
+                    "invalid regular expression in label_replace(): {e}"
+                ))
             })?;
             if !valid_label_name(&dst) {
                 return Err(PromError::BadData(format!(
@@ -606,7 +625,10 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
             let v = ev.vector_arg(&args[0], g)?;
             let dst = string_arg(&args[1])?;
             let sep = string_arg(&args[2])?;
-            let srcs: Vec<String> = args[3..].iter().map(|a| string_arg(a)).collect::<Result<_>>()?;
+            let srcs: Vec<String> = args[3..]
+                .iter()
+                .map(|a| string_arg(a))
+                .collect::<Result<_>>()?;
             if !valid_label_name(&dst) {
                 return Err(PromError::BadData(format!(
                     "invalid destination label name in label_join(): {dst}"
@@ -922,12 +944,14 @@ fn aggregate_values(op: &str, vals: &mut [f64], q: Option<f64>) -> Result<f64> {
         "sum" => vals.iter().sum(),
         "count" => vals.len() as f64,
         "group" => 1.0,
-        "min" => vals.iter().copied().fold(vals[0], |m, v| {
-            if m > v || m.is_nan() { v } else { m }
-        }),
-        "max" => vals.iter().copied().fold(vals[0], |m, v| {
-            if m < v || m.is_nan() { v } else { m }
-        }),
+        "min" => vals
+            .iter()
+            .copied()
+            .fold(vals[0], |m, v| if m > v || m.is_nan() { v } else { m }),
+        "max" => vals
+            .iter()
+            .copied()
+            .fold(vals[0], |m, v| if m < v || m.is_nan() { v } else { m }),
         "avg" => {
             let mut mean = vals[0];
             let mut count = 1.0;

@@ -127,7 +127,7 @@ pub fn range_query(
     if points as usize > config.max_points_per_series {
         return Err(PromError::BadData(format!(
             "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
-            config.max_points_per_series
+            thousands(config.max_points_per_series)
         )));
     }
     let expr = parse(query)?;
@@ -147,6 +147,19 @@ pub fn range_query(
         step_ms,
         points as usize,
     )
+}
+
+/// `11000` → `11,000`, as Prometheus words the resolution limit.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 pub(crate) fn type_name(t: promql_parser::parser::value::ValueType) -> &'static str {

@@ -99,8 +99,9 @@ fn storage_matchers(matchers: &[&PMatcher]) -> Result<Vec<Matcher>> {
             Ok(match &m.op {
                 PMatchOp::Equal => Matcher::eq(&m.name, &m.value),
                 PMatchOp::NotEqual => Matcher::ne(&m.name, &m.value),
-                PMatchOp::Re(_) => Matcher::re(&m.name, &m.value)
-                    .map_err(|e| PromError::BadData(e.to_string()))?,
+                PMatchOp::Re(_) => {
+                    Matcher::re(&m.name, &m.value).map_err(|e| PromError::BadData(e.to_string()))?
+                }
                 PMatchOp::NotRe(_) => Matcher::not_re(&m.name, &m.value)
                     .map_err(|e| PromError::BadData(e.to_string()))?,
             })

@@ -49,10 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/label/{name}/values",
             get(crate::prom_api::label_values),
         )
-        .route(
-            "/api/v1/status/buildinfo",
-            get(crate::prom_api::buildinfo),
-        )
+        .route("/api/v1/status/buildinfo", get(crate::prom_api::buildinfo))
         .route(
             "/api/v1/query_exemplars",
             get(crate::prom_api::query_exemplars).post(crate::prom_api::query_exemplars),

@@ -83,8 +83,7 @@ pub fn error(e: &PromError) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
-        json!({"status": "error", "errorType": e.error_type(), "error": e.to_string()})
-            .to_string(),
+        json!({"status": "error", "errorType": e.error_type(), "error": e.to_string()}).to_string(),
     )
         .into_response()
 }
@@ -409,14 +408,23 @@ mod tests {
 
     #[test]
     fn times_and_durations() {
-        assert_eq!(parse_time("time", "1700000000.5").unwrap(), 1_700_000_000_500);
+        assert_eq!(
+            parse_time("time", "1700000000.5").unwrap(),
+            1_700_000_000_500
+        );
         assert_eq!(
             parse_time("time", "2023-11-14T22:13:20Z").unwrap(),
             1_700_000_000_000
         );
         assert!(parse_time("time", "yesterday").is_err());
-        assert_eq!(parse_duration("step", "15").unwrap(), Duration::from_secs(15));
-        assert_eq!(parse_duration("step", "1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("step", "15").unwrap(),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            parse_duration("step", "1m30s").unwrap(),
+            Duration::from_secs(90)
+        );
         assert!(parse_duration("step", "-1").is_err());
     }
 }

@@ -6,6 +6,7 @@ mod harness;
 mod ingest;
 mod load;
 mod otlp;
+mod promql;
 mod remote_write;
 mod slt;
 mod sql;
