@@ -9,6 +9,13 @@
 //! | `llm_requests_total` | delta sum | provider, model, operation, call labels, status, error_type | 1 |
 //! | `llm_request_duration_seconds` | event | provider, model, operation, call labels | duration |
 //! | `llm_ttft_seconds` | event | provider, model, operation, call labels | time to first token (when > 0) |
+//! | `llm_request_duration_seconds_bucket`, `_sum`, `_count` | delta sum | provider, model, operation, call labels (+ `le`) | a classic histogram of the duration: 1 in each bucket whose bound ≥ the duration ([`DURATION_BUCKETS`] and `+Inf`) |
+//! | `llm_ttft_seconds_bucket`, `_sum`, `_count` | delta sum | as above | the same for time to first token ([`TTFT_BUCKETS`]) |
+//!
+//! The histograms make latency percentiles a PromQL query that Grafana and existing
+//! dashboards already know — `histogram_quantile(0.95, sum by (le, model)
+//! (rate(llm_request_duration_seconds_bucket[5m])))` — with the usual bucket
+//! interpolation error; exact percentiles come from the event tables in SQL.
 //!
 //! Delta sums add up per timestamp, so `sum`/`increase` over any window count every
 //! call, late or sparse; the event tables keep one observation per call for
@@ -24,6 +31,12 @@ use sonde_types::{FieldColumn, FieldDef, FieldType, Labels, MetricKind, SeriesBa
 
 use crate::ingest::Rejected;
 use crate::pricing::{self, Price};
+
+/// Upper bounds (seconds) of the per-call duration histogram; `+Inf` is added.
+pub const DURATION_BUCKETS: [f64; 11] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0];
+/// Upper bounds (seconds) of the per-call time-to-first-token histogram.
+pub const TTFT_BUCKETS: [f64; 9] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Field names and types of `llm_calls`, in order.
 pub use sonde_types::LLM_CALL_FIELDS as CALL_FIELDS;
@@ -218,7 +231,51 @@ pub fn convert(calls: Vec<LlmCall>, prices: &[Price]) -> Vec<Result<TableBatch, 
             ts,
             &[Value::F(c.duration_seconds)],
         );
+        let mut hist = |family: [&'static str; 3], bounds: &[f64], v: f64| {
+            for b in bounds.iter().filter(|&&b| v <= b) {
+                match with(&base, &[("le", &format!("{b}"))]) {
+                    Ok(l) => t.push(family[0], MetricKind::DeltaSum, &l, ts, &[Value::F(1.0)]),
+                    Err(e) => out.push(Err(reject(e.to_string()))),
+                }
+            }
+            match with(&base, &[("le", "+Inf")]) {
+                Ok(l) => t.push(family[0], MetricKind::DeltaSum, &l, ts, &[Value::F(1.0)]),
+                Err(e) => out.push(Err(reject(e.to_string()))),
+            }
+            t.push(
+                family[1],
+                MetricKind::DeltaSum,
+                &metric_labels,
+                ts,
+                &[Value::F(v)],
+            );
+            t.push(
+                family[2],
+                MetricKind::DeltaSum,
+                &metric_labels,
+                ts,
+                &[Value::F(1.0)],
+            );
+        };
+        hist(
+            [
+                "llm_request_duration_seconds_bucket",
+                "llm_request_duration_seconds_sum",
+                "llm_request_duration_seconds_count",
+            ],
+            &DURATION_BUCKETS,
+            c.duration_seconds,
+        );
         if c.ttft_seconds > 0.0 {
+            hist(
+                [
+                    "llm_ttft_seconds_bucket",
+                    "llm_ttft_seconds_sum",
+                    "llm_ttft_seconds_count",
+                ],
+                &TTFT_BUCKETS,
+                c.ttft_seconds,
+            );
             t.push(
                 "llm_ttft_seconds",
                 MetricKind::Event,

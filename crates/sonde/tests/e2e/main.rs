@@ -2,6 +2,7 @@
 
 mod auth;
 mod flight;
+mod grafana;
 mod harness;
 mod ingest;
 mod load;
