@@ -11,8 +11,9 @@
 //! CRC32C of the body, body length), then the body: a varint count, then per series a
 //! table name and its labels. Ids never change: new series are appended.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sonde_types::{Labels, TimestampMs};
 
@@ -22,6 +23,8 @@ use crate::vfs::{Vfs, write_atomic};
 use crate::{Error, Result, Storage};
 
 pub const MAGIC: &[u8; 8] = b"SONDECAT";
+/// Decoded day catalogs kept in memory.
+const CATALOG_CACHE_ENTRIES: usize = 32;
 pub const VERSION: u32 = 1;
 
 /// The series of one tenant-day; a series' id is its index in `series`.
@@ -82,6 +85,21 @@ impl DayCatalog {
     }
 }
 
+/// Decoded catalogs by (tenant, day); `generation` moves on every invalidation so a
+/// reader that loaded a file before a flush rewrote it does not cache the old one.
+#[derive(Debug, Default)]
+pub struct CatalogCache {
+    generation: u64,
+    map: HashMap<(String, i64), Arc<DayCatalog>>,
+}
+
+impl CatalogCache {
+    pub(crate) fn invalidate(&mut self, tenant: &str, day: i64) {
+        self.generation += 1;
+        self.map.remove(&(tenant.to_string(), day));
+    }
+}
+
 /// Adds a new segment's series to its tenant-day catalog (atomically replaced).
 pub fn update(
     vfs: &dyn Vfs,
@@ -136,8 +154,8 @@ impl Storage {
             .map(|s| s.day)
             .collect();
         for day in days {
-            let cat = DayCatalog::load(inner.vfs.as_ref(), &inner.dir, tenant, day)?;
-            out.extend(cat.series);
+            let cat = self.day_catalog(tenant, day)?;
+            out.extend(cat.series.iter().cloned());
         }
         let st = inner.state.read();
         let mut add = |h: &crate::head::Head| {
@@ -160,6 +178,34 @@ impl Storage {
             add(&f.head);
         }
         Ok(out)
+    }
+
+    /// A tenant-day's catalog, decoded once and kept until a flush adds to it.
+    fn day_catalog(&self, tenant: &str, day: i64) -> Result<Arc<DayCatalog>> {
+        let key = (tenant.to_string(), day);
+        let generation = {
+            let cache = self.inner.catalog_cache.lock();
+            if let Some(c) = cache.map.get(&key) {
+                return Ok(c.clone());
+            }
+            cache.generation
+        };
+        let cat = Arc::new(DayCatalog::load(
+            self.inner.vfs.as_ref(),
+            &self.inner.dir,
+            tenant,
+            day,
+        )?);
+        let mut cache = self.inner.catalog_cache.lock();
+        // A flush that changed a catalog while we read it: do not keep what we read.
+        if cache.generation == generation {
+            if cache.map.len() >= CATALOG_CACHE_ENTRIES {
+                // Bounded memory: a day of 100k series is tens of MB decoded.
+                cache.map.clear();
+            }
+            cache.map.insert(key, cat.clone());
+        }
+        Ok(cat)
     }
 
     /// Label names used by `tenant`'s series in `[start, end]` (plus `__name__`).

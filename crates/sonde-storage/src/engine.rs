@@ -161,6 +161,8 @@ pub(crate) struct Inner {
     pub state: RwLock<ReadState>,
     pub schemas: RwLock<HashMap<String, BTreeMap<String, TableSchema>>>,
     pub index_cache: Mutex<HashMap<u64, Arc<SegmentIndex>>>,
+    /// Decoded day catalogs, dropped when a flush adds to them.
+    pub catalog_cache: Mutex<crate::catalog::CatalogCache>,
     pub dedup: Mutex<DedupSet>,
     flush_lock: Mutex<()>,
     /// Set when the WAL failed: the engine refuses writes from then on.
@@ -259,6 +261,7 @@ impl Storage {
             }),
             schemas: RwLock::new(schemas),
             index_cache: Mutex::new(HashMap::new()),
+            catalog_cache: Mutex::new(Default::default()),
             dedup: Mutex::new(dedup),
             flush_lock: Mutex::new(()),
             failed: Mutex::new(None),
@@ -1011,6 +1014,7 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
         synced_dirs.insert(abs_dir);
         synced_dirs.insert(inner.dir.join(format!("segments/{tenant}")));
         catalog::update(vfs, &inner.dir, tenant, day, &enc.index)?;
+        inner.catalog_cache.lock().invalidate(tenant, day);
         inner.index_cache.lock().insert(id, Arc::new(enc.index));
         stats.segments += 1;
         stats.rows += enc.rows;

@@ -602,6 +602,29 @@ fn promql_agrees_with_prometheus() {
         assert_eq!(a["status"], "error");
         assert_eq!(a["errorType"], b["errorType"], "{q}");
     }
+    // Malformed queries and arguments: always bad_data with 400, never a 500.
+    for q in [
+        "",
+        "http_requests_total{",
+        "http_requests_total{instance=~\"(\"}",
+        "rate(node_temp_celsius[5m], 1)",
+        "label_replace(node_temp_celsius, \"1bad\", \"x\", \"zone\", \".*\")",
+        "label_replace(node_temp_celsius, \"z\", \"x\", \"zone\", \"(\")",
+        "count_values(\"not a label\", job_up)",
+        "sum by (instance) (\"string\")",
+        "{}",
+        "1 + \"a\"",
+        "topk(\"x\", job_up)",
+        "http_requests_total[5m:0s]",
+    ] {
+        let (s, v) = get_json(&sonde.http, "/api/v1/query", &[("query", q)]);
+        assert_eq!(
+            (s, v["errorType"].as_str()),
+            (400, Some("bad_data")),
+            "{q:?}: {v}"
+        );
+        assert!(!v["error"].as_str().unwrap().is_empty());
+    }
     // Parameter errors.
     let (s, v) = get_json(
         &sonde.http,
