@@ -762,7 +762,7 @@ fn parse_le(s: &str) -> std::result::Result<f64, ()> {
 }
 
 /// Prometheus' quantile of classic buckets (upper bound, cumulative count).
-fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }

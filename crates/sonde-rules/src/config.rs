@@ -413,7 +413,7 @@ fn rule(r: RuleDoc, err: &dyn Fn(u64, String) -> RuleError) -> Result<Rule, Rule
                 )
             })?),
         };
-        if !(d.limit > 0.0) {
+        if d.limit.is_nan() || d.limit <= 0.0 {
             return Err(err(l, "budget.limit must be positive".into()));
         }
         Query::Budget(Budget {

@@ -11,6 +11,9 @@ use crate::config::{Budget, NoData, Period, Query, Rule, RuleKind, Spike, SpikeT
 /// A label set.
 pub type Labels = BTreeMap<String, String>;
 
+/// Series of a range query: labels and (time, value) points.
+pub type RangeSeries = Vec<(Labels, Vec<(i64, f64)>)>;
+
 /// Where rules read and write data. The server implements it over storage, PromQL
 /// and SQL; every call is scoped to one tenant.
 pub trait Backend: Send + Sync {
@@ -24,7 +27,7 @@ pub trait Backend: Send + Sync {
         start_ms: i64,
         end_ms: i64,
         step_ms: i64,
-    ) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, String>;
+    ) -> Result<RangeSeries, String>;
     /// A SQL query returning label columns and a numeric `value` column.
     fn sql(&self, tenant: &str, sql: &str, t_ms: i64) -> Result<Vec<(Labels, f64)>, String>;
     /// Writes samples of metric `name` (a recording rule's output) at `t_ms`.
@@ -142,7 +145,7 @@ fn spike(
         }
         let (recent_mean, _) = mean_std(&recent);
         let (base_mean, base_std) = mean_std(&base);
-        if !(base_mean.abs() >= s.min_baseline) || !recent_mean.is_finite() {
+        if base_mean.is_nan() || base_mean.abs() < s.min_baseline || !recent_mean.is_finite() {
             continue; // volume guard: a near-empty baseline never pages
         }
         let score = match s.test {

@@ -50,6 +50,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(crate::prom_api::label_values),
         )
         .route("/api/v1/status/buildinfo", get(crate::prom_api::buildinfo))
+        .route("/api/v1/rules", get(crate::rules::rules))
+        .route("/api/v1/alerts", get(crate::rules::alerts))
+        .route(
+            "/-/reload",
+            post(crate::rules::reload).put(crate::rules::reload),
+        )
         .route(
             "/api/v1/query_exemplars",
             get(crate::prom_api::query_exemplars).post(crate::prom_api::query_exemplars),
@@ -140,7 +146,12 @@ async fn flush(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMa
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&state.storage),
+        state.metrics.render(&state.storage)
+            + &state
+                .rules
+                .get()
+                .map(|m| m.render_metrics())
+                .unwrap_or_default(),
     )
         .into_response()
 }

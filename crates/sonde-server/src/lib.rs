@@ -20,6 +20,7 @@ pub mod otlp;
 pub mod pricing;
 pub mod prom_api;
 pub mod remote_write;
+pub mod rules;
 pub mod sql;
 
 use std::net::SocketAddr;
@@ -103,9 +104,11 @@ pub struct AppState {
     /// Metric types, units, help and original OTLP names.
     pub metadata: metadata::MetadataStore,
     /// SQL over the storage (DataFusion).
-    pub query: sonde_query::QueryEngine,
+    pub query: Arc<sonde_query::QueryEngine>,
     /// PromQL limits and defaults.
     pub promql: sonde_promql::PromConfig,
+    /// Alerting and recording rules, when configured (set once the runtime runs).
+    pub rules: std::sync::OnceLock<sonde_rules::Manager>,
 }
 
 /// Failures starting or running the servers.

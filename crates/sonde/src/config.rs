@@ -58,6 +58,8 @@ pub struct FileConfig {
     #[serde(default)]
     auth_tokens: BTreeMap<String, String>,
     #[serde(default)]
+    alerting: sonde_rules::AlertingConfig,
+    #[serde(default)]
     pricing: Vec<PriceEntry>,
     /// Drop the shipped prices and use only `pricing`.
     #[serde(default)]
@@ -121,6 +123,7 @@ pub struct Settings {
     pub dedup_window: std::time::Duration,
     pub sql: sonde_query::QueryConfig,
     pub promql: sonde_promql::PromConfig,
+    pub alerting: sonde_rules::AlertingConfig,
     pub prices: Vec<Price>,
 }
 
@@ -212,6 +215,12 @@ impl Settings {
                         .map_or(d.lookback_delta, std::time::Duration::from_secs),
                     ..d
                 }
+            },
+            alerting: {
+                let mut a = file.alerting;
+                // Flags add rule files of the default tenant to the file's.
+                a.rule_files.extend(args.rule_files);
+                a
             },
             prices,
         })

@@ -45,6 +45,19 @@ enum Command {
     Load(load::LoadArgs),
     /// Run one SQL statement against a server and print the answer.
     Sql(sql_cli::SqlArgs),
+    /// Work with alerting and recording rule files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Validate rule files offline (like `promtool check rules`); exit 1 on an error.
+    Check {
+        /// Rule files (Prometheus rule-group YAML, with Sonde's sql/spike/budget forms).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Every setting is optional here: a flag (or its environment variable) wins over the
@@ -98,6 +111,10 @@ struct ServeArgs {
     /// How far back an instant selector looks for a sample, seconds. Default 300.
     #[arg(long, env = "SONDE_PROMQL_LOOKBACK_SECS")]
     promql_lookback_secs: Option<u64>,
+    /// Alerting/recording rule files of the default tenant (repeat the flag; `*` in
+    /// the file name allowed). More in the config file's `[alerting]` section.
+    #[arg(long = "rule-file", env = "SONDE_RULE_FILES", value_delimiter = ',')]
+    rule_files: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Load(args) => load::run(args),
         Command::Sql(args) => sql_cli::run(args),
+        Command::Rules(RulesCommand::Check { files }) => rules_check(&files),
     }
 }
 
@@ -157,11 +175,51 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         prices: args.prices,
         auth,
         metadata: sonde_server::metadata::MetadataStore::open(&args.data_dir),
-        query: sonde_query::QueryEngine::new(storage.clone(), args.sql.clone())
-            .map_err(|e| anyhow::anyhow!("starting the SQL engine: {e}"))?,
+        query: Arc::new(
+            sonde_query::QueryEngine::new(storage.clone(), args.sql.clone())
+                .map_err(|e| anyhow::anyhow!("starting the SQL engine: {e}"))?,
+        ),
         promql: args.promql.clone(),
+        rules: std::sync::OnceLock::new(),
     });
     runtime.block_on(async {
+        let alerting = &args.alerting;
+        if !alerting.rule_files.is_empty()
+            || !alerting.tenant_rule_files.is_empty()
+            || !alerting.receivers.is_empty()
+        {
+            let backend = Arc::new(sonde_server::rules::RulesBackend {
+                storage: storage.clone(),
+                promql: args.promql.clone(),
+                query: state.query.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            });
+            let manager = sonde_rules::Manager::start(
+                alerting.clone(),
+                sonde_server::DEFAULT_TENANT,
+                backend,
+                Arc::new(sonde_types::SystemClock),
+                &args.data_dir,
+                Box::new(|q: &str| sonde_query::check_statement(q).map_err(|e| e.to_string())),
+            )
+            .map_err(|e| anyhow::anyhow!("loading rules: {e}"))?;
+            tracing::info!(rules = manager.rule_count(), "rules loaded");
+            let _ = state.rules.set(manager.clone());
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    let m = manager.clone();
+                    match tokio::task::spawn_blocking(move || m.reload()).await {
+                        Ok(Ok(n)) => tracing::info!(rules = n, "rules reloaded on SIGHUP"),
+                        Ok(Err(e)) => tracing::error!(error = %e, "rule reload failed; the previous rules stay in force"),
+                        Err(e) => tracing::error!(error = %e, "rule reload task failed"),
+                    }
+                }
+            });
+        }
         let listeners = Listeners::bind(&args.grpc_addr, &args.http_addr).await?;
         let (grpc, http) = (listeners.grpc_addr(), listeners.http_addr());
         tracing::info!(?grpc, ?http, data_dir = %args.data_dir.display(), "sonde serving");
@@ -171,7 +229,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             grpc.map(|a| a.to_string()).unwrap_or_default(),
             http.map(|a| a.to_string()).unwrap_or_default()
         );
-        sonde_server::serve(state, listeners, shutdown_signal()).await
+        sonde_server::serve(state, listeners, shutdown_signal()).await?;
+        Ok::<(), anyhow::Error>(())
     })?;
     drop(runtime);
     storage.close().context("making the WAL durable")?;
@@ -186,4 +245,41 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `sonde rules check FILE…`: parses and validates each file, printing what
+/// `promtool check rules` prints.
+fn rules_check(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut failed = false;
+    for f in files {
+        println!("Checking {}", f.display());
+        let check = |q: &str| sonde_query::check_statement(q).map_err(|e| e.to_string());
+        let result = std::fs::read_to_string(f)
+            .map_err(|e| format!("{}:0: {e}", f.display()))
+            .and_then(|text| {
+                sonde_rules::parse_rules(
+                    &text,
+                    &f.display().to_string(),
+                    sonde_server::DEFAULT_TENANT,
+                    std::time::Duration::from_secs(60),
+                    &check,
+                )
+                .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(groups) => {
+                let n: usize = groups.iter().map(|g| g.rules.len()).sum();
+                println!("  SUCCESS: {n} rules found");
+            }
+            Err(e) => {
+                failed = true;
+                println!("  FAILED:");
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
 }

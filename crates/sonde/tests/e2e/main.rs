@@ -1,5 +1,6 @@
 //! End-to-end tests against the real `sonde` binary on free loopback ports.
 
+mod alerting;
 mod auth;
 mod flight;
 mod grafana;

@@ -308,7 +308,10 @@ fn time_ms(v: &Value) -> i64 {
 }
 
 /// Sample lists keyed by label set, or the ordered list for sorted results.
-fn samples(data: &Value) -> (String, Vec<(String, Vec<(i64, f64)>)>) {
+/// Series keyed by their label set, with (time ms, value) points.
+type Keyed = Vec<(String, Vec<(i64, f64)>)>;
+
+fn samples(data: &Value) -> (String, Keyed) {
     let kind = data["resultType"].as_str().unwrap().to_string();
     let pts = |v: &Value| (time_ms(&v[0]), num(&v[1]));
     let out = match kind.as_str() {
@@ -344,7 +347,7 @@ fn compare(query: &str, sonde: &Value, prom: &Value, ordered: bool) -> Result<()
         a.sort_by(|x, y| x.0.cmp(&y.0));
         b.sort_by(|x, y| x.0.cmp(&y.0));
     }
-    let keys = |v: &[(String, Vec<(i64, f64)>)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    let keys = |v: &Keyed| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
     if keys(&a) != keys(&b) {
         return Err(format!(
             "{query}: series differ\n  sonde:      {:?}\n  prometheus: {:?}",
