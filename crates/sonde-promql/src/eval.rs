@@ -1,6 +1,6 @@
 //! The evaluator: every expression is evaluated over a whole step grid at once.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matcher as PMatcher};
@@ -83,13 +83,14 @@ pub(crate) struct RangeArg {
 }
 
 impl RangeArg {
-    /// Calls `f` with each step's window `[t - offset - range, t - offset]` of `raw`
-    /// (both ends included, as in Prometheus 2.x); empty windows give `None`.
+    /// Calls `f(step, first index, times, values, window start, window end)` with
+    /// each step's window `[t - offset - range, t - offset]` of `raw` (both ends
+    /// included, as in Prometheus 2.x); empty windows give `None`.
     pub fn windows(
         &self,
         raw: &Raw,
         g: &Grid,
-        mut f: impl FnMut(usize, &[i64], &[f64], i64, i64) -> Option<f64>,
+        mut f: impl FnMut(usize, usize, &[i64], &[f64], i64, i64) -> Option<f64>,
     ) -> Vec<Option<f64>> {
         let window = |end: i64| -> (usize, usize) {
             let start = end - self.range;
@@ -101,7 +102,14 @@ impl RangeArg {
             let end = at - self.offset;
             let (lo, hi) = window(end);
             let v = if lo < hi {
-                f(0, &raw.ts[lo..hi], &raw.vals[lo..hi], end - self.range, end)
+                f(
+                    0,
+                    lo,
+                    &raw.ts[lo..hi],
+                    &raw.vals[lo..hi],
+                    end - self.range,
+                    end,
+                )
             } else {
                 None
             };
@@ -120,7 +128,7 @@ impl RangeArg {
                 lo += 1;
             }
             if lo < hi {
-                *o = f(i, &raw.ts[lo..hi], &raw.vals[lo..hi], start, end);
+                *o = f(i, lo, &raw.ts[lo..hi], &raw.vals[lo..hi], start, end);
             }
         }
         out
@@ -596,27 +604,11 @@ impl<'a> Evaluator<'a> {
             None => None,
             Some(p) => Some(self.eval(p, g)?),
         };
+        // `by`/`without` keep what vector matching's `on`/`ignoring` keep.
         let grouping = |m: &Metric| -> Metric {
             match &a.modifier {
                 None => Vec::new(),
-                Some(LabelModifier::Include(ls)) => {
-                    let mut out: Metric = ls
-                        .labels
-                        .iter()
-                        .filter_map(|l| {
-                            let v = get(m, l);
-                            (!v.is_empty()).then(|| (l.clone(), v.to_string()))
-                        })
-                        .collect();
-                    out.sort();
-                    out.dedup();
-                    out
-                }
-                Some(LabelModifier::Exclude(ls)) => m
-                    .iter()
-                    .filter(|(k, _)| k != NAME_LABEL && !ls.labels.contains(k))
-                    .cloned()
-                    .collect(),
+                modifier => signature(m, modifier),
             }
         };
         let mut groups: Vec<(Metric, Vec<usize>)> = Vec::new();
@@ -711,14 +703,19 @@ fn vector_scalar(
     merge_same(nonempty(out))
 }
 
-/// The matching signature of a metric under `on`/`ignoring`.
+/// The labels of a metric kept by `on`/`by` (those listed, when not empty) or
+/// `ignoring`/`without` (all but those listed and `__name__`): the matching
+/// signature of vector matching and the group of an aggregation.
 fn signature(m: &Metric, matching: &Option<LabelModifier>) -> Metric {
     match matching {
         Some(LabelModifier::Include(ls)) => {
             let mut out: Metric = ls
                 .labels
                 .iter()
-                .map(|l| (l.clone(), get(m, l).to_string()))
+                .filter_map(|l| {
+                    let v = get(m, l);
+                    (!v.is_empty()).then(|| (l.clone(), v.to_string()))
+                })
                 .collect();
             out.sort();
             out.dedup();

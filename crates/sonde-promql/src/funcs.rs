@@ -1,6 +1,6 @@
 //! Functions, aggregations and operators, with Prometheus' numeric behaviour.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
@@ -113,13 +113,30 @@ fn linear_regression(ts: &[i64], vals: &[f64], intercept_time: i64) -> (f64, f64
     (slope, sy / n - slope * sx / n)
 }
 
-/// `rate`, `increase` and `delta` with Prometheus' extrapolation.
+/// Running sum of counter-reset corrections: `out[i]` adds `v[j-1]` for every
+/// `j ≤ i` with `v[j] < v[j-1]`, so a window's correction is a difference.
+fn reset_prefix(vals: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(vals.len());
+    let mut acc = 0.0;
+    let mut last = f64::NAN;
+    for &v in vals {
+        if v < last {
+            acc += last;
+        }
+        out.push(acc);
+        last = v;
+    }
+    out
+}
+
+/// `rate`, `increase` and `delta` with Prometheus' extrapolation. `resets` is the
+/// window's slice of [`reset_prefix`] (counters only).
 fn extrapolated(
     ts: &[i64],
     vals: &[f64],
+    resets: Option<&[f64]>,
     wstart: i64,
     wend: i64,
-    counter: bool,
     rate: bool,
     range_s: f64,
 ) -> Option<f64> {
@@ -127,15 +144,10 @@ fn extrapolated(
         return None;
     }
     let n = ts.len();
+    let counter = resets.is_some();
     let mut result = vals[n - 1] - vals[0];
-    if counter {
-        let mut last = 0.0;
-        for &v in vals {
-            if v < last {
-                result += last;
-            }
-            last = v;
-        }
+    if let Some(r) = resets {
+        result += r[n - 1] - r[0];
     }
     let mut to_start = (ts[0] - wstart) as f64 / 1000.0;
     let to_end = (wend - ts[n - 1]) as f64 / 1000.0;
@@ -304,20 +316,27 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
     let arg = ev.range_arg(range_expr, g)?;
     let range_s = arg.range as f64 / 1000.0;
     let mut out = Vec::with_capacity(arg.raws.len());
+    let counter = matches!(name, "rate" | "increase");
     for (ri, raw) in arg.raws.iter().enumerate() {
         if ri % 1024 == 0 {
             ev.check_deadline("range function")?;
         }
-        let vals = arg.windows(raw, g, |step, ts, vals, ws, we| {
+        let resets = if counter && !raw.delta {
+            reset_prefix(&raw.vals)
+        } else {
+            Vec::new()
+        };
+        let vals = arg.windows(raw, g, |step, lo, ts, vals, ws, we| {
             let p = param[step];
+            let window_resets = (!resets.is_empty()).then(|| &resets[lo..lo + vals.len()]);
             match name {
                 "rate" | "increase" | "delta" if raw.delta => {
                     let s = delta_sum(ts, vals, ws)?;
                     Some(if name == "rate" { s / range_s } else { s })
                 }
-                "rate" => extrapolated(ts, vals, ws, we, true, true, range_s),
-                "increase" => extrapolated(ts, vals, ws, we, true, false, range_s),
-                "delta" => extrapolated(ts, vals, ws, we, false, false, range_s),
+                "rate" => extrapolated(ts, vals, window_resets, ws, we, true, range_s),
+                "increase" => extrapolated(ts, vals, window_resets, ws, we, false, range_s),
+                "delta" => extrapolated(ts, vals, None, ws, we, false, range_s),
                 "predict_linear" => {
                     if vals.len() < 2 {
                         return None;
@@ -657,7 +676,7 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
             let arg = ev.range_arg(&args[0], g)?;
             let mut present = vec![false; g.n];
             for raw in &arg.raws {
-                let w = arg.windows(raw, g, |_, _, _, _, _| Some(1.0));
+                let w = arg.windows(raw, g, |_, _, _, _, _, _| Some(1.0));
                 for (p, x) in present.iter_mut().zip(w) {
                     *p |= x.is_some();
                 }
@@ -1015,9 +1034,37 @@ mod tests {
         // Samples every 10 s from 10 to 50 s, counter +1/s, window [0, 60].
         let ts = [10_000, 20_000, 30_000, 40_000, 50_000];
         let vals = [10.0, 20.0, 30.0, 40.0, 50.0];
-        let r = extrapolated(&ts, &vals, 0, 60_000, true, false, 60.0).unwrap();
+        let r = extrapolated(
+            &ts,
+            &vals,
+            Some(&reset_prefix(&vals)),
+            0,
+            60_000,
+            false,
+            60.0,
+        )
+        .unwrap();
         // Both gaps (10 s) are below 1.1x the sample interval: extrapolated to both edges.
         assert!((r - 60.0).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn resets_add_the_value_before_the_drop() {
+        let vals = [5.0, 8.0, 2.0, 4.0, 1.0];
+        let r = reset_prefix(&vals);
+        assert_eq!(r, [0.0, 0.0, 8.0, 8.0, 12.0]);
+        // Window 1..4: 8 → 2 → 4 is one reset: 4 - 8 + 8 = 4.
+        let ts = [0, 10_000, 20_000, 30_000, 40_000];
+        let inc = extrapolated(
+            &ts[1..4],
+            &vals[1..4],
+            Some(&r[1..4]),
+            10_000,
+            30_000,
+            false,
+            20.0,
+        );
+        assert_eq!(inc, Some(4.0));
     }
 
     #[test]

@@ -133,8 +133,8 @@ pub(crate) fn fetch(
         let mut req = ScanRequest::new(&r.table, mint, maxt).with_fields(vec![r.field.clone()]);
         req.matchers = label_matchers.clone();
         let scan = storage.scan(tenant, &req)?;
-        for (labels, data) in scan.series {
-            let Some(Some(col)) = data.cols.first() else {
+        for (labels, mut data) in scan.series {
+            let Some(Some(col)) = data.cols.pop() else {
                 continue;
             };
             let n = data.ts.len();
@@ -145,18 +145,26 @@ pub(crate) fn fetch(
                 ));
             }
             *budget -= n;
-            let mut ts = Vec::with_capacity(n);
-            let mut vals = Vec::with_capacity(n);
-            for i in 0..n {
-                if col.valid.as_ref().is_some_and(|v| !v[i]) {
-                    continue;
+            // Moves the columns when every value is valid (the common case).
+            let (ts, vals) = match (col.valid, col.values) {
+                (None, Values::F64(v)) => (std::mem::take(&mut data.ts), v),
+                (None, Values::I64(v)) => (
+                    std::mem::take(&mut data.ts),
+                    v.into_iter().map(|x| x as f64).collect(),
+                ),
+                (Some(valid), values) => {
+                    let mut ts = Vec::with_capacity(n);
+                    let mut vals = Vec::with_capacity(n);
+                    for i in (0..n).filter(|&i| valid[i]) {
+                        ts.push(data.ts[i]);
+                        vals.push(match &values {
+                            Values::F64(v) => v[i],
+                            Values::I64(v) => v[i] as f64,
+                        });
+                    }
+                    (ts, vals)
                 }
-                ts.push(data.ts[i]);
-                vals.push(match &col.values {
-                    Values::F64(v) => v[i],
-                    Values::I64(v) => v[i] as f64,
-                });
-            }
+            };
             if ts.is_empty() {
                 continue;
             }
