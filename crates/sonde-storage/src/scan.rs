@@ -121,7 +121,8 @@ impl Storage {
             let rows = head_rows(active.table(tenant, &req.table), req, &schema.fields);
             (st.manifest.clone(), st.frozen.clone(), rows)
         };
-        let mut merged: BTreeMap<Labels, Vec<SeriesData>> = BTreeMap::new();
+        // Each source's rows; segments give theirs sorted by labels.
+        let mut sources: Vec<(bool, Vec<(Labels, SeriesData)>)> = Vec::new();
         for seg in &manifest.segments {
             if seg.tenant != tenant {
                 continue;
@@ -157,17 +158,36 @@ impl Storage {
             stats.segments_read += 1;
             stats.segment_bytes += seg.bytes;
             stats.bytes_read += bytes;
+            sources.push((true, rows));
+        }
+        for f in &frozen {
+            sources.push((
+                false,
+                head_rows(f.head.table(tenant, &req.table), req, &schema.fields),
+            ));
+        }
+        sources.push((false, active_rows));
+        sources.retain(|(_, rows)| !rows.is_empty());
+        if sources.len() == 1 {
+            // One source (e.g. everything flushed): nothing to merge.
+            let (sorted, mut series) = sources.pop().expect("one source");
+            if !sorted {
+                series.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            debug_assert!(series.windows(2).all(|w| w[0].0 < w[1].0), "sorted, unique");
+            stats.rows = series.iter().map(|(_, d)| d.len()).sum();
+            stats.series = series.len();
+            return Ok(ScanOutput {
+                schema,
+                series,
+                stats,
+            });
+        }
+        let mut merged: BTreeMap<Labels, Vec<SeriesData>> = BTreeMap::new();
+        for (_, rows) in sources {
             for (labels, data) in rows {
                 merged.entry(labels).or_default().push(data);
             }
-        }
-        for f in &frozen {
-            for (labels, data) in head_rows(f.head.table(tenant, &req.table), req, &schema.fields) {
-                merged.entry(labels).or_default().push(data);
-            }
-        }
-        for (labels, data) in active_rows {
-            merged.entry(labels).or_default().push(data);
         }
         let mut series = Vec::with_capacity(merged.len());
         for (labels, mut parts) in merged {
