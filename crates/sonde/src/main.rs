@@ -204,22 +204,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
             .map_err(|e| anyhow::anyhow!("loading rules: {e}"))?;
             tracing::info!(rules = manager.rule_count(), "rules loaded");
-            let _ = state.rules.set(manager.clone());
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                    return;
-                };
-                while hup.recv().await.is_some() {
-                    let m = manager.clone();
-                    match tokio::task::spawn_blocking(move || m.reload()).await {
-                        Ok(Ok(n)) => tracing::info!(rules = n, "rules reloaded on SIGHUP"),
-                        Ok(Err(e)) => tracing::error!(error = %e, "rule reload failed; the previous rules stay in force"),
-                        Err(e) => tracing::error!(error = %e, "rule reload task failed"),
-                    }
-                }
-            });
+            let _ = state.rules.set(manager);
         }
+        // SIGHUP reloads the rule files (and never ends the process, rules or not).
+        let hup_state = state.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let Some(m) = hup_state.rules.get().cloned() else {
+                    tracing::info!("SIGHUP: no rules configured");
+                    continue;
+                };
+                match tokio::task::spawn_blocking(move || m.reload()).await {
+                    Ok(Ok(n)) => tracing::info!(rules = n, "rules reloaded on SIGHUP"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "rule reload failed; the previous rules stay in force"),
+                    Err(e) => tracing::error!(error = %e, "rule reload task failed"),
+                }
+            }
+        });
         let listeners = Listeners::bind(&args.grpc_addr, &args.http_addr).await?;
         let (grpc, http) = (listeners.grpc_addr(), listeners.http_addr());
         tracing::info!(?grpc, ?http, data_dir = %args.data_dir.display(), "sonde serving");

@@ -659,5 +659,21 @@ fn reload_keeps_rules_in_force_on_a_bad_file() {
         rules.contains("\"InferenceSpike\"") && !rules.contains("\"Always\""),
         "{rules}"
     );
+    // SIGHUP reloads too.
+    std::fs::write(dir.path().join("rules.yml"), ONE_RULE).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, rules) = server.http("GET", "/api/v1/rules");
+        if rules.contains("\"Always\"") && !rules.contains("\"InferenceSpike\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {rules}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     server.stop();
 }

@@ -108,6 +108,11 @@ impl TestServer {
         load(&all)
     }
 
+    /// The server's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGTERM, and the exit status must be success.
     pub fn stop(mut self) {
         let child = self.child.take().unwrap();
