@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""One-command comparison of Sonde with VictoriaMetrics and Prometheus on the standard
+dataset (first version of issue 8's harness).
+
+For each system, on loopback with a fresh data directory:
+  - ingest with `sonde load --protocol remote-write` (Sonde also over sonde.v1 and
+    OTLP, and under fsync `interval` = 100 ms): samples/s and p99 request latency;
+  - bytes per sample on disk once persisted: Sonde after `POST /api/v1/admin/flush`
+    (segments + indexes + catalog; the WAL is deleted below the watermark),
+    VictoriaMetrics after `/internal/force_flush` (its data directory); Prometheus
+    cannot be made to persist its head on demand, so its figure is its data
+    directory (WAL + head chunks), as the table's row name says;
+  - peak RSS (VmHWM) over load and queries;
+  - the PromQL dashboard corpus as `query_range` (median of N runs), VictoriaMetrics
+    with its cache off, and whether each answer equals Prometheus' (series count and a
+    value checksum).
+Writes a Markdown table to stdout and a JSON file.
+
+Usage: benches/compare/run.py [--series 10000] [--samples 240] [--runs 5] [--json out.json]
+       benches/compare/run.py --full      (10k and 100k series)
+Peers come from Debian packages (installed if missing).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "benches", "peers"))
+from promql_compare import QUERIES, summary  # noqa: E402
+
+
+def http(url, data=None):
+    req = urllib.request.Request(url, data=data)
+    if data is not None:
+        req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return r.read()
+
+
+def wait(url):
+    for _ in range(600):
+        try:
+            http(url)
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def du(path):
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total
+
+
+def load(sonde, protocol, target, series, samples, start_ms):
+    out = subprocess.run(
+        [sonde, "load", "--protocol", protocol, "--target", target, "--series", str(series),
+         "--samples", str(samples), "--start-ms", str(start_ms)],
+        check=True, capture_output=True, text=True).stdout
+    field = lambda k: float(re.search(rf"{k}=([0-9.]+)", out).group(1))
+    return {"samples": int(field("samples")), "samples_per_sec": field("samples_per_sec"),
+            "p99_ms": field("p99_ms"), "errors": int(field("errors"))}
+
+
+def queries(base, q_start, q_end, runs):
+    rows = []
+    for q in QUERIES:
+        times, out = [], None
+        for _ in range(runs):
+            body = urllib.parse.urlencode({"query": q, "start": q_start, "end": q_end, "step": "60"}).encode()
+            t0 = time.perf_counter()
+            out = json.loads(http(base + "/api/v1/query_range", body))
+            times.append((time.perf_counter() - t0) * 1000)
+        rows.append({"query": q, "median_ms": statistics.median(times), "summary": summary(out)})
+    return rows
+
+
+def run_system(name, cmd, base, health, data_dir, flush, sonde, protocol, target, args, start_ms):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait(base + health)
+        ingest = load(sonde, protocol, target, args.series, args.samples, start_ms)
+        if flush:
+            http(base + flush, b"" if "sonde" in name.lower() else None)
+        time.sleep(2)
+        disk = du(data_dir)
+        q_start = start_ms / 1000 + 300
+        q_end = start_ms / 1000 + args.samples * 15
+        rows = queries(base, q_start, q_end, args.runs) if protocol == "remote-write" else []
+        return {"system": name, "ingest": ingest, "disk_bytes": disk,
+                "bytes_per_sample": disk / max(1, ingest["samples"]),
+                "peak_rss_mib": peak_rss_mib(proc.pid), "queries": rows}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def compare(args, sonde, work):
+    start_ms = (int(time.time()) // 60 * 60 - args.samples * 15 - 60) * 1000
+    systems = []
+    for label, proto, fsync in [("Sonde remote-write (fsync always)", "remote-write", "always"),
+                                ("Sonde remote-write (fsync 100 ms)", "remote-write", "100"),
+                                ("Sonde sonde.v1 gRPC", "sonde", "always"),
+                                ("Sonde OTLP gRPC", "otlp", "always")]:
+        d = os.path.join(work, f"sonde-{proto}-{fsync}")
+        target = "http://127.0.0.1:44318/api/v1/write" if proto == "remote-write" else "http://127.0.0.1:44317"
+        systems.append(run_system(
+            label, [sonde, "serve", "--data-dir", d, "--grpc-addr", "127.0.0.1:44317",
+                    "--http-addr", "127.0.0.1:44318", "--fsync", fsync],
+            "http://127.0.0.1:44318", "/healthz", d, "/api/v1/admin/flush", sonde, proto, target,
+            args, start_ms))
+    d = os.path.join(work, "vm")
+    systems.append(run_system(
+        "VictoriaMetrics", ["victoria-metrics", f"-storageDataPath={d}", "-httpListenAddr=127.0.0.1:48428",
+                            "-retentionPeriod=100y", "-search.disableCache", "-search.latencyOffset=0s"],
+        "http://127.0.0.1:48428", "/health", d, "/internal/force_flush", sonde, "remote-write",
+        "http://127.0.0.1:48428/api/v1/write", args, start_ms))
+    d = os.path.join(work, "prom")
+    systems.append(run_system(
+        "Prometheus (head + WAL)", ["prometheus", "--config.file=/dev/null", f"--storage.tsdb.path={d}",
+                                    "--web.listen-address=127.0.0.1:49090", "--web.enable-remote-write-receiver",
+                                    "--storage.tsdb.retention.time=100y"],
+        "http://127.0.0.1:49090", "/-/ready", d, None, sonde, "remote-write",
+        "http://127.0.0.1:49090/api/v1/write", args, start_ms))
+    return systems
+
+
+def report(series, samples, systems):
+    print(f"\n### {series} series x {samples} samples (15 s)\n")
+    print("| system | ingest samples/s | p99 ms | bytes/sample on disk | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for s in systems:
+        i = s["ingest"]
+        print(f"| {s['system']} | {i['samples_per_sec']:.0f} | {i['p99_ms']:.1f} | "
+              f"{s['bytes_per_sample']:.3f} | {s['peak_rss_mib']} |")
+    with_q = [s for s in systems if s["queries"]]
+    prom = next(s for s in with_q if s["system"].startswith("Prometheus"))
+    print("\n| query | " + " | ".join(f"{s['system']} ms" for s in with_q) + " |")
+    print("|---|" + "---|" * len(with_q))
+    mismatches = []
+    for k, q in enumerate(QUERIES):
+        cells = []
+        ref = prom["queries"][k]["summary"]
+        for s in with_q:
+            r = s["queries"][k]
+            same = r["summary"][0] == ref[0] and abs(r["summary"][1] - ref[1]) <= 1e-6 * max(1.0, abs(ref[1]))
+            cells.append(f"{r['median_ms']:.1f}{'' if same else ' ≠'}")
+            if not same and s["system"].startswith("Sonde"):
+                mismatches.append((s["system"], q))
+        print(f"| `{q}` | " + " | ".join(cells) + " |")
+    print("\n(≠: the answer differs from Prometheus' — series count or value checksum.)")
+    return mismatches
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--series", type=int, default=10000)
+    ap.add_argument("--samples", type=int, default=240)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--full", action="store_true", help="the 10k and 100k datasets")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    for p in ("victoria-metrics", "prometheus"):
+        if shutil.which(p) is None:
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "victoria-metrics", "prometheus"], check=True,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "sonde"], cwd=ROOT, check=True)
+    sonde = os.path.join(ROOT, "target", "release", "sonde")
+    print(f"Machine: {os.cpu_count()} CPUs; date {time.strftime('%Y-%m-%d')}; "
+          f"command: {' '.join(sys.argv)}")
+    results, bad = {}, []
+    for series in ([10000, 100000] if args.full else [args.series]):
+        args.series = series
+        work = tempfile.mkdtemp()
+        try:
+            systems = compare(args, sonde, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        results[series] = systems
+        bad += report(series, args.samples, systems)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if bad:
+        print(f"\nSonde's answers differ from Prometheus': {bad}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
