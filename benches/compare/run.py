@@ -7,7 +7,8 @@ For each system, on loopback with a fresh data directory:
     OTLP, and under fsync `interval` = 100 ms): samples/s and p99 request latency;
   - bytes per sample on disk once persisted: Sonde after `POST /api/v1/admin/flush`
     (segments + indexes + catalog; the WAL is deleted below the watermark),
-    VictoriaMetrics after `/internal/force_flush` (its data directory); Prometheus
+    VictoriaMetrics after `/internal/force_flush` and `/internal/force_merge` (its
+    data directory, once it stops changing for 3 s); Prometheus
     cannot be made to persist its head on demand, so its figure is its data
     directory (WAL + head chunks), as the table's row name says;
   - peak RSS (VmHWM) over load and queries;
@@ -18,6 +19,10 @@ Writes a Markdown table to stdout and a JSON file.
 
 Usage: benches/compare/run.py [--series 10000] [--samples 240] [--runs 5] [--json out.json]
        benches/compare/run.py --full      (10k and 100k series)
+       benches/compare/run.py --quick --sonde target/debug/sonde
+                                          (1k series x 60, one run, well under a minute;
+                                          CI runs it and fails when Sonde's answers
+                                          differ from Prometheus')
 Peers come from Debian packages (installed if missing).
 """
 
@@ -106,8 +111,15 @@ def run_system(name, cmd, base, health, data_dir, flush, sonde, protocol, target
         ingest = load(sonde, protocol, target, args.series, args.samples, start_ms)
         if flush:
             http(base + flush, b"" if "sonde" in name.lower() else None)
-        time.sleep(2)
-        disk = du(data_dir)
+        if name.startswith("VictoriaMetrics"):
+            http(base + "/internal/force_merge")
+        # Background flushes and merges: measure once the directory stops changing.
+        disk, stable, deadline = du(data_dir), 0, time.time() + 60
+        while stable < 3 and time.time() < deadline:
+            time.sleep(1)
+            now = du(data_dir)
+            stable = stable + 1 if now == disk else 0
+            disk = now
         q_start = start_ms / 1000 + 300
         q_end = start_ms / 1000 + args.samples * 15
         rows = queries(base, q_start, q_end, args.runs) if protocol == "remote-write" else []
@@ -182,6 +194,8 @@ def main():
     ap.add_argument("--samples", type=int, default=240)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--full", action="store_true", help="the 10k and 100k datasets")
+    ap.add_argument("--quick", action="store_true", help="1k series x 60 samples, one run")
+    ap.add_argument("--sonde", help="use this sonde binary instead of building a release one")
     ap.add_argument("--json")
     args = ap.parse_args()
     for p in ("victoria-metrics", "prometheus"):
@@ -189,8 +203,13 @@ def main():
             subprocess.run(["apt-get", "update", "-qq"], check=True)
             subprocess.run(["apt-get", "install", "-y", "-qq", "victoria-metrics", "prometheus"], check=True,
                            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "sonde"], cwd=ROOT, check=True)
-    sonde = os.path.join(ROOT, "target", "release", "sonde")
+    if args.quick:
+        args.series, args.samples, args.runs = 1005, 60, 1
+    if args.sonde:
+        sonde = os.path.abspath(args.sonde)
+    else:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "sonde"], cwd=ROOT, check=True)
+        sonde = os.path.join(ROOT, "target", "release", "sonde")
     print(f"Machine: {os.cpu_count()} CPUs; date {time.strftime('%Y-%m-%d')}; "
           f"command: {' '.join(sys.argv)}")
     results, bad = {}, []

@@ -7,9 +7,11 @@
 //! and series counts for a time range come from the catalog files of the days in the
 //! range plus the head, without opening any segment.
 //!
-//! File `catalog/<tenant>/<day>.cat`: 24-byte header (magic `SONDECAT`, version,
-//! CRC32C of the body, body length), then the body: a varint count, then per series a
-//! table name and its labels. Ids never change: new series are appended.
+//! File `catalog/<tenant>/<day>.cat`: 24-byte header (magic `SONDECAT`, version 2,
+//! CRC32C of the stored body, its length), then the body compressed with zstd; the
+//! decompressed body is a varint count, then per series a table name and its labels.
+//! Version 1 files (body stored plain) are still read. Ids never change: new series
+//! are appended.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,8 @@ use crate::{Error, Result, Storage};
 pub const MAGIC: &[u8; 8] = b"SONDECAT";
 /// Decoded day catalogs kept in memory.
 const CATALOG_CACHE_ENTRIES: usize = 32;
-pub const VERSION: u32 = 1;
+/// Version 2 compresses the body with zstd; version 1 files (plain body) still read.
+pub const VERSION: u32 = 2;
 
 /// The series of one tenant-day; a series' id is its index in `series`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,6 +42,14 @@ fn path(dir: &Path, tenant: &str, day: i64) -> PathBuf {
 
 impl DayCatalog {
     pub fn encode(&self) -> Vec<u8> {
+        // Label sets repeat heavily: zstd makes the catalog a small fraction of the data.
+        let packed =
+            zstd::bulk::compress(&self.plain_body(), 3).expect("zstd compresses in memory");
+        crate::codec::seal_file(MAGIC, VERSION, &packed)
+    }
+
+    /// The uncompressed body (version 1 stored it as is).
+    fn plain_body(&self) -> Vec<u8> {
         let mut e = Enc(Vec::new());
         e.uvar(self.series.len() as u64);
         for (table, labels) in &self.series {
@@ -49,11 +60,23 @@ impl DayCatalog {
                 e.str(v);
             }
         }
-        crate::codec::seal_file(MAGIC, VERSION, &e.0)
+        e.0
     }
 
     pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
-        let body = crate::codec::open_sealed(data, MAGIC, VERSION, "catalog", path)?;
+        let version = data
+            .get(8..12)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .unwrap_or(VERSION);
+        let unpacked;
+        let body = if version == 1 {
+            crate::codec::open_sealed(data, MAGIC, 1, "catalog", path)?
+        } else {
+            let packed = crate::codec::open_sealed(data, MAGIC, VERSION, "catalog", path)?;
+            unpacked = zstd::stream::decode_all(packed)
+                .map_err(|e| Error::format(path, format!("catalog body: {e}")))?;
+            &unpacked[..]
+        };
         let parse = || -> Result<Self, crate::codec::DecodeError> {
             let mut d = Dec::new(body);
             let n = d.len("series count", 2)?;
@@ -326,5 +349,36 @@ impl Storage {
             add(&f.head);
         }
         Ok(stats.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressed_round_trip_and_version_1_still_reads() {
+        let cat = DayCatalog {
+            series: (0..500)
+                .map(|i| {
+                    let labels = Labels::new([
+                        ("model", "gpt-4o".to_string()),
+                        ("user_id", format!("user-{i:06}")),
+                    ])
+                    .unwrap();
+                    ("llm_tokens_total".to_string(), labels)
+                })
+                .collect(),
+        };
+        let p = Path::new("x.cat");
+        let v2 = cat.encode();
+        assert_eq!(DayCatalog::decode(&v2, p).unwrap(), cat);
+        let v1 = crate::codec::seal_file(MAGIC, 1, &cat.plain_body());
+        assert_eq!(DayCatalog::decode(&v1, p).unwrap(), cat);
+        assert!(v2.len() * 4 < v1.len(), "{} vs {}", v2.len(), v1.len());
+        let mut bad = v2.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(DayCatalog::decode(&bad, p).is_err());
     }
 }
