@@ -450,12 +450,6 @@ fn string_arg(e: &Expr) -> Result<String> {
     }
 }
 
-fn valid_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
     let name = c.func.name;
     let args = &c.args.args;
@@ -621,7 +615,7 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
                     "invalid regular expression in label_replace(): {e}"
                 ))
             })?;
-            if !valid_label_name(&dst) {
+            if !crate::is_label_name(&dst) {
                 return Err(PromError::BadData(format!(
                     "invalid destination label name in label_replace(): {dst}"
                 )));
@@ -648,7 +642,7 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
                 .iter()
                 .map(|a| string_arg(a))
                 .collect::<Result<_>>()?;
-            if !valid_label_name(&dst) {
+            if !crate::is_label_name(&dst) {
                 return Err(PromError::BadData(format!(
                     "invalid destination label name in label_join(): {dst}"
                 )));
@@ -906,7 +900,7 @@ pub(crate) fn aggregate(
                     "expected a string parameter for count_values".into(),
                 ));
             };
-            if !valid_label_name(label) {
+            if !crate::is_label_name(label) {
                 return Err(PromError::BadData(format!("invalid label name {label:?}")));
             }
             let mut out: Vec<Series> = Vec::new();

@@ -162,6 +162,22 @@ fn thousands(n: usize) -> String {
     out
 }
 
+/// A valid Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn is_label_name(s: &str) -> bool {
+    is_name(s, false)
+}
+
+/// A valid Prometheus metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn is_metric_name(s: &str) -> bool {
+    is_name(s, true)
+}
+
+fn is_name(s: &str, colon: bool) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_' || (colon && ch == ':'))
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || (colon && ch == ':'))
+}
+
 pub(crate) fn type_name(t: promql_parser::parser::value::ValueType) -> &'static str {
     use promql_parser::parser::value::ValueType;
     match t {

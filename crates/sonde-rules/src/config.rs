@@ -194,7 +194,10 @@ pub struct Rule {
     pub query: Query,
     pub for_: Duration,
     pub keep_firing_for: Duration,
+    /// Labels as written (recording rules and the rules API use them as is).
     pub labels: BTreeMap<String, String>,
+    /// The same labels parsed once, rendered per alert.
+    pub label_templates: BTreeMap<String, Template>,
     pub annotations: BTreeMap<String, Template>,
     /// The annotations as written, for the rules API.
     pub annotation_text: BTreeMap<String, String>,
@@ -221,9 +224,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn valid_name(s: &str, metric: bool) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_' || (metric && ch == ':'))
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || (metric && ch == ':'))
+    if metric {
+        sonde_promql::is_metric_name(s)
+    } else {
+        sonde_promql::is_label_name(s)
+    }
 }
 
 /// Checks SQL text without running it (the server supplies DataFusion's parser).
@@ -462,8 +467,10 @@ fn rule(r: RuleDoc, err: &dyn Fn(u64, String) -> RuleError) -> Result<Rule, Rule
         let t = Template::parse(&v).map_err(|e| err(line, format!("annotation {k:?}: {e}")))?;
         annotations.insert(k, t);
     }
-    for v in r.labels.values() {
-        Template::parse(v).map_err(|e| err(line, format!("label template: {e}")))?;
+    let mut label_templates = BTreeMap::new();
+    for (k, v) in &r.labels {
+        let t = Template::parse(v).map_err(|e| err(line, format!("label {k:?}: {e}")))?;
+        label_templates.insert(k.clone(), t);
     }
     let no_data = match r.no_data.as_deref() {
         None | Some("ok") => NoData::Ok,
@@ -483,6 +490,7 @@ fn rule(r: RuleDoc, err: &dyn Fn(u64, String) -> RuleError) -> Result<Rule, Rule
         for_,
         keep_firing_for,
         labels: r.labels,
+        label_templates,
         annotations,
         annotation_text,
         no_data,

@@ -329,8 +329,7 @@ fn update_alerts(
     for (series, value) in result {
         let mut labels = series.clone();
         labels.remove("__name__");
-        for (k, v) in &rule.labels {
-            let t = crate::template::Template::parse(v).expect("validated at load");
+        for (k, t) in &rule.label_templates {
             let rendered = t.render(&series, value, external_url);
             if rendered.is_empty() {
                 labels.remove(k);

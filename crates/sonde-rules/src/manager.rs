@@ -17,7 +17,9 @@ use sonde_types::Clock;
 
 use crate::config::{Group, RuleError, RuleKind, SqlCheck, load_files};
 use crate::eval::{Alert, Backend, RuleState, State, eval_rule};
-use crate::notify::{Dispatcher, GroupState, NotifyMetrics, ReceiverConfig, RouteConfig, Router};
+use crate::notify::{
+    Dispatcher, GroupState, NotifyMetrics, ReceiverConfig, RouteConfig, Router, rfc3339,
+};
 
 /// The `[alerting]` section of Sonde's config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -140,12 +142,6 @@ fn rule_key(g: &Group, i: usize) -> String {
         r.name,
         r.query.text()
     )
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Manager {
@@ -309,17 +305,23 @@ impl Manager {
         }
         *run.last.lock() = (now, started.elapsed().as_secs_f64());
         self.inner.router.lock().update(&g.tenant, &alerts, now);
-        self.flush_notifications();
+        // One state write covers the evaluation and the notifications it caused.
+        self.send_due();
         self.save();
     }
 
-    fn flush_notifications(&self) {
+    /// Hands the notifications due now to their receivers' queues; whether any were.
+    fn send_due(&self) -> bool {
         let deliveries = self.inner.router.lock().flush(self.inner.clock.now_ms());
         let any = !deliveries.is_empty();
         for d in deliveries {
             self.inner.dispatcher.send(d);
         }
-        if any {
+        any
+    }
+
+    fn flush_notifications(&self) {
+        if self.send_due() {
             self.save();
         }
     }

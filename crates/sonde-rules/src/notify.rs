@@ -166,7 +166,8 @@ fn ms(secs: f64) -> i64 {
     (secs * 1000.0) as i64
 }
 
-fn rfc3339(ms: i64) -> String {
+/// Unix milliseconds as RFC 3339 with milliseconds, UTC (`2026-11-28T10:00:00.000Z`).
+pub(crate) fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

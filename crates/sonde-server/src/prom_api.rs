@@ -61,7 +61,8 @@ fn bad(msg: impl Into<String>) -> PromError {
     PromError::BadData(msg.into())
 }
 
-fn success(data: Value) -> Response {
+/// Prometheus' success envelope around `data`.
+pub(crate) fn success(data: Value) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         json!({"status": "success", "data": data}).to_string(),
@@ -373,9 +374,7 @@ pub async fn label_values(
 ) -> Response {
     let p = Params::new(q, &headers, &Bytes::new());
     run(state, headers, move |state, tenant| {
-        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !sonde_promql::is_label_name(&name) {
             return Err(bad(format!("invalid label name: {name:?}")));
         }
         label_data(state, tenant, &p, Some(&name))

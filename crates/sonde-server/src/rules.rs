@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sonde_rules::Labels;
@@ -131,36 +131,38 @@ impl sonde_rules::Backend for RulesBackend {
     }
 }
 
-fn json_ok(data: serde_json::Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({"status": "success", "data": data}).to_string(),
-    )
-        .into_response()
+/// The caller's tenant's part of what the rule manager lists; `empty` without rules.
+fn listing(
+    state: &AppState,
+    headers: &HeaderMap,
+    list: fn(&sonde_rules::Manager, &str) -> serde_json::Value,
+    empty: serde_json::Value,
+) -> Response {
+    let tenant = match crate::http::tenant(state, headers) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    crate::prom_api::success(state.rules.get().map_or(empty, |m| list(m, &tenant)))
 }
 
 /// `GET /api/v1/rules`
 pub async fn rules(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let tenant = match crate::http::tenant(&state, &headers) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    match state.rules.get() {
-        Some(m) => json_ok(m.rules_json(&tenant)),
-        None => json_ok(json!({"groups": []})),
-    }
+    listing(
+        &state,
+        &headers,
+        sonde_rules::Manager::rules_json,
+        json!({"groups": []}),
+    )
 }
 
 /// `GET /api/v1/alerts`
 pub async fn alerts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let tenant = match crate::http::tenant(&state, &headers) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    match state.rules.get() {
-        Some(m) => json_ok(m.alerts_json(&tenant)),
-        None => json_ok(json!({"alerts": []})),
-    }
+    listing(
+        &state,
+        &headers,
+        sonde_rules::Manager::alerts_json,
+        json!({"alerts": []}),
+    )
 }
 
 /// `POST /-/reload`: re-reads the rule files; a bad file leaves the rules in force.
