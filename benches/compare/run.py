@@ -36,38 +36,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from common import http, peak_rss_mib, wait  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "benches", "peers"))
-from promql_compare import QUERIES, summary  # noqa: E402
+from promql_compare import QUERIES, query_range, summary  # noqa: E402
 
 
-def http(url, data=None):
-    req = urllib.request.Request(url, data=data)
-    if data is not None:
-        req.add_header("Content-Type", "application/x-www-form-urlencoded")
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return r.read()
 
 
-def wait(url):
-    for _ in range(600):
-        try:
-            http(url)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
 
 
-def peak_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) // 1024
-    return 0
 
 
 def du(path):
@@ -94,13 +74,9 @@ def load(sonde, protocol, target, series, samples, start_ms):
 def queries(base, q_start, q_end, runs):
     rows = []
     for q in QUERIES:
-        times, out = [], None
-        for _ in range(runs):
-            body = urllib.parse.urlencode({"query": q, "start": q_start, "end": q_end, "step": "60"}).encode()
-            t0 = time.perf_counter()
-            out = json.loads(http(base + "/api/v1/query_range", body))
-            times.append((time.perf_counter() - t0) * 1000)
-        rows.append({"query": q, "median_ms": statistics.median(times), "summary": summary(out)})
+        results = [query_range(base, q, q_start, q_end) for _ in range(runs)]
+        rows.append({"query": q, "median_ms": statistics.median(ms for ms, _ in results),
+                     "summary": summary(results[-1][1])})
     return rows
 
 

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 
 QUERIES = [
     "sum by (model) (rate(llm_tokens_total[5m]))",
@@ -32,32 +31,14 @@ QUERIES = [
 ]
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from common import http, wait, peak_rss_mib as peak_rss  # noqa: E402
 
 
-def http(url, data=None):
-    req = urllib.request.Request(url, data=data)
-    if data is not None:
-        req.add_header("Content-Type", "application/x-www-form-urlencoded")
-    with urllib.request.urlopen(req, timeout=300) as r:
-        return r.read()
 
 
-def wait(url):
-    for _ in range(300):
-        try:
-            http(url)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
 
 
-def peak_rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) // 1024
-    return 0
 
 
 def query_range(base, q, start, end):

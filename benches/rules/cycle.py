@@ -14,34 +14,21 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from common import cpu_seconds, http, wait  # noqa: E402
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "claude-haiku-3.5",
           "gemini-1.5-pro", "gemini-2.0-flash", "llama-3.1-70b", "mistral-large"]
 
 
-def http(url, data=None):
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=600) as r:
-        return r.read()
 
 
-def wait(url):
-    for _ in range(300):
-        try:
-            http(url)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rules_1000(interval):
