@@ -26,7 +26,7 @@ use sonde_storage::Storage;
 
 pub use eval::{Metric, QueryValue, Raw, Series};
 pub use format::{format_float, format_time};
-pub use select::{MetricRef, metric_refs, series_matching};
+pub use select::{MetricRef, delete_series, metric_refs, series_matching};
 
 /// Limits and defaults of the PromQL engine.
 #[derive(Debug, Clone)]

@@ -226,3 +226,43 @@ pub fn series_matching(
     }
     Ok(out.into_iter().collect())
 }
+
+/// Deletes, from every segment, the rows in `[start, end]` of the series matching
+/// any of `selectors`. A metric name selects its table (`llm_calls_cost_usd` →
+/// `llm_calls`); a table's own name works too. A table is a row store, so a series'
+/// rows go with all their fields. Returns what the storage removed.
+pub fn delete_series(
+    storage: &Storage,
+    tenant: &str,
+    selectors: &[Vec<PMatcher>],
+    start: i64,
+    end: i64,
+) -> Result<sonde_storage::MaintenanceStats> {
+    let mut total = sonde_storage::MaintenanceStats::default();
+    for sel in selectors {
+        let (names, rest) = split(sel);
+        if names.is_empty() && rest.iter().all(|m| m.is_match("")) {
+            return Err(PromError::BadData(
+                "match[] must select something: name a metric or give a label matcher that does not match the empty string"
+                    .into(),
+            ));
+        }
+        let mut tables: std::collections::BTreeSet<String> =
+            resolve(storage, tenant, &names).into_iter().map(|r| r.table).collect();
+        if let Some(m) = names.iter().find(|m| matches!(m.op, PMatchOp::Equal))
+            && storage.table_schema(tenant, &m.value).is_some()
+        {
+            tables.insert(m.value.clone());
+        }
+        let matchers = storage_matchers(&rest)?;
+        for table in tables {
+            let s = storage
+                .delete_series(tenant, &table, &matchers, start, end)
+?;
+            total.dropped_segments += s.dropped_segments;
+            total.rewritten_segments += s.rewritten_segments;
+            total.removed_rows += s.removed_rows;
+        }
+    }
+    Ok(total)
+}

@@ -10,6 +10,7 @@ use sonde_types::{FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteB
 fn engine(dir: &std::path::Path) -> (Arc<Storage>, QueryEngine) {
     let mut c = Config::new(dir);
     c.background_flush = false;
+    c.retention.raw = None;
     let storage = Arc::new(Storage::open(c).unwrap());
     let q = QueryEngine::new(storage.clone(), QueryConfig::default()).unwrap();
     (storage, q)
@@ -174,6 +175,7 @@ async fn limits_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::new(dir.path());
     c.background_flush = false;
+    c.retention.raw = None;
     let storage = Arc::new(Storage::open(c).unwrap());
     let points: Vec<(i64, f64)> = (0..5_000).map(|i| (T0 + i * 1000, i as f64)).collect();
     storage.write("acme", counter("gpt-4o", &points)).unwrap();

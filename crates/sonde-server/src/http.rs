@@ -17,6 +17,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/api/v1/admin/flush", post(flush))
+        .route("/api/v1/admin/compact", post(compact))
+        .route("/api/v1/admin/delete_tenant", post(delete_tenant))
+        .route(
+            "/api/v1/admin/tsdb/delete_series",
+            post(crate::prom_api::delete_series).put(crate::prom_api::delete_series),
+        )
         .route("/metrics", get(metrics))
         .route(
             "/api/v1/write",
@@ -141,6 +147,71 @@ async fn flush(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMa
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
     }
+}
+
+/// Runs retention and a compaction pass now (they also run in the background).
+async fn compact(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(resp) = tenant(&state, &headers) {
+        return *resp;
+    }
+    let storage = state.storage.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let r = storage.enforce_retention()?;
+        let c = storage.compact()?;
+        Ok::<_, sonde_storage::Error>((r, c))
+    })
+    .await;
+    match res {
+        Ok(Ok((r, c))) => json_ok(serde_json::json!({
+            "compacted_inputs": c.compacted_inputs,
+            "compacted_outputs": c.compacted_outputs,
+            "expired_segments": r.dropped_segments,
+            "expired_rewritten_segments": r.rewritten_segments,
+            "expired_rows": r.removed_rows,
+            "segments": state.storage.manifest().segments.len(),
+        })),
+        Ok(Err(e)) => error_response(&e),
+        Err(e) => {
+            tracing::error!(error = %e, "compaction task failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
+}
+
+/// Deletes every row of the caller's tenant (everything acknowledged before the call).
+async fn delete_tenant(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let tenant = match tenant(&state, &headers) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    let storage = state.storage.clone();
+    let t = tenant.clone();
+    match tokio::task::spawn_blocking(move || storage.delete_tenant(&t)).await {
+        Ok(Ok(s)) => {
+            tracing::info!(%tenant, rows = s.removed_rows, "deleted tenant data");
+            json_ok(serde_json::json!({
+                "tenant": tenant,
+                "removed_rows": s.removed_rows,
+                "dropped_segments": s.dropped_segments,
+            }))
+        }
+        Ok(Err(e)) => error_response(&e),
+        Err(e) => {
+            tracing::error!(error = %e, "delete task failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
+}
+
+fn json_ok(data: serde_json::Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({"status": "success", "data": data}).to_string() + "\n",
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

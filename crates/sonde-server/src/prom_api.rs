@@ -427,3 +427,36 @@ mod tests {
         assert!(parse_duration("step", "-1").is_err());
     }
 }
+
+/// `POST /api/v1/admin/tsdb/delete_series?match[]=…[&start=…][&end=…]` (Prometheus'
+/// admin API): deletes the matching series' rows in the range (default: all time)
+/// from every segment of the caller's tenant; the head is flushed first. Answers
+/// what was removed.
+pub async fn delete_series(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = Params::new(q, &headers, &body);
+    run(state, headers, move |state, tenant| {
+        let sel = selectors(&p)?;
+        if sel.is_empty() {
+            return Err(bad("no match[] parameter provided"));
+        }
+        let start = time_param(&p, "start", i64::MIN)?;
+        let end = time_param(&p, "end", i64::MAX)?;
+        if end < start {
+            return Err(bad(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
+        }
+        let s = sonde_promql::delete_series(&state.storage, tenant, &sel, start, end)?;
+        Ok(serde_json::json!({
+            "removed_rows": s.removed_rows,
+            "rewritten_segments": s.rewritten_segments,
+            "dropped_segments": s.dropped_segments,
+        }))
+    })
+    .await
+}

@@ -43,6 +43,7 @@ struct Row {
 fn run(series: usize, enc: ValueEncoding, label: &'static str) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
+    config.retention.raw = None;
     if std::env::var_os("SONDE_KEEP").is_some() {
         eprintln!("keeping {}", dir.path().display());
         config.data_dir = dir.keep();

@@ -156,6 +156,23 @@ pub fn update(
         .map_err(|e| Error::io("syncing catalog directory", &p, e))
 }
 
+/// Replaces a tenant-day's catalog (after a delete or retention removed series); an
+/// empty catalog removes the file. Ids are renumbered.
+pub fn replace(vfs: &dyn Vfs, dir: &Path, tenant: &str, day: i64, cat: &DayCatalog) -> Result<()> {
+    let p = path(dir, tenant, day);
+    if cat.series.is_empty() {
+        return match vfs.remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing catalog", &p, e)),
+        };
+    }
+    let parent = p.parent().expect("catalog path has a parent");
+    vfs.create_dir_all(parent)
+        .map_err(|e| Error::io("creating catalog directory", parent, e))?;
+    write_atomic(vfs, &p, &cat.encode()).map_err(|e| Error::io("writing catalog", &p, e))
+}
+
 impl Storage {
     /// Every series (table, labels) of `tenant` with data in `[start, end]`, at day
     /// granularity for persisted data, from the catalog and the head.

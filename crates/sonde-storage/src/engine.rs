@@ -18,6 +18,8 @@ use crate::catalog;
 use crate::codec::{self, RecordKeys};
 use crate::dedup::DedupSet;
 use crate::head::Head;
+use crate::maintain::{CompactionConfig, RetentionConfig, Trash};
+use crate::volume::{VolumeConfig, VolumeCounters};
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::segment::{self, TableChunk, WriteOptions, index::SegmentIndex};
 use crate::vfs::{OsVfs, Vfs};
@@ -57,6 +59,9 @@ pub struct Config {
     pub segment: WriteOptions,
     /// How long a deduplication key (idempotency key, LLM call id) is remembered.
     pub dedup_window: Duration,
+    pub compaction: CompactionConfig,
+    pub retention: RetentionConfig,
+    pub volume: VolumeConfig,
 }
 
 impl Config {
@@ -72,6 +77,9 @@ impl Config {
             limits: Limits::default(),
             segment: WriteOptions::default(),
             dedup_window: Duration::from_secs(3600),
+            compaction: CompactionConfig::default(),
+            retention: RetentionConfig::default(),
+            volume: VolumeConfig::default(),
         }
     }
 }
@@ -164,10 +172,20 @@ pub(crate) struct Inner {
     /// Decoded day catalogs, dropped when a flush adds to them.
     pub catalog_cache: Mutex<crate::catalog::CatalogCache>,
     pub dedup: Mutex<DedupSet>,
-    flush_lock: Mutex<()>,
+    /// Held while a manifest is replaced (flush, or a maintenance swap).
+    pub flush_lock: Mutex<()>,
+    /// Serialises maintenance rewrites (compaction, retention, deletes).
+    pub maint_lock: Mutex<()>,
+    /// Next segment id (the manifest stores it on every replacement).
+    next_id: std::sync::atomic::AtomicU64,
+    pub trash: Mutex<Trash>,
+    pub volume: VolumeCounters,
+    /// What compaction, retention and deletes did since the store opened.
+    pub maint_totals: Mutex<crate::maintain::MaintenanceStats>,
+    pub wake_maint: Condvar,
     /// Set when the WAL failed: the engine refuses writes from then on.
     failed: Mutex<Option<String>>,
-    stop: Mutex<bool>,
+    pub stop: Mutex<bool>,
     wake: Condvar,
 }
 
@@ -249,6 +267,7 @@ impl Storage {
         }
         let next_seq = stats.last_seq.max(manifest.wal_watermark) + 1;
         let writer = WalWriter::create(vfs.as_ref(), &wal_dir, next_seq, config.wal_file_bytes)?;
+        let next_segment_id = manifest.next_segment_id.max(1);
 
         let inner = Arc::new(Inner {
             vfs,
@@ -264,6 +283,12 @@ impl Storage {
             catalog_cache: Mutex::new(Default::default()),
             dedup: Mutex::new(dedup),
             flush_lock: Mutex::new(()),
+            maint_lock: Mutex::new(()),
+            next_id: std::sync::atomic::AtomicU64::new(next_segment_id),
+            trash: Mutex::new(Trash::default()),
+            volume: VolumeCounters::default(),
+            maint_totals: Mutex::new(Default::default()),
+            wake_maint: Condvar::new(),
             failed: Mutex::new(None),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -293,6 +318,15 @@ impl Storage {
                     .map_err(|e| Error::io("spawning flush thread", Path::new("-"), e))?,
             );
         }
+        if storage.inner.config.compaction.enabled {
+            let inner = storage.inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sonde-maintain".into())
+                    .spawn(move || crate::maintain::maintenance_thread(inner))
+                    .map_err(|e| Error::io("spawning maintenance thread", Path::new("-"), e))?,
+            );
+        }
         *storage.threads.lock() = threads;
         Ok(storage)
     }
@@ -312,15 +346,66 @@ impl Storage {
     pub fn write_with_keys(
         &self,
         tenant: &str,
-        batch: WriteBatch,
+        mut batch: WriteBatch,
         keys: Vec<String>,
     ) -> Result<Option<WriteReceipt>> {
         sonde_types::validate_tenant(tenant)?;
         let now = self.inner.clock.now_ms();
+        self.shape(tenant, &mut batch.tables);
         batch.validate(&self.inner.config.limits, now)?;
+        for t in &batch.tables {
+            self.check_retention(tenant, t, now)?;
+        }
         self.check_schema(tenant, &batch)?;
         self.check_cardinality(tenant, &batch)?;
         self.append(tenant, batch, keys, now)
+    }
+
+    /// Applies the volume controls: ingest rules, then overflow routing. Tables left
+    /// without series are removed.
+    fn shape(&self, tenant: &str, tables: &mut Vec<TableBatch>) {
+        let vol = &self.inner.config.volume;
+        if vol.rules.is_empty() && !vol.overflow {
+            return;
+        }
+        let counters = &self.inner.volume;
+        for t in tables.iter_mut() {
+            vol.apply_rules(t, counters);
+        }
+        tables.retain(|t| !t.series.is_empty());
+        if vol.overflow {
+            let st = self.inner.state.read();
+            let head = st.active.read();
+            let default = self.inner.config.limits.max_series_per_table;
+            for t in tables.iter_mut() {
+                let cap = vol.cap(&t.table, default);
+                vol.overflow(&head, tenant, t, cap, counters);
+            }
+        }
+    }
+
+    /// Rejects samples older than the table's retention: they would be deleted at the
+    /// next retention pass.
+    fn check_retention(&self, tenant: &str, t: &TableBatch, now: TimestampMs) -> Result<()> {
+        let ret = &self.inner.config.retention;
+        let Some(oldest) = ret.oldest(tenant, &t.table, now) else {
+            return Ok(());
+        };
+        for s in &t.series {
+            if let Some(&ts) = s.timestamps.iter().find(|&&ts| ts < oldest) {
+                let days = ret.of(tenant, &t.table).unwrap_or(0) as f64 / DAY_MS as f64;
+                return Err(Error::Invalid(sonde_types::Error::invalid(
+                    format!("table {:?} series {} timestamp", t.table, s.labels),
+                    format!("{ts} is older than the table's retention ({days} days)"),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the ingest volume controls did since the store opened.
+    pub fn volume_stats(&self) -> crate::volume::VolumeStats {
+        self.inner.volume.snapshot()
     }
 
     /// Validates each table on its own, stores the valid ones in one write (one WAL
@@ -331,12 +416,14 @@ impl Storage {
     pub fn write_tables(
         &self,
         tenant: &str,
-        tables: Vec<TableBatch>,
+        mut tables: Vec<TableBatch>,
         keys: Vec<String>,
     ) -> Result<TablesOutcome> {
         sonde_types::validate_tenant(tenant)?;
         let now = self.inner.clock.now_ms();
+        self.shape(tenant, &mut tables);
         let limits = &self.inner.config.limits;
+        let vol = &self.inner.config.volume;
         let mut out = TablesOutcome::default();
         let mut batch = WriteBatch {
             tables: Vec::with_capacity(tables.len()),
@@ -354,11 +441,12 @@ impl Storage {
                 let checked = one
                     .validate(limits, now)
                     .map_err(Error::from)
+                    .and_then(|()| self.check_retention(tenant, &one.tables[0], now))
                     .and_then(|()| match existing {
                         Some(s) => schema_conflicts(s, &one),
                         None => Ok(()),
                     })
-                    .and_then(|()| cardinality(&head, tenant, &one, limits));
+                    .and_then(|()| cardinality(&head, tenant, &one, limits, vol));
                 let t = one.tables.pop().expect("pushed above");
                 match checked {
                     Ok(()) => batch.tables.push(t),
@@ -426,7 +514,13 @@ impl Storage {
     fn check_cardinality(&self, tenant: &str, batch: &WriteBatch) -> Result<()> {
         let st = self.inner.state.read();
         let head = st.active.read();
-        cardinality(&head, tenant, batch, &self.inner.config.limits)
+        cardinality(
+            &head,
+            tenant,
+            batch,
+            &self.inner.config.limits,
+            &self.inner.config.volume,
+        )
     }
 
     /// Backpressure: while the active head is full and an earlier head is still being
@@ -561,6 +655,7 @@ impl Storage {
     pub fn close(&self) -> Result<()> {
         *self.inner.stop.lock() = true;
         self.inner.wake.notify_all();
+        self.inner.wake_maint.notify_all();
         let tx = self.wal_tx.lock().take();
         let mut result = Ok(());
         if let Some(tx) = tx {
@@ -584,11 +679,18 @@ impl Drop for Storage {
     }
 }
 
-/// The cardinality cap: a table may not grow past `max_series_per_table` active
-/// series. (Concurrent writers of new series may overshoot it by their batches.)
-fn cardinality(head: &Head, tenant: &str, batch: &WriteBatch, limits: &Limits) -> Result<()> {
-    let cap = limits.max_series_per_table;
+/// The cardinality cap: a table may not grow past `max_series_per_table` (or its
+/// per-table cap) active series; with overflow routing on, the overflow series may
+/// come on top. (Concurrent writers of new series may overshoot it by their batches.)
+fn cardinality(
+    head: &Head,
+    tenant: &str,
+    batch: &WriteBatch,
+    limits: &Limits,
+    vol: &VolumeConfig,
+) -> Result<()> {
     for t in &batch.tables {
+        let cap = vol.cap(&t.table, limits.max_series_per_table) + usize::from(vol.overflow);
         let (existing, new) = match head.table(tenant, &t.table) {
             Some(th) => (
                 th.series.len(),
@@ -987,8 +1089,22 @@ fn partitions(head: &Head) -> BTreeMap<(&str, i64), Vec<TableChunk<'_>>> {
     out
 }
 
+impl Inner {
+    /// Takes the next segment id.
+    pub(crate) fn next_segment_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+    /// The id the next segment will get.
+    pub(crate) fn peek_segment_id(&self) -> u64 {
+        self.next_id.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
     let vfs = inner.vfs.as_ref();
+    // The manifest is re-read under the flush lock (held by the caller), so a
+    // maintenance swap between flushes is never lost.
     let mut manifest = (*inner.state.read().manifest).clone();
     let mut stats = FlushStats::default();
     let mut synced_dirs = BTreeSet::new();
@@ -997,8 +1113,7 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
         if enc.rows == 0 {
             continue;
         }
-        let id = manifest.next_segment_id;
-        manifest.next_segment_id += 1;
+        let id = inner.next_segment_id();
         let rel_dir = format!("segments/{tenant}/{day}");
         let abs_dir = inner.dir.join(&rel_dir);
         vfs.create_dir_all(&abs_dir)
@@ -1052,12 +1167,14 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
     };
     keys.store(vfs, &inner.dir)?;
     manifest.generation += 1;
+    manifest.next_segment_id = manifest.next_segment_id.max(inner.peek_segment_id());
     manifest.wal_watermark = manifest.wal_watermark.max(frozen.watermark);
     manifest.store(vfs, &inner.dir)?;
     let watermark = manifest.wal_watermark;
     {
         let mut st = inner.state.write();
-        st.manifest = Arc::new(manifest);
+        let old = std::mem::replace(&mut st.manifest, Arc::new(manifest));
+        inner.trash.lock().retire(&old);
         st.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
     }
     stats.wal_files_removed = wal::remove_below(vfs, &inner.dir.join("wal"), watermark)?;

@@ -28,6 +28,8 @@ pub mod dedup;
 mod engine;
 mod error;
 pub mod head;
+mod maintain;
+pub mod volume;
 pub mod manifest;
 pub mod postings;
 mod scan;
@@ -42,5 +44,6 @@ pub use engine::{
     WriteReceipt,
 };
 pub use error::{Error, Result};
+pub use maintain::{CompactionConfig, MaintenanceStats, RetentionConfig, max_segments_per_day};
 pub use postings::{MatchOp, Matcher};
 pub use scan::{ScanOutput, ScanRequest, ScanStats};

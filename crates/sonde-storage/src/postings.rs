@@ -101,6 +101,18 @@ impl Matcher {
     }
 }
 
+impl Matcher {
+    /// Whether a series of `table` with `labels` satisfies this matcher
+    /// ([`sonde_types::NAME_LABEL`] matches the table name).
+    pub fn matches_series(&self, table: &str, labels: &sonde_types::Labels) -> bool {
+        if self.name == sonde_types::NAME_LABEL {
+            self.matches(table)
+        } else {
+            self.matches(labels.get(&self.name).unwrap_or(""))
+        }
+    }
+}
+
 fn anchored(label: &str, pattern: &str) -> Result<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| Error::Matcher {
         label: label.to_string(),

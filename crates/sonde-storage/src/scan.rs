@@ -216,17 +216,23 @@ impl Storage {
     }
 
     fn segment_index(&self, id: u64, rel: &str) -> Result<Arc<SegmentIndex>> {
-        if let Some(idx) = self.inner.index_cache.lock().get(&id) {
+        self.inner.segment_index(id, rel)
+    }
+}
+
+impl crate::engine::Inner {
+    /// A segment's decoded index, from the cache or the file.
+    pub(crate) fn segment_index(&self, id: u64, rel: &str) -> Result<Arc<SegmentIndex>> {
+        if let Some(idx) = self.index_cache.lock().get(&id) {
             return Ok(idx.clone());
         }
-        let path = self.inner.dir.join(rel);
+        let path = self.dir.join(rel);
         let data = self
-            .inner
             .vfs
             .read(&path)
             .map_err(|e| Error::io("reading segment index", &path, e))?;
         let idx = Arc::new(SegmentIndex::decode(&data, &path)?);
-        let mut cache = self.inner.index_cache.lock();
+        let mut cache = self.index_cache.lock();
         if cache.len() >= INDEX_CACHE_ENTRIES {
             // Bounded memory: a decoded index of a 100k-series segment is tens of MB.
             cache.clear();

@@ -16,6 +16,27 @@
 //! promql_timeout_secs = 120     # per PromQL query
 //! promql_max_samples = 50000000 # samples one PromQL query may load
 //! promql_lookback_secs = 300    # lookback window of instant selectors
+//! retention = "15d"             # raw data; "forever" keeps everything
+//!
+//! [retention_overrides]         # per tenant, per table ("table" or "tenant/table")
+//! tenants = { acme = "30d" }
+//! tables = { llm_calls = "90d", "acme/llm_calls" = "1y" }
+//!
+//! [compaction]
+//! interval_secs = 60            # how often compaction and retention run
+//! target_mb = 256               # largest segment compaction writes
+//! min_inputs = 4                # small segments in a row before a day is merged
+//!
+//! [ingest]                      # data-volume controls, applied to every protocol
+//! overflow = true               # excess series → one otel_metric_overflow="true" series
+//! series_caps = { llm_calls = 100000 }   # per-table active-series caps
+//! [[ingest.rules]]              # applied in order
+//! action = "drop"               # drop | keep | labeldrop
+//! table = "go_.*"               # regex on the table (metric) name, anchored
+//! labels = { env = "test" }     # regexes on label values, all must match
+//! [[ingest.rules]]
+//! action = "labeldrop"
+//! label_names = "request_id|session_id"
 //!
 //! [auth_tokens]                 # token = tenant
 //! "acme-secret-token" = "acme"
@@ -55,6 +76,13 @@ pub struct FileConfig {
     promql_timeout_secs: Option<u64>,
     promql_max_samples: Option<usize>,
     promql_lookback_secs: Option<u64>,
+    retention: Option<String>,
+    #[serde(default)]
+    retention_overrides: RetentionOverrides,
+    #[serde(default)]
+    compaction: CompactionFile,
+    #[serde(default)]
+    ingest: IngestFile,
     #[serde(default)]
     auth_tokens: BTreeMap<String, String>,
     #[serde(default)]
@@ -76,6 +104,59 @@ struct PriceEntry {
     #[serde(default)]
     reasoning: f64,
     effective: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionOverrides {
+    #[serde(default)]
+    tenants: BTreeMap<String, String>,
+    #[serde(default)]
+    tables: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompactionFile {
+    enabled: Option<bool>,
+    interval_secs: Option<u64>,
+    target_mb: Option<u64>,
+    min_inputs: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestFile {
+    #[serde(default)]
+    overflow: bool,
+    #[serde(default)]
+    series_caps: BTreeMap<String, usize>,
+    #[serde(default)]
+    rules: Vec<IngestRuleFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestRuleFile {
+    action: String,
+    table: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    label_names: Option<String>,
+}
+
+/// `15d`, `36h`, `1y` …; `forever` (or `0`) is `None`.
+pub fn parse_retention(what: &str, s: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    let s = s.trim();
+    if s == "forever" || s == "0" {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(s)
+        .with_context(|| format!("{what}: expected a duration like 15d, 36h or 1y, or `forever`; got {s:?}"))?;
+    if d.as_secs() < 3600 {
+        bail!("{what}: {s:?} is shorter than the 1h minimum");
+    }
+    Ok(Some(d))
 }
 
 impl FileConfig {
@@ -125,6 +206,9 @@ pub struct Settings {
     pub promql: sonde_promql::PromConfig,
     pub alerting: sonde_rules::AlertingConfig,
     pub prices: Vec<Price>,
+    pub retention: sonde_storage::RetentionConfig,
+    pub compaction: sonde_storage::CompactionConfig,
+    pub volume: sonde_storage::volume::VolumeConfig,
 }
 
 impl Settings {
@@ -149,6 +233,60 @@ impl Settings {
                 reasoning: p.reasoning,
             });
         }
+        let retention = {
+            let raw = match args.retention.as_deref().or(file.retention.as_deref()) {
+                Some(r) => parse_retention("retention", r)?,
+                None => sonde_storage::RetentionConfig::default().raw,
+            };
+            let over = |m: &BTreeMap<String, String>, what: &str| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let d = parse_retention(&format!("{what} {k:?}"), v)?
+                            .unwrap_or(std::time::Duration::from_secs(u64::MAX / 4));
+                        Ok((k.clone(), d))
+                    })
+                    .collect::<anyhow::Result<BTreeMap<_, _>>>()
+            };
+            sonde_storage::RetentionConfig {
+                raw,
+                tenants: over(&file.retention_overrides.tenants, "retention tenant")?,
+                tables: over(&file.retention_overrides.tables, "retention table")?,
+            }
+        };
+        let compaction = {
+            let d = sonde_storage::CompactionConfig::default();
+            let c = &file.compaction;
+            sonde_storage::CompactionConfig {
+                enabled: c.enabled.unwrap_or(d.enabled),
+                interval: args
+                    .compaction_interval_secs
+                    .or(c.interval_secs)
+                    .map_or(d.interval, |s| std::time::Duration::from_secs(s.max(1))),
+                target_bytes: c.target_mb.map_or(d.target_bytes, |mb| mb.max(1) << 20),
+                min_inputs: c.min_inputs.unwrap_or(d.min_inputs).max(2),
+            }
+        };
+        let volume = {
+            use sonde_storage::volume::{IngestRule, RuleAction};
+            let mut rules = Vec::new();
+            for (i, r) in file.ingest.rules.iter().enumerate() {
+                let action = match r.action.as_str() {
+                    "drop" => RuleAction::Drop,
+                    "keep" => RuleAction::Keep,
+                    "labeldrop" => RuleAction::LabelDrop,
+                    a => bail!("ingest.rules[{i}].action: expected drop, keep or labeldrop, got {a:?}"),
+                };
+                rules.push(
+                    IngestRule::new(action, r.table.as_deref(), &r.labels, r.label_names.as_deref())
+                        .map_err(|e| anyhow::anyhow!("ingest.rules[{i}]: {e}"))?,
+                );
+            }
+            sonde_storage::volume::VolumeConfig {
+                rules,
+                series_caps: file.ingest.series_caps.clone(),
+                overflow: file.ingest.overflow,
+            }
+        };
         let mut auth_tokens: Vec<String> = file
             .auth_tokens
             .iter()
@@ -223,6 +361,9 @@ impl Settings {
                 a
             },
             prices,
+            retention,
+            compaction,
+            volume,
         })
     }
 }

@@ -115,6 +115,13 @@ struct ServeArgs {
     /// the file name allowed). More in the config file's `[alerting]` section.
     #[arg(long = "rule-file", env = "SONDE_RULE_FILES", value_delimiter = ',')]
     rule_files: Vec<PathBuf>,
+    /// How long raw data is kept, e.g. `15d` (the default), `36h`, `1y`, or
+    /// `forever`. Samples older than this are rejected at ingest.
+    #[arg(long, env = "SONDE_RETENTION")]
+    retention: Option<String>,
+    /// How often compaction and retention run, seconds. Default 60.
+    #[arg(long, env = "SONDE_COMPACTION_INTERVAL_SECS")]
+    compaction_interval_secs: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -161,6 +168,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_head_bytes = args.max_head_mb << 20;
     config.limits.max_series_per_table = args.max_series_per_table;
     config.dedup_window = args.dedup_window;
+    config.retention = args.retention.clone();
+    config.compaction = args.compaction.clone();
+    config.volume = args.volume.clone();
     let storage = Arc::new(
         Storage::open(config)
             .with_context(|| format!("opening data directory {}", args.data_dir.display()))?,

@@ -1,5 +1,7 @@
 //! A writer for the crash test: appends event rows with unique ids as fast as it can,
-//! flushing now and then, and prints `ACK <first> <last>` once a batch is acknowledged.
+//! flushing and compacting now and then (compaction also runs in the background), and
+//! prints `ACK <first> <last>` once a batch is acknowledged and `COMPACTED <n>` after
+//! a compaction pass merged n segments.
 //! The test SIGKILLs it at random moments and checks that every acknowledged id is
 //! stored exactly once.
 //!
@@ -18,6 +20,9 @@ fn main() {
     let mut id: i64 = args.next().and_then(|s| s.parse().ok()).expect("FIRST_ID");
     let mut config = Config::new(dir);
     config.max_head_bytes = 64 << 10;
+    // Event ids are the timestamps (days 0–2 of 1970): keep them, and merge often.
+    config.retention.raw = None;
+    config.compaction.interval = std::time::Duration::from_millis(50);
     let storage = Storage::open(config).expect("open storage");
     let mut out = std::io::stdout().lock();
     for n in 0u64.. {
@@ -36,6 +41,10 @@ fn main() {
         out.flush().unwrap();
         if n % 40 == 39 {
             storage.flush().expect("flush");
+        }
+        if n % 120 == 119 {
+            let c = storage.compact().expect("compact");
+            writeln!(out, "COMPACTED {}", c.compacted_inputs).unwrap();
         }
     }
 }

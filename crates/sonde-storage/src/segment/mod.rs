@@ -178,11 +178,7 @@ pub fn physical_schema(tags: &BTreeSet<String>, fields: &BTreeSet<String>) -> Sc
     Arc::new(Schema::new(cols))
 }
 
-fn writer_properties(
-    opts: &WriteOptions,
-    fields: &BTreeSet<String>,
-    tables_json: String,
-) -> WriterProperties {
+fn writer_properties(opts: &WriteOptions, fields: &BTreeSet<String>) -> WriterProperties {
     let mut p = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(opts.zstd_level).unwrap_or_default(),
@@ -192,10 +188,10 @@ fn writer_properties(
         .set_write_batch_size(opts.page_rows.min(8192))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_created_by(format!("sonde {}", env!("CARGO_PKG_VERSION")))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(META_FORMAT.to_string(), FORMAT_VERSION.to_string()),
-            KeyValue::new(META_TABLES.to_string(), tables_json),
-        ]));
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            META_FORMAT.to_string(),
+            FORMAT_VERSION.to_string(),
+        )]));
     let delta = |p: parquet::file::properties::WriterPropertiesBuilder, col: String| {
         let path = ColumnPath::from(col);
         p.set_column_dictionary_enabled(path.clone(), false)
@@ -225,97 +221,163 @@ fn writer_properties(
 pub fn encode_segment(tables: &[TableChunk<'_>], opts: &WriteOptions) -> Result<EncodedSegment> {
     let mut tag_keys = BTreeSet::new();
     let mut field_names = BTreeSet::new();
-    let mut metas = Vec::with_capacity(tables.len());
-    let mut index = SegmentIndex::default();
-    let mut row = 0u64;
     for t in tables {
         field_names.extend(t.fields.iter().map(|f| f.name.clone()));
-        let mut tags = BTreeSet::new();
-        let mut it = IndexTable {
-            name: t.name.to_string(),
-            ..Default::default()
-        };
-        let (mut min_t, mut max_t, mut rows) = (i64::MAX, i64::MIN, 0u64);
+        for (labels, _) in &t.series {
+            tag_keys.extend(labels.iter().map(|(k, _)| k.to_string()));
+        }
+    }
+    let mut w = SegmentWriter::new(&tag_keys, &field_names, opts)?;
+    for t in tables {
+        w.begin_table(t.name, t.kind, t.fields);
         for (labels, data) in &t.series {
-            if data.is_empty() {
-                continue;
-            }
-            tags.extend(labels.iter().map(|(k, _)| k.to_string()));
-            let ord = it.series.len() as u32;
-            it.postings.add(ord, labels);
-            let (lo, hi) = (data.ts[0], *data.ts.last().unwrap());
-            it.series.push(IndexSeries {
-                labels: (*labels).clone(),
-                row_start: row,
-                rows: data.len() as u32,
-                min_time: lo,
-                max_time: hi,
-            });
-            min_t = min_t.min(lo);
-            max_t = max_t.max(hi);
-            rows += data.len() as u64;
-            row += data.len() as u64;
+            w.push_series(labels, data)?;
         }
-        if it.series.is_empty() {
-            continue;
-        }
-        tag_keys.extend(tags.iter().cloned());
-        metas.push(TableMeta {
-            name: t.name.to_string(),
-            kind: t.kind.as_str().to_string(),
-            fields: t
-                .fields
+    }
+    w.finish()
+}
+
+/// A segment being written one series at a time, tables in name order and series in
+/// label order, so a compaction never holds more than one batch of decoded rows.
+/// The physical schema (every tag key and field name) is fixed up front; the table
+/// list goes into the Parquet metadata when the writer finishes.
+pub struct SegmentWriter {
+    opts: WriteOptions,
+    writer: ArrowWriter<Vec<u8>>,
+    builder: BatchBuilder,
+    index: SegmentIndex,
+    metas: Vec<TableMeta>,
+    row: u64,
+    /// The table being written: its index part, meta, and tag keys seen.
+    cur: Option<(IndexTable, TableMeta, BTreeSet<String>, Vec<FieldDef>)>,
+}
+
+impl std::fmt::Debug for SegmentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter")
+            .field("rows", &self.row)
+            .finish()
+    }
+}
+
+impl SegmentWriter {
+    pub fn new(
+        tag_keys: &BTreeSet<String>,
+        field_names: &BTreeSet<String>,
+        opts: &WriteOptions,
+    ) -> Result<Self> {
+        let schema = physical_schema(tag_keys, field_names);
+        let props = writer_properties(opts, field_names);
+        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+            .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
+        Ok(SegmentWriter {
+            opts: opts.clone(),
+            writer,
+            builder: BatchBuilder::new(schema, tag_keys, field_names),
+            index: SegmentIndex::default(),
+            metas: Vec::new(),
+            row: 0,
+            cur: None,
+        })
+    }
+
+    /// Starts the next table (names must ascend).
+    pub fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) {
+        self.end_table();
+        let meta = TableMeta {
+            name: name.to_string(),
+            kind: kind.as_str().to_string(),
+            fields: fields
                 .iter()
                 .map(|f| FieldMeta {
                     name: f.name.clone(),
                     ty: field_type_name(f.ty).to_string(),
                 })
                 .collect(),
-            tags: tags.into_iter().collect(),
-            series: it.series.len() as u64,
-            rows,
-            min_time: min_t,
-            max_time: max_t,
-        });
-        index.tables.push(it);
+            tags: Vec::new(),
+            series: 0,
+            rows: 0,
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+        };
+        let it = IndexTable {
+            name: name.to_string(),
+            ..Default::default()
+        };
+        self.cur = Some((it, meta, BTreeSet::new(), fields.to_vec()));
     }
-    let schema = physical_schema(&tag_keys, &field_names);
-    let tables_json = serde_json::to_string(&metas).expect("table metadata serializes");
-    let props = writer_properties(opts, &field_names, tables_json);
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
-        .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
-    let mut builder = BatchBuilder::new(schema.clone(), &tag_keys, &field_names);
-    for t in tables {
-        for (labels, data) in &t.series {
-            if data.is_empty() {
-                continue;
-            }
-            builder.push_series(t.name, t, labels, data, opts.value_encoding);
-            if builder.rows >= opts.batch_rows {
-                let batch = builder.finish()?;
-                writer
-                    .write(&batch)
-                    .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
-            }
+
+    /// Appends one series of the current table (labels must ascend; rows sorted by
+    /// time and deduplicated). Empty series are skipped.
+    pub fn push_series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let (it, meta, tags, fields) = self.cur.as_mut().expect("begin_table first");
+        tags.extend(labels.iter().map(|(k, _)| k.to_string()));
+        let ord = it.series.len() as u32;
+        it.postings.add(ord, labels);
+        let (lo, hi) = (data.ts[0], *data.ts.last().unwrap());
+        it.series.push(IndexSeries {
+            labels: labels.clone(),
+            row_start: self.row,
+            rows: data.len() as u32,
+            min_time: lo,
+            max_time: hi,
+        });
+        meta.min_time = meta.min_time.min(lo);
+        meta.max_time = meta.max_time.max(hi);
+        meta.rows += data.len() as u64;
+        self.row += data.len() as u64;
+        self.builder
+            .push_series(&meta.name, fields, labels, data, self.opts.value_encoding);
+        if self.builder.rows >= self.opts.batch_rows {
+            let batch = self.builder.finish()?;
+            self.writer
+                .write(&batch)
+                .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
+        }
+        Ok(())
+    }
+
+    fn end_table(&mut self) {
+        if let Some((it, mut meta, tags, _)) = self.cur.take()
+            && !it.series.is_empty()
+        {
+            meta.tags = tags.into_iter().collect();
+            meta.series = it.series.len() as u64;
+            self.metas.push(meta);
+            self.index.tables.push(it);
         }
     }
-    if builder.rows > 0 {
-        let batch = builder.finish()?;
-        writer
-            .write(&batch)
-            .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.row
     }
-    let parquet = writer
-        .into_inner()
-        .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
-    Ok(EncodedSegment {
-        parquet,
-        index,
-        rows: row,
-        min_time: metas.iter().map(|m| m.min_time).min().unwrap_or(0),
-        max_time: metas.iter().map(|m| m.max_time).max().unwrap_or(0),
-        tables: metas,
-    })
+
+    /// Closes the file: the last batch, the table list, the footer.
+    pub fn finish(mut self) -> Result<EncodedSegment> {
+        self.end_table();
+        let err = |e| Error::parquet(std::path::Path::new("<segment>"), e);
+        if self.builder.rows > 0 {
+            let batch = self.builder.finish()?;
+            self.writer.write(&batch).map_err(err)?;
+        }
+        let tables_json = serde_json::to_string(&self.metas).expect("table metadata serializes");
+        self.writer
+            .append_key_value_metadata(KeyValue::new(META_TABLES.to_string(), tables_json));
+        let parquet = self.writer.into_inner().map_err(err)?;
+        let metas = self.metas;
+        Ok(EncodedSegment {
+            parquet,
+            index: self.index,
+            rows: self.row,
+            min_time: metas.iter().map(|m| m.min_time).min().unwrap_or(0),
+            max_time: metas.iter().map(|m| m.max_time).max().unwrap_or(0),
+            tables: metas,
+        })
+    }
 }
 
 /// A dictionary column being built: keys per row, values deduplicated.
@@ -402,7 +464,7 @@ impl BatchBuilder {
     fn push_series(
         &mut self,
         table: &str,
-        chunk: &TableChunk<'_>,
+        fields: &[FieldDef],
         labels: &Labels,
         data: &SeriesData,
         enc: ValueEncoding,
@@ -414,8 +476,7 @@ impl BatchBuilder {
         }
         self.time.extend_from_slice(&data.ts);
         for (name, out) in &mut self.fields {
-            let col = chunk
-                .fields
+            let col = fields
                 .iter()
                 .position(|f| &f.name == name)
                 .and_then(|j| data.cols.get(j).and_then(|c| c.as_ref()));

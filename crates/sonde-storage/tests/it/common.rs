@@ -7,10 +7,14 @@ use sonde_types::{FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteB
 
 pub const TENANT: &str = "default";
 
-/// A config for tests: no background flusher, so flushes happen only when asked.
+/// A config for tests: no background flusher or maintenance, so flushes and
+/// compactions happen only when asked; data of any age is kept (the datasets use
+/// fixed past timestamps).
 pub fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::new(dir);
     c.background_flush = false;
+    c.compaction.enabled = false;
+    c.retention.raw = None;
     c
 }
 

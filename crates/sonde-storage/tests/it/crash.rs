@@ -1,6 +1,6 @@
 //! A separate process writes continuously and is SIGKILLed at random moments (20
-//! times, flushes happening along the way); after each kill, every acknowledged row
-//! is present exactly once.
+//! times, flushes and compactions happening along the way, in the writer and in the
+//! background); after each kill, every acknowledged row is present exactly once.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -17,6 +17,7 @@ fn sigkill_loses_nothing_acknowledged() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut acked: Vec<(i64, i64)> = Vec::new();
     let mut flushed_segments = 0;
+    let mut compacted = 0;
     for run in 0..20i64 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sonde-storage-torture"))
             .arg(dir.path())
@@ -28,21 +29,27 @@ fn sigkill_loses_nothing_acknowledged() {
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
+            let mut merged = 0;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(n) = line.strip_prefix("COMPACTED ") {
+                    merged += n.parse::<usize>().unwrap();
+                    continue;
+                }
                 let mut p = line
                     .split_whitespace()
                     .skip(1)
                     .map(|x| x.parse::<i64>().unwrap());
                 got.push((p.next().unwrap(), p.next().unwrap()));
             }
-            got
+            (got, merged)
         });
         std::thread::sleep(Duration::from_millis(rng.random_range(150..900)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let got = reader.join().unwrap();
+        let (got, merged) = reader.join().unwrap();
         acked.extend(got);
+        compacted += merged;
 
         let s = Storage::open(config(dir.path())).unwrap();
         let stored = stored_events(&s);
@@ -63,4 +70,5 @@ fn sigkill_loses_nothing_acknowledged() {
         acked.len()
     );
     assert!(flushed_segments > 0, "no flush happened before the kills");
+    assert!(compacted > 0, "no compaction happened before the kills");
 }

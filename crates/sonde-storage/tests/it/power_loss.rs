@@ -13,6 +13,8 @@ fn open(vfs: &SimVfs) -> Storage {
     let mut c = Config::new("/data");
     c.background_flush = false;
     c.wal_file_bytes = 2048; // several WAL files, so deletion below the watermark runs
+    c.compaction.enabled = false; // the workload compacts at known points
+    c.compaction.min_inputs = 2;
     Storage::open_with(
         c,
         Arc::new(vfs.clone()),
@@ -22,7 +24,7 @@ fn open(vfs: &SimVfs) -> Storage {
 }
 
 /// Writes batches of 4 ids, each claiming the key `k<i>`, flushing every third
-/// write; returns the acked ids.
+/// write and compacting every sixth; returns the acked ids.
 fn workload(s: &Storage) -> Vec<i64> {
     let mut acked = Vec::new();
     for i in 0..12i64 {
@@ -32,6 +34,9 @@ fn workload(s: &Storage) -> Vec<i64> {
         }
         if i % 3 == 2 {
             let _ = s.flush();
+        }
+        if i % 6 == 5 {
+            let _ = s.compact(); // merges the two segments flushed so far
         }
     }
     acked
@@ -44,6 +49,7 @@ fn every_acknowledged_row_survives_every_crash_point() {
     let s = open(&clean);
     let start = clean.ops();
     assert_eq!(workload(&s).len(), 48);
+    assert!(s.maintenance_totals().compacted_inputs >= 4, "the workload compacts");
     let total = clean.ops() - start;
     drop(s);
     assert!(

@@ -158,6 +158,8 @@ pub fn now_ms() -> i64 {
 pub fn reopen(dir: &Path) -> sonde_storage::Storage {
     let mut c = sonde_storage::Config::new(dir);
     c.background_flush = false;
+    c.compaction.enabled = false;
+    c.retention.raw = None;
     sonde_storage::Storage::open(c).unwrap()
 }
 

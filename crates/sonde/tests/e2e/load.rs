@@ -54,6 +54,8 @@ fn load_over_sonde_and_remote_write() {
 
     let mut c = Config::new(dir.path());
     c.background_flush = false;
+    c.compaction.enabled = false;
+    c.retention.raw = None;
     let s = Storage::open(c).unwrap();
     let rows = |t: &str| rows(&s, "default", t);
     // Both loads sent the same 40 token series, 10 samples each, ending at "now": the
@@ -75,6 +77,8 @@ fn load_calls_as_llm_call_records() {
     server.stop();
     let mut c = Config::new(dir.path());
     c.background_flush = false;
+    c.compaction.enabled = false;
+    c.retention.raw = None;
     let s = Storage::open(c).unwrap();
     let rows = |t: &str| rows(&s, "default", t);
     assert_eq!(rows("llm_calls"), 500);
