@@ -4,6 +4,7 @@
 mod common;
 mod corruption;
 mod crash;
+mod maintain;
 mod open_format;
 mod power_loss;
 mod reopen;
