@@ -247,8 +247,10 @@ pub fn delete_series(
                     .into(),
             ));
         }
-        let mut tables: std::collections::BTreeSet<String> =
-            resolve(storage, tenant, &names).into_iter().map(|r| r.table).collect();
+        let mut tables: std::collections::BTreeSet<String> = resolve(storage, tenant, &names)
+            .into_iter()
+            .map(|r| r.table)
+            .collect();
         if let Some(m) = names.iter().find(|m| matches!(m.op, PMatchOp::Equal))
             && storage.table_schema(tenant, &m.value).is_some()
         {
@@ -256,9 +258,7 @@ pub fn delete_series(
         }
         let matchers = storage_matchers(&rest)?;
         for table in tables {
-            let s = storage
-                .delete_series(tenant, &table, &matchers, start, end)
-?;
+            let s = storage.delete_series(tenant, &table, &matchers, start, end)?;
             total.dropped_segments += s.dropped_segments;
             total.rewritten_segments += s.rewritten_segments;
             total.removed_rows += s.removed_rows;

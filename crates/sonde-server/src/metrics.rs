@@ -84,23 +84,69 @@ impl Metrics {
         );
         let v = storage.volume_stats();
         for (name, help, n) in [
-            ("sonde_ingest_dropped_series_total", "Series (per write) removed by drop/keep ingest rules.", v.dropped_series),
-            ("sonde_ingest_dropped_samples_total", "Samples removed by drop/keep ingest rules.", v.dropped_samples),
-            ("sonde_ingest_labels_dropped_total", "Labels removed by labeldrop ingest rules.", v.labels_dropped),
-            ("sonde_ingest_overflow_series_total", "New series routed into an overflow series by a series cap.", v.overflow_series),
-            ("sonde_ingest_overflow_samples_total", "Samples routed into an overflow series by a series cap.", v.overflow_samples),
+            (
+                "sonde_ingest_dropped_series_total",
+                "Series (per write) removed by drop/keep ingest rules.",
+                v.dropped_series,
+            ),
+            (
+                "sonde_ingest_dropped_samples_total",
+                "Samples removed by drop/keep ingest rules.",
+                v.dropped_samples,
+            ),
+            (
+                "sonde_ingest_labels_dropped_total",
+                "Labels removed by labeldrop ingest rules.",
+                v.labels_dropped,
+            ),
+            (
+                "sonde_ingest_overflow_series_total",
+                "New series routed into an overflow series by a series cap.",
+                v.overflow_series,
+            ),
+            (
+                "sonde_ingest_overflow_samples_total",
+                "Samples routed into an overflow series by a series cap.",
+                v.overflow_samples,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}"
+            );
         }
         let m = storage.maintenance_totals();
         for (name, help, n) in [
-            ("sonde_compaction_input_segments_total", "Segments merged away by compaction.", m.compacted_inputs as u64),
-            ("sonde_compaction_output_segments_total", "Segments written by compaction.", m.compacted_outputs as u64),
-            ("sonde_deleted_segments_total", "Segments dropped whole by retention or deletes.", m.dropped_segments as u64),
-            ("sonde_rewritten_segments_total", "Segments rewritten without expired or deleted rows.", m.rewritten_segments as u64),
-            ("sonde_deleted_rows_total", "Rows removed by retention or deletes.", m.removed_rows),
+            (
+                "sonde_compaction_input_segments_total",
+                "Segments merged away by compaction.",
+                m.compacted_inputs as u64,
+            ),
+            (
+                "sonde_compaction_output_segments_total",
+                "Segments written by compaction.",
+                m.compacted_outputs as u64,
+            ),
+            (
+                "sonde_deleted_segments_total",
+                "Segments dropped whole by retention or deletes.",
+                m.dropped_segments as u64,
+            ),
+            (
+                "sonde_rewritten_segments_total",
+                "Segments rewritten without expired or deleted rows.",
+                m.rewritten_segments as u64,
+            ),
+            (
+                "sonde_deleted_rows_total",
+                "Rows removed by retention or deletes.",
+                m.removed_rows,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}"
+            );
         }
         let _ = writeln!(
             out,

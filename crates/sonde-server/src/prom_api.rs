@@ -401,33 +401,6 @@ pub async fn query_exemplars() -> Response {
     success(json!([]))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_and_durations() {
-        assert_eq!(
-            parse_time("time", "1700000000.5").unwrap(),
-            1_700_000_000_500
-        );
-        assert_eq!(
-            parse_time("time", "2023-11-14T22:13:20Z").unwrap(),
-            1_700_000_000_000
-        );
-        assert!(parse_time("time", "yesterday").is_err());
-        assert_eq!(
-            parse_duration("step", "15").unwrap(),
-            Duration::from_secs(15)
-        );
-        assert_eq!(
-            parse_duration("step", "1m30s").unwrap(),
-            Duration::from_secs(90)
-        );
-        assert!(parse_duration("step", "-1").is_err());
-    }
-}
-
 /// `POST /api/v1/admin/tsdb/delete_series?match[]=…[&start=…][&end=…]` (Prometheus'
 /// admin API): deletes the matching series' rows in the range (default: all time)
 /// from every segment of the caller's tenant; the head is flushed first. Answers
@@ -459,4 +432,31 @@ pub async fn delete_series(
         }))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(
+            parse_time("time", "1700000000.5").unwrap(),
+            1_700_000_000_500
+        );
+        assert_eq!(
+            parse_time("time", "2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        assert!(parse_time("time", "yesterday").is_err());
+        assert_eq!(
+            parse_duration("step", "15").unwrap(),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            parse_duration("step", "1m30s").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert!(parse_duration("step", "-1").is_err());
+    }
 }

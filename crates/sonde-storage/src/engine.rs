@@ -19,10 +19,10 @@ use crate::codec::{self, RecordKeys};
 use crate::dedup::DedupSet;
 use crate::head::Head;
 use crate::maintain::{CompactionConfig, RetentionConfig, Trash};
-use crate::volume::{VolumeConfig, VolumeCounters};
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::segment::{self, TableChunk, WriteOptions, index::SegmentIndex};
 use crate::vfs::{OsVfs, Vfs};
+use crate::volume::{VolumeConfig, VolumeCounters};
 use crate::wal::{self, WalWriter};
 use crate::{Error, Result};
 
@@ -694,9 +694,21 @@ fn cardinality(
         let (existing, new) = match head.table(tenant, &t.table) {
             Some(th) => (
                 th.series.len(),
-                t.series.iter().filter(|s| !th.contains(&s.labels)).count(),
+                t.series
+                    .iter()
+                    .filter(|s| !th.contains(&s.labels))
+                    .map(|s| &s.labels)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len(),
             ),
-            None => (0, t.series.len()),
+            None => (
+                0,
+                t.series
+                    .iter()
+                    .map(|s| &s.labels)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len(),
+            ),
         };
         if new > 0 && existing + new > cap {
             return Err(Error::Invalid(sonde_types::Error::limit(

@@ -29,13 +29,13 @@ mod engine;
 mod error;
 pub mod head;
 mod maintain;
-pub mod volume;
 pub mod manifest;
 pub mod postings;
 mod scan;
 pub mod segment;
 pub mod series;
 pub mod vfs;
+pub mod volume;
 pub mod wal;
 
 pub use catalog::TableStats;

@@ -513,16 +513,16 @@ impl Inner {
             if *self.stop.lock() {
                 break;
             }
-            let min_inputs = if day < today { 2 } else { cfg.min_inputs.max(2) };
+            let min_inputs = if day < today {
+                2
+            } else {
+                cfg.min_inputs.max(2)
+            };
             for run in plan_runs(&segs, cfg.target_bytes, min_inputs) {
                 let ids: Vec<u64> = run.iter().map(|s| s.id).collect();
                 let out = self.rewrite(run, &|_, _| Keep::All)?;
                 let wrote = out.is_some();
-                self.swap_segments(
-                    &ids,
-                    out.map(|(m, i, _)| (m, i)),
-                    &BTreeSet::new(),
-                )?;
+                self.swap_segments(&ids, out.map(|(m, i, _)| (m, i)), &BTreeSet::new())?;
                 tracing::info!(%tenant, day, inputs = ids.len(), "compacted segments");
                 stats.compacted_inputs += ids.len();
                 stats.compacted_outputs += usize::from(wrote);
@@ -793,7 +793,8 @@ mod tests {
     fn retention_overrides() {
         let mut r = RetentionConfig::default();
         r.tenants.insert("a".into(), Duration::from_secs(86_400));
-        r.tables.insert("calls".into(), Duration::from_secs(2 * 86_400));
+        r.tables
+            .insert("calls".into(), Duration::from_secs(2 * 86_400));
         r.tables
             .insert("a/calls".into(), Duration::from_secs(3 * 86_400));
         assert_eq!(r.of("b", "x"), Some(15 * DAY_MS));

@@ -149,10 +149,8 @@ impl VolumeConfig {
                                     .filter(|(k, _)| !names.is_match(k))
                                     .collect();
                                 s.labels = Labels::from_sorted_unchecked(kept);
-                                c.labels_dropped.fetch_add(
-                                    (before - s.labels.len()) as u64,
-                                    Ordering::Relaxed,
-                                );
+                                c.labels_dropped
+                                    .fetch_add((before - s.labels.len()) as u64, Ordering::Relaxed);
                             }
                         }
                         false
@@ -186,10 +184,8 @@ impl VolumeConfig {
     ) -> bool {
         let th = head.table(tenant, &t.table);
         let mut active = th.map_or(0, |th| th.series.len());
-        let overflow = Labels::from_sorted_unchecked(vec![(
-            OVERFLOW_LABEL.to_string(),
-            "true".to_string(),
-        )]);
+        let overflow =
+            Labels::from_sorted_unchecked(vec![(OVERFLOW_LABEL.to_string(), "true".to_string())]);
         let mut routed = false;
         let mut seen_new = std::collections::HashSet::new();
         for s in &mut t.series {

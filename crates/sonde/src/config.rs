@@ -151,8 +151,9 @@ pub fn parse_retention(what: &str, s: &str) -> anyhow::Result<Option<std::time::
     if s == "forever" || s == "0" {
         return Ok(None);
     }
-    let d = humantime::parse_duration(s)
-        .with_context(|| format!("{what}: expected a duration like 15d, 36h or 1y, or `forever`; got {s:?}"))?;
+    let d = humantime::parse_duration(s).with_context(|| {
+        format!("{what}: expected a duration like 15d, 36h or 1y, or `forever`; got {s:?}")
+    })?;
     if d.as_secs() < 3600 {
         bail!("{what}: {s:?} is shorter than the 1h minimum");
     }
@@ -274,11 +275,18 @@ impl Settings {
                     "drop" => RuleAction::Drop,
                     "keep" => RuleAction::Keep,
                     "labeldrop" => RuleAction::LabelDrop,
-                    a => bail!("ingest.rules[{i}].action: expected drop, keep or labeldrop, got {a:?}"),
+                    a => bail!(
+                        "ingest.rules[{i}].action: expected drop, keep or labeldrop, got {a:?}"
+                    ),
                 };
                 rules.push(
-                    IngestRule::new(action, r.table.as_deref(), &r.labels, r.label_names.as_deref())
-                        .map_err(|e| anyhow::anyhow!("ingest.rules[{i}]: {e}"))?,
+                    IngestRule::new(
+                        action,
+                        r.table.as_deref(),
+                        &r.labels,
+                        r.label_names.as_deref(),
+                    )
+                    .map_err(|e| anyhow::anyhow!("ingest.rules[{i}]: {e}"))?,
                 );
             }
             sonde_storage::volume::VolumeConfig {

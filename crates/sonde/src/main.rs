@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send the standard LLM dataset (or call records) to a server and measure.
     Load(load::LoadArgs),
     /// Run one SQL statement against a server and print the answer.
@@ -134,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Load(args) => load::run(args),
         Command::Sql(args) => sql_cli::run(args),
         Command::Rules(RulesCommand::Check { files }) => rules_check(&files),

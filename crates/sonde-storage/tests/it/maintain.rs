@@ -36,11 +36,8 @@ fn gauge(table: &str, labels: &[(&str, &str)], ts: Vec<i64>, v: Vec<f64>) -> Wri
 
 fn delta(table: &str, ts: Vec<i64>, v: Vec<f64>) -> WriteBatch {
     let mut t = TableBatch::single(table, MetricKind::DeltaSum, FieldType::F64);
-    t.series.push(SeriesBatch::f64(
-        Labels::new([("k", "v")]).unwrap(),
-        ts,
-        v,
-    ));
+    t.series
+        .push(SeriesBatch::f64(Labels::new([("k", "v")]).unwrap(), ts, v));
     WriteBatch { tables: vec![t] }
 }
 
@@ -63,8 +60,11 @@ fn compaction_merges_and_answers_the_same() {
         }
         // Overlaps across segments: a replaced gauge value, delta sums to add up,
         // events kept one by one.
-        s.write(TENANT, gauge("g", &[("a", "1")], vec![t0, t0 + 1], vec![i as f64, 7.0]))
-            .unwrap();
+        s.write(
+            TENANT,
+            gauge("g", &[("a", "1")], vec![t0, t0 + 1], vec![i as f64, 7.0]),
+        )
+        .unwrap();
         s.write(TENANT, delta("d", vec![t0], vec![1.5])).unwrap();
         s.write(TENANT, events(i as i64 * 10..i as i64 * 10 + 10))
             .unwrap();
@@ -200,14 +200,23 @@ fn retention_drops_exactly_the_expired_days() {
     });
     // One sample per day for days day0-2 ..= day0, in two tables.
     for d in (day0 - 2)..=day0 {
-        s.write(TENANT, gauge("short", &[("a", "1")], vec![d * DAY_MS + 5], vec![d as f64]))
-            .unwrap();
-        s.write(TENANT, gauge("long", &[("a", "1")], vec![d * DAY_MS + 5], vec![d as f64]))
-            .unwrap();
+        s.write(
+            TENANT,
+            gauge("short", &[("a", "1")], vec![d * DAY_MS + 5], vec![d as f64]),
+        )
+        .unwrap();
+        s.write(
+            TENANT,
+            gauge("long", &[("a", "1")], vec![d * DAY_MS + 5], vec![d as f64]),
+        )
+        .unwrap();
     }
     s.flush().unwrap();
     assert_eq!(s.manifest().segments.len(), 3);
-    assert!(s.enforce_retention().unwrap() == Default::default(), "nothing expired yet");
+    assert!(
+        s.enforce_retention().unwrap() == Default::default(),
+        "nothing expired yet"
+    );
 
     // Two days later: days day0-2 and day0-1 end before now − 3 days? day0-2 ends at
     // (day0-1)·DAY − 1 < (day0+2)·DAY + 1000 − 3·DAY = (day0-1)·DAY + 1000 → expired;
@@ -239,22 +248,31 @@ fn retention_drops_exactly_the_expired_days() {
     // Past the long retention too: the whole segment goes, and its catalog.
     clock.set((day0 + 9) * DAY_MS + 1000);
     let st = s.enforce_retention().unwrap();
-    assert_eq!((st.dropped_segments, st.rewritten_segments), (1, 2), "{st:?}");
+    assert_eq!(
+        (st.dropped_segments, st.rewritten_segments),
+        (1, 2),
+        "{st:?}"
+    );
     assert_eq!(days("long"), vec![day0 - 1, day0]);
     assert!(days("short").is_empty());
     assert!(
-        !dir
-            .path()
+        !dir.path()
             .join(format!("catalog/{TENANT}/{}.cat", day0 - 2))
             .exists()
     );
 
     // Writes older than the retention are refused, naming the table and the limit.
     let err = s
-        .write(TENANT, gauge("short", &[("a", "1")], vec![day0 * DAY_MS], vec![1.0]))
+        .write(
+            TENANT,
+            gauge("short", &[("a", "1")], vec![day0 * DAY_MS], vec![1.0]),
+        )
         .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("short") && msg.contains("retention (3 days)"), "{msg}");
+    assert!(
+        msg.contains("short") && msg.contains("retention (3 days)"),
+        "{msg}"
+    );
     assert!(err.is_invalid_input());
 }
 
@@ -266,18 +284,35 @@ fn deletes_remove_exactly_what_they_select() {
     let dir = tempfile::tempdir().unwrap();
     let s = Storage::open(config(dir.path())).unwrap();
     for (u, part) in [("alice", 0), ("bob", 0), ("alice", 1), ("carol", 1)] {
-        let ts: Vec<i64> = (0..10).map(|i| 1_700_000_000_000 + part * 100_000 + i).collect();
+        let ts: Vec<i64> = (0..10)
+            .map(|i| 1_700_000_000_000 + part * 100_000 + i)
+            .collect();
         let v = vec![1.0; 10];
-        s.write(TENANT, gauge("usage", &[("user_id", u)], ts, v)).unwrap();
+        s.write(TENANT, gauge("usage", &[("user_id", u)], ts, v))
+            .unwrap();
         if part == 0 {
             s.flush().unwrap();
         }
     }
-    s.write("other", gauge("usage", &[("user_id", "alice")], vec![1_700_000_000_000], vec![1.0]))
-        .unwrap();
+    s.write(
+        "other",
+        gauge(
+            "usage",
+            &[("user_id", "alice")],
+            vec![1_700_000_000_000],
+            vec![1.0],
+        ),
+    )
+    .unwrap();
     // Unflushed alice rows are included: the delete flushes first.
     let st = s
-        .delete_series(TENANT, "usage", &[Matcher::eq("user_id", "alice")], i64::MIN, i64::MAX)
+        .delete_series(
+            TENANT,
+            "usage",
+            &[Matcher::eq("user_id", "alice")],
+            i64::MIN,
+            i64::MAX,
+        )
         .unwrap();
     assert_eq!(st.removed_rows, 20, "{st:?}");
     let users = |tenant: &str| -> BTreeMap<String, usize> {
@@ -327,13 +362,7 @@ fn volume_controls_shape_writes() {
     let none = BTreeMap::new();
     c.volume = VolumeConfig {
         rules: vec![
-            IngestRule::new(
-                RuleAction::Drop,
-                Some("debug_.*"),
-                &none,
-                None,
-            )
-            .unwrap(),
+            IngestRule::new(RuleAction::Drop, Some("debug_.*"), &none, None).unwrap(),
             IngestRule::new(
                 RuleAction::Drop,
                 None,
@@ -341,8 +370,13 @@ fn volume_controls_shape_writes() {
                 None,
             )
             .unwrap(),
-            IngestRule::new(RuleAction::LabelDrop, Some("llm_.*"), &none, Some("request_id"))
-                .unwrap(),
+            IngestRule::new(
+                RuleAction::LabelDrop,
+                Some("llm_.*"),
+                &none,
+                Some("request_id"),
+            )
+            .unwrap(),
         ],
         series_caps: BTreeMap::from([("capped".to_string(), 3)]),
         overflow: true,
@@ -356,13 +390,21 @@ fn volume_controls_shape_writes() {
         .unwrap();
     s.write(
         TENANT,
-        gauge("llm_x", &[("model", "a"), ("request_id", "r1")], vec![1], vec![1.0]),
+        gauge(
+            "llm_x",
+            &[("model", "a"), ("request_id", "r1")],
+            vec![1],
+            vec![1.0],
+        ),
     )
     .unwrap();
     for u in 0..6 {
         let user = format!("u{u}");
-        s.write(TENANT, gauge("capped", &[("user", &user)], vec![1, 2], vec![1.0, 2.0]))
-            .unwrap();
+        s.write(
+            TENANT,
+            gauge("capped", &[("user", &user)], vec![1, 2], vec![1.0, 2.0]),
+        )
+        .unwrap();
     }
     let scan = |t: &str| {
         s.scan(TENANT, &ScanRequest::new(t, i64::MIN, i64::MAX))

@@ -49,7 +49,10 @@ fn every_acknowledged_row_survives_every_crash_point() {
     let s = open(&clean);
     let start = clean.ops();
     assert_eq!(workload(&s).len(), 48);
-    assert!(s.maintenance_totals().compacted_inputs >= 4, "the workload compacts");
+    assert!(
+        s.maintenance_totals().compacted_inputs >= 4,
+        "the workload compacts"
+    );
     let total = clean.ops() - start;
     drop(s);
     assert!(

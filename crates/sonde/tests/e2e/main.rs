@@ -7,6 +7,7 @@ mod grafana;
 mod harness;
 mod ingest;
 mod load;
+mod maintain;
 mod otlp;
 mod promql;
 mod remote_write;

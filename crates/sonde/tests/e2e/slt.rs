@@ -109,6 +109,10 @@ fn golden_sql_files() {
             // Plans (EXPLAIN) must not depend on the machine's CPU count.
             "--sql-partitions",
             "2",
+            // The golden data has fixed dates (2025-12-01), older than the default
+            // 15-day retention.
+            "--retention",
+            "forever",
         ],
     );
     // 10,000 LLM calls over ~5.5 hours (one every 2 s), and 300 metric series ×
