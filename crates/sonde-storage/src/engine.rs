@@ -62,6 +62,7 @@ pub struct Config {
     pub compaction: CompactionConfig,
     pub retention: RetentionConfig,
     pub volume: VolumeConfig,
+    pub rollups: crate::rollup::RollupConfig,
 }
 
 impl Config {
@@ -80,6 +81,7 @@ impl Config {
             compaction: CompactionConfig::default(),
             retention: RetentionConfig::default(),
             volume: VolumeConfig::default(),
+            rollups: Default::default(),
         }
     }
 }
@@ -182,6 +184,8 @@ pub(crate) struct Inner {
     pub volume: VolumeCounters,
     /// What compaction, retention and deletes did since the store opened.
     pub maint_totals: Mutex<crate::maintain::MaintenanceStats>,
+    /// When the current day's rollups were last built, per (tenant, day).
+    pub rollup_built: Mutex<HashMap<(String, i64), i64>>,
     pub wake_maint: Condvar,
     /// Set when the WAL failed: the engine refuses writes from then on.
     failed: Mutex<Option<String>>,
@@ -288,6 +292,7 @@ impl Storage {
             trash: Mutex::new(Trash::default()),
             volume: VolumeCounters::default(),
             maint_totals: Mutex::new(Default::default()),
+            rollup_built: Mutex::new(HashMap::new()),
             wake_maint: Condvar::new(),
             failed: Mutex::new(None),
             stop: Mutex::new(false),
@@ -805,6 +810,7 @@ fn remove_orphans(vfs: &dyn Vfs, dir: &Path, manifest: &Manifest) -> Result<()> 
     let live: BTreeSet<&str> = manifest
         .segments
         .iter()
+        .chain(manifest.rollups.iter().map(|r| &r.segment))
         .flat_map(|s| [s.path.as_str(), s.index_path.as_str()])
         .collect();
     let seg_dir = dir.join("segments");

@@ -31,6 +31,7 @@ pub mod head;
 mod maintain;
 pub mod manifest;
 pub mod postings;
+pub mod rollup;
 mod scan;
 pub mod segment;
 pub mod series;
@@ -46,4 +47,5 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use maintain::{CompactionConfig, MaintenanceStats, RetentionConfig, max_segments_per_day};
 pub use postings::{MatchOp, Matcher};
+pub use rollup::{BucketScan, Buckets, RollupConfig};
 pub use scan::{ScanOutput, ScanRequest, ScanStats};

@@ -106,6 +106,40 @@ impl RetentionConfig {
     }
 }
 
+/// A table of a merge plan.
+#[derive(Debug, Clone)]
+pub(crate) struct PlanTable {
+    pub name: String,
+    pub kind: MetricKind,
+    pub fields: Vec<FieldDef>,
+}
+
+/// Where merged series go: a segment writer (compaction, rewrites) or the rollup
+/// builder.
+pub(crate) trait MergeSink {
+    /// Starts a table; `false` skips it (its series are not read).
+    fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) -> Result<bool>;
+    fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()>;
+}
+
+impl MergeSink for SegmentWriter {
+    fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) -> Result<bool> {
+        SegmentWriter::begin_table(self, name, kind, fields);
+        Ok(true)
+    }
+    fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()> {
+        self.push_series(labels, data)
+    }
+}
+
+/// Why segments are replaced (decides what happens to the day's rollups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    Compaction,
+    Retention,
+    Delete,
+}
+
 /// What a rewrite keeps of one series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Keep {
@@ -149,6 +183,12 @@ pub(crate) struct Trash {
 }
 
 impl Trash {
+    /// Files no manifest ever named (a build that lost a race): deleted at the next
+    /// sweep.
+    pub(crate) fn discard_now(&mut self, files: Vec<String>) {
+        self.files.push((0, files));
+    }
+
     pub(crate) fn retire(&mut self, old: &Arc<Manifest>) {
         self.retired.push((old.generation, Arc::downgrade(old)));
         self.retired.retain(|(_, w)| w.strong_count() > 0);
@@ -156,6 +196,22 @@ impl Trash {
 }
 
 impl Inner {
+    /// Stores `m` as the next manifest generation (durably), makes it current, and
+    /// trashes `trash` (files `m` no longer names). Call with the flush lock held.
+    pub(crate) fn install(&self, mut m: Manifest, trash: Vec<String>) -> Result<Arc<Manifest>> {
+        m.generation += 1;
+        m.next_segment_id = m.next_segment_id.max(self.peek_segment_id());
+        m.store(self.vfs.as_ref(), &self.dir)?;
+        let generation = m.generation;
+        let m = Arc::new(m);
+        let mut st = self.state.write();
+        let old = std::mem::replace(&mut st.manifest, m.clone());
+        let mut t = self.trash.lock();
+        t.retire(&old);
+        t.files.push((generation, trash));
+        Ok(m)
+    }
+
     /// Deletes trashed files no live manifest names any more.
     pub(crate) fn sweep(&self) {
         let ready: Vec<String> = {
@@ -178,54 +234,42 @@ impl Inner {
         }
     }
 
-    /// The fields of `table` present in any of `metas`, in the table's schema order.
+    /// The fields of `table` present in any of `metas`: in the table's schema order
+    /// (and type) where registered, then the others (rollup fields) in file order.
     fn fields_in(&self, tenant: &str, table: &str, metas: &[&SegmentMeta]) -> Vec<FieldDef> {
-        let present: BTreeSet<&str> = metas
-            .iter()
-            .flat_map(|m| m.tables.iter().filter(|t| t.name == table))
-            .flat_map(|t| t.fields.iter().map(|f| f.name.as_str()))
-            .collect();
+        let mut present: Vec<FieldDef> = Vec::new();
+        for m in metas {
+            for t in m.tables.iter().filter(|t| t.name == table) {
+                for f in t.field_defs() {
+                    if !present.iter().any(|g| g.name == f.name) {
+                        present.push(f);
+                    }
+                }
+            }
+        }
         let registered = self
             .schemas
             .read()
             .get(tenant)
             .and_then(|t| t.get(table))
-            .map(|s| s.fields.clone());
-        match registered {
-            Some(fields) => fields
-                .into_iter()
-                .filter(|f| present.contains(f.name.as_str()))
-                .collect(),
-            None => {
-                let mut out: Vec<FieldDef> = Vec::new();
-                for m in metas {
-                    for t in m.tables.iter().filter(|t| t.name == table) {
-                        for f in t.field_defs() {
-                            if !out.iter().any(|g| g.name == f.name) {
-                                out.push(f);
-                            }
-                        }
-                    }
-                }
-                out
+            .map(|s| s.fields.clone())
+            .unwrap_or_default();
+        let mut out: Vec<FieldDef> = registered
+            .into_iter()
+            .filter(|f| present.iter().any(|g| g.name == f.name))
+            .collect();
+        for f in present {
+            if !out.iter().any(|g| g.name == f.name) {
+                out.push(f);
             }
         }
+        out
     }
 
-    /// Merges `inputs` (a contiguous run of one (tenant, day), oldest first) into one
-    /// new segment without what `keep` drops. Writes and syncs the files; does not
-    /// touch the manifest. `None` when nothing is left.
-    pub(crate) fn rewrite(
-        &self,
-        inputs: &[SegmentMeta],
-        keep: &dyn Fn(&str, &Labels) -> Keep,
-    ) -> Result<Option<(SegmentMeta, SegmentIndex, u64)>> {
-        let first = inputs.first().expect("at least one input");
-        let (tenant, day) = (first.tenant.as_str(), first.day);
-        let indexes: Vec<Arc<SegmentIndex>> = inputs
-            .iter()
-            .map(|s| self.segment_index(s.id, &s.index_path))
-            .collect::<Result<_>>()?;
+    /// What merging `inputs` produces: tables (name order) with kind and fields, and
+    /// every tag key.
+    pub(crate) fn merge_plan(&self, inputs: &[SegmentMeta]) -> (Vec<PlanTable>, BTreeSet<String>) {
+        let tenant = inputs.first().map_or("", |s| s.tenant.as_str());
         let metas: Vec<&SegmentMeta> = inputs.iter().collect();
         let mut tables: BTreeMap<&str, (MetricKind, BTreeSet<String>)> = BTreeMap::new();
         for m in inputs {
@@ -237,21 +281,40 @@ impl Inner {
             }
         }
         let mut tag_keys = BTreeSet::new();
-        let mut field_names = BTreeSet::new();
         let mut plan = Vec::new();
         for (&name, (kind, tags)) in &tables {
-            let fields = self.fields_in(tenant, name, &metas);
             tag_keys.extend(tags.iter().cloned());
-            field_names.extend(fields.iter().map(|f| f.name.clone()));
-            plan.push((name, *kind, fields));
+            plan.push(PlanTable {
+                name: name.to_string(),
+                kind: *kind,
+                fields: self.fields_in(tenant, name, &metas),
+            });
         }
-        let mut w = SegmentWriter::new(&tag_keys, &field_names, &self.config.segment)?;
+        (plan, tag_keys)
+    }
+
+    /// Streams the merged series of `inputs` (a contiguous run of one (tenant, day),
+    /// oldest first) table by table into `sink`, without what `keep` drops. Returns
+    /// the number of input rows.
+    pub(crate) fn merge_into(
+        &self,
+        inputs: &[SegmentMeta],
+        plan: &[PlanTable],
+        keep: &dyn Fn(&str, &Labels) -> Keep,
+        sink: &mut dyn MergeSink,
+    ) -> Result<u64> {
+        let indexes: Vec<Arc<SegmentIndex>> = inputs
+            .iter()
+            .map(|s| self.segment_index(s.id, &s.index_path))
+            .collect::<Result<_>>()?;
         let mut input_rows = 0u64;
-        for (name, kind, fields) in &plan {
-            w.begin_table(name, *kind, fields);
+        for t in plan {
+            if !sink.begin_table(&t.name, t.kind, &t.fields)? {
+                continue;
+            }
             // Per input, its series of this table (sorted by labels).
             let parts: Vec<Option<&crate::segment::index::IndexTable>> =
-                indexes.iter().map(|i| i.table(name)).collect();
+                indexes.iter().map(|i| i.table(&t.name)).collect();
             // k-way merge of the label lists: (labels, [(input, ordinal)]).
             let mut cursors = vec![0usize; parts.len()];
             let mut batch: Vec<(&Labels, Vec<(usize, u32)>)> = Vec::new();
@@ -278,26 +341,35 @@ impl Inner {
                 }
                 batch.push((labels, from));
                 if batch_rows >= MERGE_BATCH_ROWS {
-                    self.merge_batch(inputs, &parts, fields, *kind, &batch, keep, name, &mut w)?;
+                    self.merge_batch(inputs, &parts, t, &batch, keep, sink)?;
                     batch.clear();
                     batch_rows = 0;
                 }
             }
             if !batch.is_empty() {
-                self.merge_batch(inputs, &parts, fields, *kind, &batch, keep, name, &mut w)?;
+                self.merge_batch(inputs, &parts, t, &batch, keep, sink)?;
             }
         }
-        let output_rows = w.rows();
-        let removed = input_rows.saturating_sub(output_rows);
-        if output_rows == 0 {
-            return Ok(None);
-        }
-        let enc = w.finish()?;
+        Ok(input_rows)
+    }
+
+    /// Writes an encoded segment's files into its (tenant, day) directory under a new
+    /// id (`suffix` tells tiers apart), synced; returns its manifest entry.
+    pub(crate) fn write_segment_files(
+        &self,
+        tenant: &str,
+        day: i64,
+        suffix: &str,
+        enc: crate::segment::EncodedSegment,
+    ) -> Result<(SegmentMeta, SegmentIndex)> {
         let id = self.next_segment_id();
         let rel_dir = format!("segments/{tenant}/{day}");
         let abs_dir = self.dir.join(&rel_dir);
-        let path = format!("{rel_dir}/{id:016}.parquet");
-        let index_path = format!("{rel_dir}/{id:016}.sidx");
+        self.vfs
+            .create_dir_all(&abs_dir)
+            .map_err(|e| Error::io("creating segment directory", &abs_dir, e))?;
+        let path = format!("{rel_dir}/{id:016}{suffix}.parquet");
+        let index_path = format!("{rel_dir}/{id:016}{suffix}.sidx");
         let index_bytes = enc.index.encode();
         for (rel, data) in [(&path, &enc.parquet), (&index_path, &index_bytes)] {
             let p = self.dir.join(rel);
@@ -322,22 +394,46 @@ impl Inner {
             max_time: enc.max_time,
             tables: enc.tables,
         };
-        Ok(Some((meta, enc.index, removed)))
+        Ok((meta, enc.index))
+    }
+
+    /// Merges `inputs` (a contiguous run of one (tenant, day), oldest first) into one
+    /// new segment without what `keep` drops. Writes and syncs the files; does not
+    /// touch the manifest. `None` when nothing is left.
+    pub(crate) fn rewrite(
+        &self,
+        inputs: &[SegmentMeta],
+        keep: &dyn Fn(&str, &Labels) -> Keep,
+    ) -> Result<Option<(SegmentMeta, SegmentIndex, u64)>> {
+        let first = inputs.first().expect("at least one input");
+        let (tenant, day) = (first.tenant.as_str(), first.day);
+        let (plan, tag_keys) = self.merge_plan(inputs);
+        let field_names: BTreeSet<String> = plan
+            .iter()
+            .flat_map(|t| t.fields.iter().map(|f| f.name.clone()))
+            .collect();
+        let mut w = SegmentWriter::new(&tag_keys, &field_names, &self.config.segment)?;
+        let input_rows = self.merge_into(inputs, &plan, keep, &mut w)?;
+        let output_rows = w.rows();
+        let removed = input_rows.saturating_sub(output_rows);
+        if output_rows == 0 {
+            return Ok(None);
+        }
+        let (meta, index) = self.write_segment_files(tenant, day, "", w.finish()?)?;
+        Ok(Some((meta, index, removed)))
     }
 
     /// Reads one batch of merged series from the inputs and writes what `keep` keeps.
-    #[allow(clippy::too_many_arguments)]
     fn merge_batch(
         &self,
         inputs: &[SegmentMeta],
         parts: &[Option<&crate::segment::index::IndexTable>],
-        fields: &[FieldDef],
-        kind: MetricKind,
+        t: &PlanTable,
         batch: &[(&Labels, Vec<(usize, u32)>)],
         keep: &dyn Fn(&str, &Labels) -> Keep,
-        table: &str,
-        w: &mut SegmentWriter,
+        sink: &mut dyn MergeSink,
     ) -> Result<()> {
+        let (fields, kind, table) = (&t.fields, t.kind, t.name.as_str());
         // Which series of the batch to read from each input.
         let mut wanted: Vec<Vec<u32>> = vec![Vec::new(); inputs.len()];
         let mut decisions = Vec::with_capacity(batch.len());
@@ -397,7 +493,7 @@ impl Inner {
                 data
             };
             match k {
-                Keep::All => w.push_series(labels, &data)?,
+                Keep::All => sink.series(labels, &data)?,
                 Keep::Outside(a, b) => {
                     let mut kept = if a > i64::MIN {
                         data.time_slice(i64::MIN, a - 1)
@@ -407,7 +503,7 @@ impl Inner {
                     if b < i64::MAX {
                         kept.extend(&data.time_slice(b + 1, i64::MAX));
                     }
-                    w.push_series(labels, &kept)?;
+                    sink.series(labels, &kept)?;
                 }
                 Keep::Nothing => {}
             }
@@ -423,6 +519,7 @@ impl Inner {
         removed: &[u64],
         added: Option<(SegmentMeta, SegmentIndex)>,
         rebuild_days: &BTreeSet<(String, i64)>,
+        why: Why,
     ) -> Result<()> {
         let _flush = self.flush_lock.lock();
         let mut m = (*self.state.read().manifest).clone();
@@ -439,28 +536,61 @@ impl Inner {
             ));
         }
         m.segments.retain(|s| !removed.contains(&s.id));
+        let added_id = added.as_ref().map(|(meta, _)| meta.id);
         if let Some((meta, index)) = added {
             let at = pos.unwrap_or(m.segments.len()).min(m.segments.len());
             self.index_cache.lock().insert(meta.id, Arc::new(index));
             m.segments.insert(at, meta);
         }
-        m.generation += 1;
-        m.next_segment_id = m.next_segment_id.max(self.peek_segment_id());
-        m.store(self.vfs.as_ref(), &self.dir)?;
-        let generation = m.generation;
-        let m = Arc::new(m);
-        {
-            let mut st = self.state.write();
-            let old = std::mem::replace(&mut st.manifest, m.clone());
-            let mut t = self.trash.lock();
-            t.retire(&old);
-            t.files.push((
-                generation,
-                gone.iter()
-                    .flat_map(|s| [s.path.clone(), s.index_path.clone()])
-                    .collect(),
-            ));
-        }
+        let mut trash: Vec<String> = gone
+            .iter()
+            .flat_map(|s| [s.path.clone(), s.index_path.clone()])
+            .collect();
+        // Rollups of the days touched.
+        let touched: BTreeSet<(String, i64)> =
+            gone.iter().map(|s| (s.tenant.clone(), s.day)).collect();
+        let raw_left =
+            |m: &Manifest, t: &str, d: i64| m.segments.iter().any(|s| s.tenant == t && s.day == d);
+        let left: BTreeSet<(String, i64)> = touched
+            .iter()
+            .filter(|(t, d)| raw_left(&m, t, *d))
+            .cloned()
+            .collect();
+        m.rollups.retain_mut(|r| {
+            let key = (r.segment.tenant.clone(), r.segment.day);
+            if !touched.contains(&key) {
+                return true;
+            }
+            match why {
+                // Same rows under new ids: the rollup stays current.
+                Why::Compaction => {
+                    if let Some(first) = r.sources.iter().position(|id| removed.contains(id)) {
+                        r.sources.retain(|id| !removed.contains(id));
+                        if let Some(id) = added_id {
+                            r.sources.insert(first.min(r.sources.len()), id);
+                        }
+                    }
+                    true
+                }
+                // Raw expired: once the day has no raw data the rollup is all there is.
+                Why::Retention => {
+                    if !left.contains(&key) {
+                        r.raw_expired = true;
+                    }
+                    true
+                }
+                // Rows deleted: a stale rollup is rebuilt from what remains; a day
+                // with nothing left loses its rollups.
+                Why::Delete => {
+                    let keep = left.contains(&key) || r.raw_expired;
+                    if !keep {
+                        trash.extend([r.segment.path.clone(), r.segment.index_path.clone()]);
+                    }
+                    keep
+                }
+            }
+        });
+        let m = self.install(m, trash)?;
         {
             let mut cache = self.index_cache.lock();
             for id in removed {
@@ -522,7 +652,12 @@ impl Inner {
                 let ids: Vec<u64> = run.iter().map(|s| s.id).collect();
                 let out = self.rewrite(run, &|_, _| Keep::All)?;
                 let wrote = out.is_some();
-                self.swap_segments(&ids, out.map(|(m, i, _)| (m, i)), &BTreeSet::new())?;
+                self.swap_segments(
+                    &ids,
+                    out.map(|(m, i, _)| (m, i)),
+                    &BTreeSet::new(),
+                    Why::Compaction,
+                )?;
                 tracing::info!(%tenant, day, inputs = ids.len(), "compacted segments");
                 stats.compacted_inputs += ids.len();
                 stats.compacted_outputs += usize::from(wrote);
@@ -553,7 +688,7 @@ impl Inner {
                 }
                 let days = BTreeSet::from([(tenant.clone(), day)]);
                 if expired.len() == seg.tables.len() {
-                    self.swap_segments(&[seg.id], None, &days)?;
+                    self.swap_segments(&[seg.id], None, &days, Why::Retention)?;
                     stats.dropped_segments += 1;
                     stats.removed_rows += seg.rows;
                 } else {
@@ -566,7 +701,12 @@ impl Inner {
                     };
                     let out = self.rewrite(std::slice::from_ref(&seg), &keep)?;
                     let removed = out.as_ref().map_or(seg.rows, |o| o.2);
-                    self.swap_segments(&[seg.id], out.map(|(m, i, _)| (m, i)), &days)?;
+                    self.swap_segments(
+                        &[seg.id],
+                        out.map(|(m, i, _)| (m, i)),
+                        &days,
+                        Why::Retention,
+                    )?;
                     stats.rewritten_segments += 1;
                     stats.removed_rows += removed;
                 }
@@ -611,11 +751,11 @@ impl Inner {
                 }
                 match out {
                     Some((m, i, _)) => {
-                        self.swap_segments(&[seg.id], Some((m, i)), &days)?;
+                        self.swap_segments(&[seg.id], Some((m, i)), &days, Why::Delete)?;
                         stats.rewritten_segments += 1;
                     }
                     None => {
-                        self.swap_segments(&[seg.id], None, &days)?;
+                        self.swap_segments(&[seg.id], None, &days, Why::Delete)?;
                         stats.dropped_segments += 1;
                     }
                 }
@@ -625,6 +765,73 @@ impl Inner {
         self.sweep();
         self.maint_totals.lock().add(&stats);
         Ok(stats)
+    }
+}
+
+impl Inner {
+    /// Removes every rollup of `tenant`.
+    fn drop_rollups(&self, tenant: &str) -> Result<()> {
+        let _m = self.maint_lock.lock();
+        let _flush = self.flush_lock.lock();
+        let mut m = (*self.state.read().manifest).clone();
+        let mut trash = Vec::new();
+        m.rollups.retain(|r| {
+            let gone = r.segment.tenant == tenant;
+            if gone {
+                trash.extend([r.segment.path.clone(), r.segment.index_path.clone()]);
+            }
+            !gone
+        });
+        if !trash.is_empty() {
+            self.install(m, trash)?;
+        }
+        self.sweep();
+        Ok(())
+    }
+
+    /// Deletes from the rollups that are all that is left of their day (raw data
+    /// expired): whole series, or the buckets starting inside `[start, end]`.
+    fn delete_from_expired_rollups(
+        &self,
+        tenant: &str,
+        keep: &dyn Fn(&str, &Labels) -> Keep,
+    ) -> Result<u64> {
+        let _m = self.maint_lock.lock();
+        let rollups: Vec<crate::manifest::RollupMeta> = self
+            .state
+            .read()
+            .manifest
+            .rollups
+            .iter()
+            .filter(|r| r.segment.tenant == tenant && r.raw_expired)
+            .cloned()
+            .collect();
+        let mut removed = 0;
+        for r in rollups {
+            let out = self.rewrite(std::slice::from_ref(&r.segment), keep)?;
+            let gone = out.as_ref().map_or(r.segment.rows, |o| o.2);
+            if gone == 0 {
+                if let Some((m, _, _)) = out {
+                    self.trash.lock().discard_now(vec![m.path, m.index_path]);
+                }
+                continue;
+            }
+            removed += gone;
+            let _flush = self.flush_lock.lock();
+            let mut m = (*self.state.read().manifest).clone();
+            let trash = vec![r.segment.path.clone(), r.segment.index_path.clone()];
+            m.rollups.retain(|x| x.segment.id != r.segment.id);
+            if let Some((seg, index, _)) = out {
+                self.index_cache.lock().insert(seg.id, Arc::new(index));
+                m.rollups.push(crate::manifest::RollupMeta {
+                    segment: seg,
+                    ..r.clone()
+                });
+            }
+            self.install(m, trash)?;
+        }
+        self.sweep();
+        Ok(removed)
     }
 }
 
@@ -669,8 +876,14 @@ pub(crate) fn maintenance_thread(inner: Arc<Inner>) {
         if let Err(e) = inner.enforce_retention() {
             tracing::error!(error = %e, "retention pass failed; will retry");
         }
+        if let Err(e) = inner.expire_rollups() {
+            tracing::error!(error = %e, "rollup retention failed; will retry");
+        }
         if let Err(e) = inner.compact() {
             tracing::error!(error = %e, "compaction failed; will retry");
+        }
+        if let Err(e) = inner.build_rollups() {
+            tracing::error!(error = %e, "building rollups failed; will retry");
         }
     }
 }
@@ -699,6 +912,7 @@ impl Storage {
         let stats = self
             .inner
             .delete_where(tenant, &|_, _| true, &|_, _| Keep::Nothing)?;
+        self.inner.drop_rollups(tenant)?;
         let dir = self.inner.dir.join("catalog").join(tenant);
         if let Ok(days) = self.inner.vfs.list(&dir) {
             for d in days {
@@ -736,7 +950,9 @@ impl Storage {
                 Keep::Outside(start, end)
             }
         };
-        self.inner.delete_where(tenant, &select, &keep)
+        let mut stats = self.inner.delete_where(tenant, &select, &keep)?;
+        stats.removed_rows += self.inner.delete_from_expired_rollups(tenant, &keep)?;
+        Ok(stats)
     }
 }
 

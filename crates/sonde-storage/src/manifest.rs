@@ -48,6 +48,25 @@ pub struct Manifest {
     pub wal_watermark: u64,
     pub next_segment_id: u64,
     pub segments: Vec<SegmentMeta>,
+    /// Rollup segments (absent in manifests written before rollups existed).
+    #[serde(default)]
+    pub rollups: Vec<RollupMeta>,
+}
+
+/// A rollup segment: one (tenant, day) of one tier, derived from the raw segments
+/// `sources`. It is current while the day's raw segments are exactly `sources`
+/// (compaction keeps it current by renaming sources); once the day's raw data has
+/// expired, the rollup is all there is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollupMeta {
+    /// Bucket width in ms (60000 for the 1 m tier).
+    pub tier_ms: i64,
+    /// Ids of the raw segments it was built from, in manifest order.
+    pub sources: Vec<u64>,
+    /// Set when retention removed the day's last raw segment.
+    #[serde(default)]
+    pub raw_expired: bool,
+    pub segment: SegmentMeta,
 }
 
 impl Manifest {

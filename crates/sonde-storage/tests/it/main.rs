@@ -8,4 +8,5 @@ mod maintain;
 mod open_format;
 mod power_loss;
 mod reopen;
+mod rollups;
 mod small_metrics;

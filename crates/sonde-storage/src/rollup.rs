@@ -1,0 +1,715 @@
+//! Rollup tiers: per series, field and time bucket (1 m and 1 h by default), the
+//! statistics that let range queries be answered without the raw samples — exactly,
+//! not approximately.
+//!
+//! A rollup segment is an ordinary segment (same Parquet layout, same index) whose
+//! table `T` has, for every field `f` of the raw table, the fields `f_count`,
+//! `f_sum`, `f_min`, `f_max`, `f_first`, `f_last`, `f_first_ts`, `f_last_ts` and
+//! `f_inc` (the reset-aware increase between consecutive samples inside the bucket);
+//! a row is a bucket, its `time` the bucket start. First and last sample time and
+//! value plus the count make Prometheus' `rate`/`increase` extrapolation exact when
+//! windows align with buckets; classic histogram buckets are counters, so they roll
+//! up exactly too. Event tables (several rows per millisecond) are not rolled up.
+//!
+//! Rollups are built per (tenant, day) from the day's persisted raw segments, after
+//! compaction, and rebuilt when the raw segments change (late data, deletes); the
+//! current day at most every `current_day_every`. A reader uses a day's rollup only
+//! while it is current (its sources are the day's raw segments and no unflushed rows
+//! of the table fall in the day), and reads raw data for the other days, turned into
+//! the same buckets on the fly: the answer never depends on which path served it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sonde_types::{DAY_MS, FieldDef, FieldType, Labels, MetricKind, TimestampMs, day_of};
+
+use crate::engine::Inner;
+use crate::maintain::{Keep, MergeSink};
+use crate::manifest::{RollupMeta, SegmentMeta};
+use crate::segment::SegmentWriter;
+use crate::segment::reader::{SeriesRead, read_series};
+use crate::series::{Column, SeriesData, Values};
+use crate::{Result, ScanRequest, Storage};
+
+/// The bit pattern Prometheus writes to mark a series as stale; such samples are not
+/// data and are left out of buckets (range functions ignore them too).
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Rollup tiers.
+#[derive(Debug, Clone)]
+pub struct RollupConfig {
+    pub enabled: bool,
+    /// Bucket widths; each must divide a day. Default 1 m and 1 h.
+    pub tiers: Vec<Duration>,
+    /// Retention of each tier (parallel to `tiers`; `None` keeps forever). Default
+    /// 90 days and 2 years.
+    pub retention: Vec<Option<Duration>>,
+    /// How often the rollups of the current day are rebuilt while it fills.
+    pub current_day_every: Duration,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        RollupConfig {
+            enabled: true,
+            tiers: vec![Duration::from_secs(60), Duration::from_secs(3600)],
+            retention: vec![
+                Some(Duration::from_secs(90 * 86_400)),
+                Some(Duration::from_secs(730 * 86_400)),
+            ],
+            current_day_every: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RollupConfig {
+    /// Tier widths in ms, valid ones only (positive, dividing a day), ascending.
+    pub fn tiers_ms(&self) -> Vec<i64> {
+        let mut t: Vec<i64> = self
+            .tiers
+            .iter()
+            .map(|d| d.as_millis() as i64)
+            .filter(|&ms| ms > 0 && DAY_MS % ms == 0)
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    fn retention_ms(&self, tier_ms: i64) -> Option<i64> {
+        let i = self
+            .tiers
+            .iter()
+            .position(|d| d.as_millis() as i64 == tier_ms)?;
+        self.retention
+            .get(i)
+            .copied()
+            .flatten()
+            .map(|d| d.as_millis() as i64)
+    }
+}
+
+/// The statistics rolled up per bucket, with their types, in field order.
+pub const STATS: [(&str, FieldType); 9] = [
+    ("count", FieldType::I64),
+    ("sum", FieldType::F64),
+    ("min", FieldType::F64),
+    ("max", FieldType::F64),
+    ("first", FieldType::F64),
+    ("last", FieldType::F64),
+    ("first_ts", FieldType::I64),
+    ("last_ts", FieldType::I64),
+    ("inc", FieldType::F64),
+];
+
+/// The rollup fields of a raw table's fields.
+pub fn rollup_fields(fields: &[FieldDef]) -> Vec<FieldDef> {
+    fields
+        .iter()
+        .flat_map(|f| {
+            STATS
+                .iter()
+                .map(move |(s, ty)| FieldDef::new(format!("{}_{s}", f.name), *ty))
+        })
+        .collect()
+}
+
+/// Per-bucket statistics of one field of one series (buckets with samples only).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Buckets {
+    pub start: Vec<TimestampMs>,
+    pub count: Vec<i64>,
+    pub sum: Vec<f64>,
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+    pub first: Vec<f64>,
+    pub last: Vec<f64>,
+    pub first_ts: Vec<TimestampMs>,
+    pub last_ts: Vec<TimestampMs>,
+    /// Σ over consecutive samples in the bucket of `cur - prev`, or `cur` after a
+    /// counter reset (`cur < prev`).
+    pub inc: Vec<f64>,
+}
+
+impl Buckets {
+    pub fn len(&self) -> usize {
+        self.start.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.start.is_empty()
+    }
+
+    /// Buckets of `tier_ms` from samples sorted by time; `None` values (null) and
+    /// stale markers are skipped.
+    pub fn from_samples(
+        ts: &[TimestampMs],
+        value: impl Fn(usize) -> Option<f64>,
+        tier_ms: i64,
+    ) -> Buckets {
+        let mut b = Buckets::default();
+        let mut prev = f64::NAN;
+        for (i, &t) in ts.iter().enumerate() {
+            let Some(v) = value(i) else { continue };
+            if v.to_bits() == STALE_NAN_BITS {
+                continue;
+            }
+            let start = t.div_euclid(tier_ms) * tier_ms;
+            if b.start.last() != Some(&start) {
+                b.start.push(start);
+                b.count.push(0);
+                b.sum.push(0.0);
+                b.min.push(v);
+                b.max.push(v);
+                b.first.push(v);
+                b.last.push(v);
+                b.first_ts.push(t);
+                b.last_ts.push(t);
+                b.inc.push(0.0);
+                prev = f64::NAN;
+            }
+            let k = b.start.len() - 1;
+            if b.count[k] > 0 {
+                b.inc[k] += if v < prev { v } else { v - prev };
+            }
+            b.count[k] += 1;
+            b.sum[k] += v;
+            // Prometheus' min/max_over_time: NaN only when every value is NaN.
+            if v < b.min[k] || b.min[k].is_nan() {
+                b.min[k] = v;
+            }
+            if v > b.max[k] || b.max[k].is_nan() {
+                b.max[k] = v;
+            }
+            b.last[k] = v;
+            b.last_ts[k] = t;
+            prev = v;
+        }
+        b
+    }
+
+    /// Appends `o`, whose buckets all come after these.
+    pub fn append(&mut self, o: Buckets) {
+        self.start.extend(o.start);
+        self.count.extend(o.count);
+        self.sum.extend(o.sum);
+        self.min.extend(o.min);
+        self.max.extend(o.max);
+        self.first.extend(o.first);
+        self.last.extend(o.last);
+        self.first_ts.extend(o.first_ts);
+        self.last_ts.extend(o.last_ts);
+        self.inc.extend(o.inc);
+    }
+}
+
+fn f64_values(c: &Column, i: usize) -> Option<f64> {
+    if !c.is_valid(i) {
+        return None;
+    }
+    Some(match &c.values {
+        Values::F64(v) => v[i],
+        Values::I64(v) => v[i] as f64,
+    })
+}
+
+/// A raw series → its rollup rows at one tier (every field's statistics; a field
+/// without samples in a bucket has count 0 and nulls).
+fn rollup_series(data: &SeriesData, nfields: usize, tier_ms: i64) -> SeriesData {
+    let per_field: Vec<Buckets> = (0..nfields)
+        .map(|j| match data.cols.get(j).and_then(|c| c.as_ref()) {
+            Some(c) => Buckets::from_samples(&data.ts, |i| f64_values(c, i), tier_ms),
+            None => Buckets::default(),
+        })
+        .collect();
+    let starts: BTreeSet<i64> = per_field
+        .iter()
+        .flat_map(|b| b.start.iter().copied())
+        .collect();
+    let starts: Vec<i64> = starts.into_iter().collect();
+    let n = starts.len();
+    let mut cols = Vec::with_capacity(nfields * STATS.len());
+    for b in &per_field {
+        // Position of each output bucket in this field's buckets.
+        let mut at = vec![None; n];
+        let mut k = 0;
+        for (i, s) in starts.iter().enumerate() {
+            while k < b.start.len() && b.start[k] < *s {
+                k += 1;
+            }
+            if k < b.start.len() && b.start[k] == *s {
+                at[i] = Some(k);
+            }
+        }
+        let valid: Vec<bool> = at.iter().map(Option::is_some).collect();
+        let all_valid = valid.iter().all(|&v| v);
+        let f = |src: &Vec<f64>| Column {
+            values: Values::F64(at.iter().map(|k| k.map_or(0.0, |k| src[k])).collect()),
+            valid: (!all_valid).then(|| valid.clone()),
+        };
+        let i = |src: &Vec<i64>| Column {
+            values: Values::I64(at.iter().map(|k| k.map_or(0, |k| src[k])).collect()),
+            valid: (!all_valid).then(|| valid.clone()),
+        };
+        cols.push(Some(Column {
+            values: Values::I64(at.iter().map(|k| k.map_or(0, |k| b.count[k])).collect()),
+            valid: None,
+        }));
+        cols.push(Some(f(&b.sum)));
+        cols.push(Some(f(&b.min)));
+        cols.push(Some(f(&b.max)));
+        cols.push(Some(f(&b.first)));
+        cols.push(Some(f(&b.last)));
+        cols.push(Some(i(&b.first_ts)));
+        cols.push(Some(i(&b.last_ts)));
+        cols.push(Some(f(&b.inc)));
+    }
+    SeriesData {
+        ts: starts,
+        cols,
+        ordered: true,
+    }
+}
+
+/// Rollup rows of one field (`field` = its index among the raw fields) → buckets.
+fn buckets_of(data: &SeriesData, field: usize) -> Buckets {
+    let base = field * STATS.len();
+    let col = |k: usize| data.cols.get(base + k).and_then(|c| c.as_ref());
+    let mut b = Buckets::default();
+    let (Some(count), Some(sum), Some(min), Some(max), Some(first), Some(last)) =
+        (col(0), col(1), col(2), col(3), col(4), col(5))
+    else {
+        return b;
+    };
+    let (Some(first_ts), Some(last_ts), Some(inc)) = (col(6), col(7), col(8)) else {
+        return b;
+    };
+    let int = |c: &Column, i: usize| match &c.values {
+        Values::I64(v) => v[i],
+        Values::F64(v) => v[i] as i64,
+    };
+    let fl = |c: &Column, i: usize| f64_values(c, i).unwrap_or(f64::NAN);
+    for i in 0..data.ts.len() {
+        let n = int(count, i);
+        if n <= 0 || !count.is_valid(i) {
+            continue;
+        }
+        b.start.push(data.ts[i]);
+        b.count.push(n);
+        b.sum.push(fl(sum, i));
+        b.min.push(fl(min, i));
+        b.max.push(fl(max, i));
+        b.first.push(fl(first, i));
+        b.last.push(fl(last, i));
+        b.first_ts.push(int(first_ts, i));
+        b.last_ts.push(int(last_ts, i));
+        b.inc.push(fl(inc, i));
+    }
+    b
+}
+
+/// The builder: one segment writer per tier, fed by the raw merge.
+struct RollupSink {
+    tiers: Vec<(i64, SegmentWriter)>,
+    nfields: usize,
+}
+
+impl MergeSink for RollupSink {
+    fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) -> Result<bool> {
+        if kind == MetricKind::Event {
+            return Ok(false);
+        }
+        self.nfields = fields.len();
+        let rf = rollup_fields(fields);
+        for (_, w) in &mut self.tiers {
+            w.begin_table(name, kind, &rf);
+        }
+        Ok(true)
+    }
+    fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()> {
+        for (tier, w) in &mut self.tiers {
+            let r = rollup_series(data, self.nfields, *tier);
+            w.push_series(labels, &r)?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Storage::scan_buckets`] returns.
+#[derive(Debug, Default)]
+pub struct BucketScan {
+    pub kind: Option<MetricKind>,
+    /// Matching series (sorted by labels) and their buckets over the range.
+    pub series: Vec<(Labels, Buckets)>,
+    /// Days answered from the tier, and from raw data.
+    pub rollup_days: usize,
+    pub raw_days: usize,
+}
+
+impl Inner {
+    /// Whether the day's rollup at `tier` answers for `table`: it is built from
+    /// exactly the day's raw segments (or the raw data is gone) and no unflushed rows
+    /// of the table fall in the day.
+    fn rollup_current(
+        &self,
+        st: &crate::engine::ReadState,
+        tenant: &str,
+        table: &str,
+        day: i64,
+        tier: i64,
+    ) -> Option<RollupMeta> {
+        let m = &st.manifest;
+        let r = m
+            .rollups
+            .iter()
+            .find(|r| r.tier_ms == tier && r.segment.tenant == tenant && r.segment.day == day)?;
+        let raw: Vec<u64> = m
+            .segments
+            .iter()
+            .filter(|s| s.tenant == tenant && s.day == day)
+            .map(|s| s.id)
+            .collect();
+        let current = if raw.is_empty() {
+            r.raw_expired
+        } else {
+            raw == r.sources
+        };
+        if !current {
+            return None;
+        }
+        let (lo, hi) = (day * DAY_MS, day * DAY_MS + DAY_MS - 1);
+        let touches = |h: &crate::head::Head| {
+            h.table(tenant, table)
+                .is_some_and(|th| !th.series.is_empty() && th.max_time >= lo && th.min_time <= hi)
+        };
+        if touches(&st.active.read()) || st.frozen.iter().any(|f| touches(&f.head)) {
+            return None;
+        }
+        // A table the raw day holds must be in the rollup (event tables never are).
+        let in_raw = m.segments.iter().any(|s| {
+            s.tenant == tenant && s.day == day && s.tables.iter().any(|t| t.name == table)
+        });
+        let in_rollup = r.segment.tables.iter().any(|t| t.name == table);
+        (in_rollup || !in_raw).then(|| r.clone())
+    }
+
+    /// Builds the rollups of every (tenant, day) whose rollups are missing or stale.
+    pub(crate) fn build_rollups(&self) -> Result<usize> {
+        let cfg = &self.config.rollups;
+        let tiers = cfg.tiers_ms();
+        if !cfg.enabled || tiers.is_empty() {
+            return Ok(0);
+        }
+        let _m = self.maint_lock.lock();
+        let now = self.clock.now_ms();
+        let today = day_of(now);
+        let manifest = self.state.read().manifest.clone();
+        let mut built = 0;
+        let mut days: std::collections::BTreeMap<(String, i64), Vec<SegmentMeta>> =
+            Default::default();
+        for s in &manifest.segments {
+            days.entry((s.tenant.clone(), s.day))
+                .or_default()
+                .push(s.clone());
+        }
+        for ((tenant, day), segs) in days {
+            if *self.stop.lock() {
+                break;
+            }
+            let ids: Vec<u64> = segs.iter().map(|s| s.id).collect();
+            let existing: Vec<&RollupMeta> = manifest
+                .rollups
+                .iter()
+                .filter(|r| r.segment.tenant == tenant && r.segment.day == day)
+                .collect();
+            let current = tiers
+                .iter()
+                .all(|t| existing.iter().any(|r| r.tier_ms == *t && r.sources == ids));
+            if current {
+                continue;
+            }
+            if day >= today {
+                let mut last = self.rollup_built.lock();
+                let key = (tenant.clone(), day);
+                let due = last
+                    .get(&key)
+                    .is_none_or(|&t| now - t >= cfg.current_day_every.as_millis() as i64);
+                if !due {
+                    continue;
+                }
+                last.insert(key, now);
+            }
+            let (plan, tag_keys) = self.merge_plan(&segs);
+            let field_names: BTreeSet<String> = plan
+                .iter()
+                .filter(|t| t.kind != MetricKind::Event)
+                .flat_map(|t| rollup_fields(&t.fields).into_iter().map(|f| f.name))
+                .collect();
+            let mut sink = RollupSink {
+                tiers: tiers
+                    .iter()
+                    .map(|&t| {
+                        Ok((
+                            t,
+                            SegmentWriter::new(&tag_keys, &field_names, &self.config.segment)?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?,
+                nfields: 0,
+            };
+            self.merge_into(&segs, &plan, &|_, _| Keep::All, &mut sink)?;
+            let mut added = Vec::new();
+            for (tier, w) in sink.tiers {
+                if w.rows() == 0 {
+                    continue;
+                }
+                let (meta, index) =
+                    self.write_segment_files(&tenant, day, &format!("-r{tier}"), w.finish()?)?;
+                self.index_cache.lock().insert(meta.id, Arc::new(index));
+                added.push(RollupMeta {
+                    tier_ms: tier,
+                    sources: ids.clone(),
+                    raw_expired: false,
+                    segment: meta,
+                });
+            }
+            self.swap_rollups(&tenant, day, added, &ids)?;
+            built += 1;
+            tracing::debug!(%tenant, day, "built rollups");
+        }
+        self.sweep();
+        Ok(built)
+    }
+
+    /// Replaces the rollups of a (tenant, day) with `added` — if the day's raw
+    /// segments are still `sources` (a concurrent change makes the build stale: its
+    /// files go to the trash and the next pass rebuilds).
+    fn swap_rollups(
+        &self,
+        tenant: &str,
+        day: i64,
+        added: Vec<RollupMeta>,
+        sources: &[u64],
+    ) -> Result<()> {
+        let _flush = self.flush_lock.lock();
+        let mut m = (*self.state.read().manifest).clone();
+        let raw: Vec<u64> = m
+            .segments
+            .iter()
+            .filter(|s| s.tenant == tenant && s.day == day)
+            .map(|s| s.id)
+            .collect();
+        let mut trash: Vec<String> = Vec::new();
+        if raw != sources {
+            for r in added {
+                trash.extend([r.segment.path, r.segment.index_path]);
+            }
+            self.trash.lock().discard_now(trash);
+            return Ok(());
+        }
+        m.rollups.retain(|r| {
+            let replaced = r.segment.tenant == tenant && r.segment.day == day;
+            if replaced {
+                trash.extend([r.segment.path.clone(), r.segment.index_path.clone()]);
+            }
+            !replaced
+        });
+        m.rollups.extend(added);
+        self.install(m, trash)?;
+        Ok(())
+    }
+
+    /// Drops rollups past their tier's retention.
+    pub(crate) fn expire_rollups(&self) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let cfg = &self.config.rollups;
+        let _m = self.maint_lock.lock();
+        let _flush = self.flush_lock.lock();
+        let mut m = (*self.state.read().manifest).clone();
+        let mut trash = Vec::new();
+        m.rollups.retain(|r| {
+            let expired = cfg
+                .retention_ms(r.tier_ms)
+                .is_some_and(|ret| r.segment.day * DAY_MS + DAY_MS - 1 < now.saturating_sub(ret))
+                || !cfg.tiers_ms().contains(&r.tier_ms);
+            if expired {
+                trash.extend([r.segment.path.clone(), r.segment.index_path.clone()]);
+            }
+            !expired
+        });
+        let n = trash.len() / 2;
+        if n > 0 {
+            self.install(m, trash)?;
+        }
+        Ok(n)
+    }
+}
+
+impl Storage {
+    /// Builds missing or stale rollups now (the background pass does this after
+    /// compaction). Returns the number of (tenant, day)s built.
+    pub fn build_rollups(&self) -> Result<usize> {
+        self.inner.build_rollups()
+    }
+
+    /// The configured tiers (bucket widths in ms, ascending).
+    pub fn rollup_tiers(&self) -> Vec<i64> {
+        if self.inner.config.rollups.enabled {
+            self.inner.config.rollups.tiers_ms()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// How many days of `[start, end]` the tier can answer for `table` right now.
+    pub fn rollup_days(
+        &self,
+        tenant: &str,
+        tier_ms: i64,
+        table: &str,
+        start: TimestampMs,
+        end: TimestampMs,
+    ) -> usize {
+        let st = self.inner.state.read();
+        (day_of(start)..=day_of(end))
+            .filter(|&d| {
+                self.inner
+                    .rollup_current(&st, tenant, table, d, tier_ms)
+                    .is_some()
+            })
+            .count()
+    }
+
+    /// The buckets of `req.table`'s single field `req.fields[0]` over `[start, end]`
+    /// at `tier_ms`: from the tier for the days it answers, from raw data bucketed on
+    /// the fly for the others. `start` should be bucket-aligned; the last bucket may
+    /// be cut at `end`.
+    pub fn scan_buckets(
+        &self,
+        tenant: &str,
+        tier_ms: i64,
+        req: &ScanRequest,
+    ) -> Result<BucketScan> {
+        let Some(schema) = self.table_schema(tenant, &req.table) else {
+            return Ok(BucketScan::default());
+        };
+        let field = match req.fields.as_deref() {
+            Some([f]) => f.clone(),
+            _ => "value".to_string(),
+        };
+        let Some(fi) = schema.fields.iter().position(|f| f.name == field) else {
+            return Ok(BucketScan::default());
+        };
+        let (start, end) = (req.start, req.end);
+        // Per day: the rollup that answers it, or raw.
+        let plan: Vec<(i64, Option<RollupMeta>)> = {
+            let st = self.inner.state.read();
+            (day_of(start)..=day_of(end))
+                .map(|d| {
+                    (
+                        d,
+                        self.inner
+                            .rollup_current(&st, tenant, &req.table, d, tier_ms),
+                    )
+                })
+                .collect()
+        };
+        let mut out = BucketScan {
+            kind: Some(schema.kind),
+            ..Default::default()
+        };
+        let mut by_series: std::collections::BTreeMap<Labels, Buckets> = Default::default();
+        let mut i = 0;
+        while i < plan.len() {
+            let (d, r) = &plan[i];
+            let lo = start.max(d * DAY_MS);
+            if let Some(r) = r {
+                out.rollup_days += 1;
+                let seg = &r.segment;
+                i += 1;
+                if !seg.tables.iter().any(|t| t.name == req.table) {
+                    continue;
+                }
+                let hi = end.min(d * DAY_MS + DAY_MS - 1);
+                let index = self.inner.segment_index(seg.id, &seg.index_path)?;
+                let Some(it) = index.table(&req.table) else {
+                    continue;
+                };
+                let ords = it.select(&req.matchers, lo, hi);
+                let fields = rollup_fields(std::slice::from_ref(&schema.fields[fi]));
+                let (rows, _) = read_series(
+                    self.inner.vfs.as_ref(),
+                    &SeriesRead {
+                        path: self.inner.dir.join(&seg.path),
+                        table: it,
+                        ordinals: &ords,
+                        fields: &fields,
+                        start: lo,
+                        end: hi,
+                    },
+                )?;
+                for (labels, data) in rows {
+                    let b = buckets_of(&data, 0);
+                    if !b.is_empty() {
+                        by_series.entry(labels).or_default().append(b);
+                    }
+                }
+            } else {
+                // A run of raw days: one scan.
+                let mut j = i;
+                while j < plan.len() && plan[j].1.is_none() {
+                    j += 1;
+                }
+                out.raw_days += j - i;
+                let hi = end.min(plan[j - 1].0 * DAY_MS + DAY_MS - 1);
+                let mut rq =
+                    ScanRequest::new(req.table.clone(), lo, hi).with_fields(vec![field.clone()]);
+                rq.matchers = req.matchers.clone();
+                let raw = self.scan(tenant, &rq)?;
+                for (labels, data) in raw.series {
+                    let Some(c) = data.cols.first().and_then(|c| c.as_ref()) else {
+                        continue;
+                    };
+                    let b = Buckets::from_samples(&data.ts, |i| f64_values(c, i), tier_ms);
+                    if !b.is_empty() {
+                        by_series.entry(labels).or_default().append(b);
+                    }
+                }
+                i = j;
+            }
+        }
+        out.series = by_series.into_iter().collect();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_keep_what_range_functions_need() {
+        let ts = [0, 10, 59_999, 60_000, 61_000, 130_000];
+        let v = [5.0, 7.0, 2.0, 4.0, f64::from_bits(STALE_NAN_BITS), 1.0];
+        let b = Buckets::from_samples(&ts, |i| Some(v[i]), 60_000);
+        assert_eq!(b.start, vec![0, 60_000, 120_000]);
+        assert_eq!(b.count, vec![3, 1, 1]);
+        assert_eq!(b.sum, vec![14.0, 4.0, 1.0]);
+        assert_eq!((b.min[0], b.max[0]), (2.0, 7.0));
+        assert_eq!((b.first[0], b.last[0]), (5.0, 2.0));
+        assert_eq!((b.first_ts[0], b.last_ts[0]), (0, 59_999));
+        // 5 → 7 (+2), 7 → 2 (a reset: +2).
+        assert_eq!(b.inc[0], 4.0);
+        // Round trip through the stored form.
+        let data = SeriesData {
+            ts: ts.to_vec(),
+            cols: vec![Some(Column {
+                values: Values::F64(v.to_vec()),
+                valid: None,
+            })],
+            ordered: true,
+        };
+        let r = rollup_series(&data, 1, 60_000);
+        assert_eq!(buckets_of(&r, 0), b);
+    }
+}

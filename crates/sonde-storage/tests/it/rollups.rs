@@ -1,0 +1,182 @@
+//! Rollup tiers: built from persisted raw data, identical to bucketing the raw data
+//! at read time, kept current through compaction, bypassed while stale (late data),
+//! and all that is left once raw data expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sonde_dataset::{DatasetConfig, Generator};
+use sonde_storage::{Buckets, Matcher, ScanRequest, Storage};
+use sonde_types::{
+    DAY_MS, FieldType, Labels, ManualClock, MetricKind, SeriesBatch, TableBatch, WriteBatch,
+};
+
+use crate::common::{TENANT, config};
+
+const DAY0: i64 = 20_000;
+
+fn open(dir: &std::path::Path, clock: &ManualClock, raw_days: Option<u64>) -> Storage {
+    let mut c = config(dir);
+    c.retention.raw = raw_days.map(|d| Duration::from_secs(d * 86_400));
+    c.compaction.min_inputs = 2;
+    Storage::open_with(
+        c,
+        Arc::new(sonde_storage::vfs::OsVfs),
+        Arc::new(clock.clone()),
+    )
+    .unwrap()
+}
+
+/// Three days of the standard dataset (15 series × 1 sample a minute) plus a gauge
+/// with a counter-like reset, flushed a day at a time.
+fn load(s: &Storage) {
+    for d in 0..3 {
+        let mut cfg = DatasetConfig::sized(15, 1440, (DAY0 + d) * DAY_MS);
+        cfg.interval_ms = 60_000;
+        cfg.seed = d as u64;
+        for b in Generator::new(cfg) {
+            s.write(TENANT, b).unwrap();
+        }
+        let mut t = TableBatch::single("resetting", MetricKind::Counter, FieldType::F64);
+        let ts: Vec<i64> = (0..300).map(|i| (DAY0 + d) * DAY_MS + i * 20_000).collect();
+        let v: Vec<f64> = (0..300).map(|i| ((i * 7) % 50) as f64).collect();
+        t.series
+            .push(SeriesBatch::f64(Labels::new([("k", "v")]).unwrap(), ts, v));
+        s.write(TENANT, WriteBatch { tables: vec![t] }).unwrap();
+        s.flush().unwrap();
+    }
+}
+
+/// Buckets computed from the raw samples, the reference.
+fn from_raw(s: &Storage, table: &str, tier: i64) -> Vec<(Labels, Buckets)> {
+    let out = s
+        .scan(TENANT, &ScanRequest::new(table, i64::MIN, i64::MAX))
+        .unwrap();
+    out.series
+        .into_iter()
+        .map(|(l, d)| {
+            let c = d.cols[0].clone().unwrap();
+            let b = Buckets::from_samples(
+                &d.ts,
+                |i| {
+                    c.is_valid(i).then(|| match &c.values {
+                        sonde_storage::series::Values::F64(v) => v[i],
+                        sonde_storage::series::Values::I64(v) => v[i] as f64,
+                    })
+                },
+                tier,
+            );
+            (l, b)
+        })
+        .collect()
+}
+
+fn buckets(s: &Storage, table: &str, tier: i64) -> (Vec<(Labels, Buckets)>, usize, usize) {
+    let req = ScanRequest::new(table, DAY0 * DAY_MS, (DAY0 + 3) * DAY_MS - 1);
+    let b = s.scan_buckets(TENANT, tier, &req).unwrap();
+    (b.series, b.rollup_days, b.raw_days)
+}
+
+const TABLES: [&str; 4] = [
+    "llm_tokens_total",
+    "llm_request_duration_seconds_bucket",
+    "llm_ttft_seconds",
+    "resetting",
+];
+
+#[test]
+fn rollups_equal_raw_buckets_and_follow_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new((DAY0 + 5) * DAY_MS);
+    let s = open(dir.path(), &clock, None);
+    load(&s);
+    // Before any build every day is read raw.
+    let (_, r, w) = buckets(&s, "llm_tokens_total", 60_000);
+    assert_eq!((r, w), (0, 3));
+    assert_eq!(s.build_rollups().unwrap(), 3);
+    for tier in [60_000, 3_600_000] {
+        for t in TABLES {
+            let (got, r, w) = buckets(&s, t, tier);
+            assert_eq!((r, w), (3, 0), "{t} at {tier}");
+            assert_eq!(got, from_raw(&s, t, tier), "{t} at {tier}");
+        }
+    }
+    // A selector reaches into the rollup's index.
+    let req = ScanRequest::new("llm_ttft_seconds", DAY0 * DAY_MS, (DAY0 + 3) * DAY_MS - 1)
+        .with(Matcher::eq("model", "gpt-4o"));
+    let one = s.scan_buckets(TENANT, 60_000, &req).unwrap();
+    assert!(!one.series.is_empty());
+    assert!(
+        one.series
+            .iter()
+            .all(|(l, _)| l.get("model") == Some("gpt-4o"))
+    );
+
+    // Late data in day 1: unflushed, then flushed — day 1 is read raw (and still
+    // equals raw) until the rollup is rebuilt.
+    let mut t = TableBatch::single("resetting", MetricKind::Counter, FieldType::F64);
+    t.series.push(SeriesBatch::f64(
+        Labels::new([("k", "v")]).unwrap(),
+        vec![(DAY0 + 1) * DAY_MS + 30_000],
+        vec![1000.0],
+    ));
+    s.write(TENANT, WriteBatch { tables: vec![t] }).unwrap();
+    let (got, r, w) = buckets(&s, "resetting", 60_000);
+    assert_eq!((r, w), (2, 1));
+    assert_eq!(got, from_raw(&s, "resetting", 60_000));
+    s.flush().unwrap();
+    let (got, r, w) = buckets(&s, "resetting", 60_000);
+    assert_eq!((r, w), (2, 1));
+    assert_eq!(got, from_raw(&s, "resetting", 60_000));
+    assert_eq!(s.build_rollups().unwrap(), 1);
+    let (got, r, _) = buckets(&s, "resetting", 60_000);
+    assert_eq!(r, 3);
+    assert_eq!(got, from_raw(&s, "resetting", 60_000));
+
+    // Compaction renames the sources: still current, nothing to rebuild.
+    let c = s.compact().unwrap();
+    assert!(c.compacted_inputs >= 2, "{c:?}");
+    let (_, r, _) = buckets(&s, "resetting", 60_000);
+    assert_eq!(r, 3);
+    assert_eq!(s.build_rollups().unwrap(), 0);
+
+    // Reopen: the rollups are in the manifest.
+    drop(s);
+    let s = open(dir.path(), &clock, None);
+    let (got, r, _) = buckets(&s, "llm_tokens_total", 3_600_000);
+    assert_eq!(r, 3);
+    assert_eq!(got, from_raw(&s, "llm_tokens_total", 3_600_000));
+}
+
+#[test]
+fn rollups_outlive_raw_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new((DAY0 + 3) * DAY_MS);
+    let s = open(dir.path(), &clock, Some(30));
+    load(&s);
+    s.build_rollups().unwrap();
+    let (before, _, _) = buckets(&s, "llm_tokens_total", 3_600_000);
+    drop(s);
+    // Raw kept 2 days now: days 0 expires.
+    clock.set((DAY0 + 3) * DAY_MS + 1000);
+    let s = open(dir.path(), &clock, Some(2));
+    let st = s.enforce_retention().unwrap();
+    assert_eq!(st.dropped_segments, 1, "{st:?}");
+    let (after, r, w) = buckets(&s, "llm_tokens_total", 3_600_000);
+    assert_eq!((r, w), (3, 0), "the expired day is answered by its rollup");
+    assert_eq!(after, before);
+    // Deleting a series reaches the rollup that is all that is left of day 0.
+    let st = s
+        .delete_series(
+            TENANT,
+            "llm_tokens_total",
+            &[Matcher::eq("token_type", "input")],
+            i64::MIN,
+            i64::MAX,
+        )
+        .unwrap();
+    assert!(st.removed_rows > 0);
+    let (after, _, _) = buckets(&s, "llm_tokens_total", 3_600_000);
+    assert!(after.iter().all(|(l, _)| l.get("token_type") != Some("input")));
+    assert!(!after.is_empty());
+}
