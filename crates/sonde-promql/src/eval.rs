@@ -136,16 +136,16 @@ impl RangeArg {
 }
 
 pub(crate) struct Evaluator<'a> {
-    storage: &'a Storage,
-    tenant: &'a str,
+    pub storage: &'a Storage,
+    pub tenant: &'a str,
     pub cfg: &'a PromConfig,
     query_start: i64,
     query_end: i64,
-    budget: usize,
+    pub budget: usize,
     deadline: Instant,
 }
 
-fn offset_ms(o: &Option<Offset>) -> i64 {
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
         None => 0,
         Some(Offset::Pos(d)) => d.as_millis() as i64,
@@ -235,7 +235,7 @@ fn strip_parens(e: &Expr) -> &Expr {
     }
 }
 
-fn selector_matchers(vs: &VectorSelector) -> Result<Vec<PMatcher>> {
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<PMatcher>> {
     if !vs.matchers.or_matchers.is_empty() {
         return Err(PromError::BadData(
             "\"or\" in label matchers is not supported".into(),

@@ -43,7 +43,7 @@ pub(crate) fn binop(op: &str, l: f64, r: f64) -> Result<(f64, bool)> {
     })
 }
 
-fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     let t = sum + inc;
     let c = if t.is_infinite() {
         0.0
@@ -149,12 +149,38 @@ fn extrapolated(
     if let Some(r) = resets {
         result += r[n - 1] - r[0];
     }
-    let mut to_start = (ts[0] - wstart) as f64 / 1000.0;
-    let to_end = (wend - ts[n - 1]) as f64 / 1000.0;
-    let sampled = (ts[n - 1] - ts[0]) as f64 / 1000.0;
+    Some(extrapolate(
+        result,
+        (ts[0], vals[0]),
+        ts[n - 1],
+        n,
+        (wstart, wend),
+        counter,
+        rate,
+        range_s,
+    ))
+}
+
+/// Prometheus' extrapolation of a window's raw `result` (last − first, plus what
+/// counter resets lost) from its first sample `(t, v)`, last sample time and sample
+/// count `n` (≥ 2) to the window edges.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn extrapolate(
+    mut result: f64,
+    (t0, v0): (i64, f64),
+    t1: i64,
+    n: usize,
+    (wstart, wend): (i64, i64),
+    counter: bool,
+    rate: bool,
+    range_s: f64,
+) -> f64 {
+    let mut to_start = (t0 - wstart) as f64 / 1000.0;
+    let to_end = (wend - t1) as f64 / 1000.0;
+    let sampled = (t1 - t0) as f64 / 1000.0;
     let avg = sampled / (n - 1) as f64;
-    if counter && result > 0.0 && vals[0] >= 0.0 {
-        let to_zero = sampled * (vals[0] / result);
+    if counter && result > 0.0 && v0 >= 0.0 {
+        let to_zero = sampled * (v0 / result);
         if to_zero < to_start {
             to_start = to_zero;
         }
@@ -175,7 +201,7 @@ fn extrapolated(
     if rate {
         result /= range_s;
     }
-    Some(result)
+    result
 }
 
 /// Sum of the deltas in `(wstart, wend]` (delta temporality).
@@ -313,6 +339,9 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
         Some(p) => ev.scalar_arg(p, g)?,
         None => vec![0.0; g.n],
     };
+    if let Some(v) = crate::rollup::try_range_function(ev, name, range_expr, g)? {
+        return Ok(v);
+    }
     let arg = ev.range_arg(range_expr, g)?;
     let range_s = arg.range as f64 / 1000.0;
     let mut out = Vec::with_capacity(arg.raws.len());

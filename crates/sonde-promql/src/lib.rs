@@ -18,6 +18,7 @@
 mod eval;
 mod format;
 mod funcs;
+pub mod rollup;
 mod select;
 
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub struct PromConfig {
     pub max_points_per_series: usize,
     /// Step of subqueries that do not give one.
     pub default_subquery_step: Duration,
+    /// Answer range functions from rollup tiers where they fit (see [`rollup`]).
+    pub use_rollups: bool,
 }
 
 impl Default for PromConfig {
@@ -51,6 +54,7 @@ impl Default for PromConfig {
             timeout: Duration::from_secs(120),
             max_points_per_series: 11_000,
             default_subquery_step: Duration::from_secs(60),
+            use_rollups: true,
         }
     }
 }

@@ -49,7 +49,11 @@ pub fn metric_refs(storage: &Storage, tenant: &str) -> Vec<MetricRef> {
 }
 
 /// The metrics whose names pass the `__name__` matchers.
-fn resolve(storage: &Storage, tenant: &str, name_matchers: &[&PMatcher]) -> Vec<MetricRef> {
+pub(crate) fn resolve(
+    storage: &Storage,
+    tenant: &str,
+    name_matchers: &[&PMatcher],
+) -> Vec<MetricRef> {
     // Fast path for the common `name{...}` form: no listing of every table.
     if let Some(m) = name_matchers
         .iter()
@@ -92,7 +96,7 @@ fn resolve(storage: &Storage, tenant: &str, name_matchers: &[&PMatcher]) -> Vec<
 }
 
 /// Converts label matchers (not `__name__`) to storage matchers.
-fn storage_matchers(matchers: &[&PMatcher]) -> Result<Vec<Matcher>> {
+pub(crate) fn storage_matchers(matchers: &[&PMatcher]) -> Result<Vec<Matcher>> {
     matchers
         .iter()
         .map(|m| {
@@ -110,7 +114,7 @@ fn storage_matchers(matchers: &[&PMatcher]) -> Result<Vec<Matcher>> {
 }
 
 /// Splits a selector's matchers into `__name__` matchers and the rest.
-fn split(matchers: &[PMatcher]) -> (Vec<&PMatcher>, Vec<&PMatcher>) {
+pub(crate) fn split(matchers: &[PMatcher]) -> (Vec<&PMatcher>, Vec<&PMatcher>) {
     matchers.iter().partition(|m| m.name == NAME_LABEL)
 }
 

@@ -149,7 +149,8 @@ async fn flush(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMa
     }
 }
 
-/// Runs retention and a compaction pass now (they also run in the background).
+/// Runs retention, a compaction pass and the rollup build now (they also run in the
+/// background).
 async fn compact(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
     if let Err(resp) = tenant(&state, &headers) {
         return *resp;
@@ -158,11 +159,13 @@ async fn compact(State(state): State<Arc<AppState>>, headers: axum::http::Header
     let res = tokio::task::spawn_blocking(move || {
         let r = storage.enforce_retention()?;
         let c = storage.compact()?;
-        Ok::<_, sonde_storage::Error>((r, c))
+        let built = storage.build_rollups()?;
+        Ok::<_, sonde_storage::Error>((r, c, built))
     })
     .await;
     match res {
-        Ok(Ok((r, c))) => json_ok(serde_json::json!({
+        Ok(Ok((r, c, built))) => json_ok(serde_json::json!({
+            "rollup_days_built": built,
             "compacted_inputs": c.compacted_inputs,
             "compacted_outputs": c.compacted_outputs,
             "expired_segments": r.dropped_segments,

@@ -150,6 +150,11 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP sonde_promql_rollup_calls_total Range-function calls answered from a rollup tier.\n# TYPE sonde_promql_rollup_calls_total counter\nsonde_promql_rollup_calls_total {}",
+            sonde_promql::rollup::answered_from_tiers()
+        );
+        let _ = writeln!(
+            out,
             "# HELP sonde_promql_queries_total PromQL queries answered.\n# TYPE sonde_promql_queries_total counter\nsonde_promql_queries_total {}",
             self.promql_queries.load(Ordering::Relaxed)
         );

@@ -145,6 +145,17 @@ fn query_config(state: &AppState, p: &Params) -> Result<sonde_promql::PromConfig
     if let Some(l) = p.get("lookback_delta").filter(|s| !s.is_empty()) {
         cfg.lookback_delta = parse_duration("lookback_delta", l)?;
     }
+    // Sonde's own: `rollups=false` reads raw samples only (to compare, or to rule
+    // the tiers out).
+    match p.get("rollups") {
+        None | Some("") | Some("true") => {}
+        Some("false") => cfg.use_rollups = false,
+        Some(v) => {
+            return Err(bad(format!(
+                "invalid parameter \"rollups\": expected true or false, got {v:?}"
+            )));
+        }
+    }
     Ok(cfg)
 }
 

@@ -177,6 +177,10 @@ fn rollups_outlive_raw_retention() {
         .unwrap();
     assert!(st.removed_rows > 0);
     let (after, _, _) = buckets(&s, "llm_tokens_total", 3_600_000);
-    assert!(after.iter().all(|(l, _)| l.get("token_type") != Some("input")));
+    assert!(
+        after
+            .iter()
+            .all(|(l, _)| l.get("token_type") != Some("input"))
+    );
     assert!(!after.is_empty());
 }

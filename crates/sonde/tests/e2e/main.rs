@@ -11,5 +11,6 @@ mod maintain;
 mod otlp;
 mod promql;
 mod remote_write;
+mod rollups;
 mod slt;
 mod sql;

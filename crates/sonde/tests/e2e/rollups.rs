@@ -1,0 +1,319 @@
+//! Rollup tiers through the real server: over three backfilled days of the standard
+//! dataset and of LLM call records (delta sums), plus fresh unflushed data today,
+//! a corpus of PromQL range queries answers the same from the tiers as from raw
+//! samples (`rollups=false`), and the tiers really answered.
+
+use serde_json::Value;
+
+use crate::harness::{TestServer, http_request, now_ms};
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+const METRICS: &str = "tok-metrics-1234";
+const CALLS: &str = "tok-calls-12345";
+
+fn query_range(
+    server: &TestServer,
+    token: &str,
+    q: &str,
+    start: i64,
+    end: i64,
+    step: i64,
+    rollups: bool,
+) -> Value {
+    let secs = |ms: i64| format!("{}", ms as f64 / 1000.0);
+    let mut pairs = vec![
+        ("query", q.to_string()),
+        ("start", secs(start)),
+        ("end", secs(end)),
+        ("step", secs(step)),
+    ];
+    if !rollups {
+        pairs.push(("rollups", "false".into()));
+    }
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bearer = format!("Bearer {token}");
+    let (status, body) = http_request(
+        &server.http,
+        "POST",
+        "/api/v1/query_range",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &bearer),
+        ],
+        form(&pairs).as_bytes(),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{q}: {v}");
+    v
+}
+
+/// (sorted metric text, [(t, value)]) per series.
+fn series(v: &Value) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut out: Vec<(String, Vec<(f64, f64)>)> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let m = s["metric"].to_string();
+            let pts = s["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p[0].as_f64().unwrap(),
+                        p[1].as_str().unwrap().parse::<f64>().unwrap(),
+                    )
+                })
+                .collect();
+            (m, pts)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+fn rollup_calls(server: &TestServer) -> f64 {
+    let (_, text) = server.http_auth("GET", "/metrics", "text/plain", b"", Some(METRICS));
+    text.lines()
+        .find_map(|l| l.strip_prefix("sonde_promql_rollup_calls_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn promql_from_rollups_equals_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(
+        dir.path(),
+        &[
+            "--retention",
+            "30d",
+            "--auth-token",
+            &format!("{METRICS}=metrics"),
+            "--auth-token",
+            &format!("{CALLS}=calls"),
+        ],
+    );
+    let now = now_ms();
+    let day0 = (now / DAY - 3) * DAY;
+    // Three past days: 15 metric series, one sample every 2 minutes (32 k samples),
+    // and 2,500 LLM calls, one every 100 s (delta sums: llm_requests_total, …).
+    let out = server.load(&[
+        "--token",
+        METRICS,
+        "--series",
+        "15",
+        "--samples",
+        "2160",
+        "--interval-ms",
+        "120000",
+        "--start-ms",
+        &day0.to_string(),
+    ]);
+    assert!(out.contains("errors=0"), "{out}");
+    let out = server.load(&[
+        "--token",
+        CALLS,
+        "--calls",
+        "2500",
+        "--call-rate",
+        "0.01",
+        "--start-ms",
+        &(day0 + 1000).to_string(),
+    ]);
+    assert!(out.contains("errors=0"), "{out}");
+    let admin = |path: &str| server.http_auth("POST", path, "text/plain", b"", Some(METRICS));
+    admin("/api/v1/admin/flush");
+    let (code, body) = admin("/api/v1/admin/compact");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["data"]["rollup_days_built"].as_u64().unwrap() >= 3, "{v}");
+    // Fresh data today, unflushed: today is answered from raw samples.
+    let today_samples = ((now - now / DAY * DAY) / 120_000).clamp(2, 200);
+    let out = server.load(&[
+        "--token",
+        METRICS,
+        "--series",
+        "15",
+        "--samples",
+        &today_samples.to_string(),
+        "--interval-ms",
+        "120000",
+    ]);
+    assert!(out.contains("errors=0"), "{out}");
+
+    let end_h = now / HOUR * HOUR;
+    let start_h = day0 + 2 * HOUR;
+    let queries: Vec<(&str, &str, i64, i64, i64)> = vec![
+        (
+            METRICS,
+            "sum by (model) (increase(llm_tokens_total[1h]))",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (METRICS, "rate(llm_tokens_total[1h])", start_h, end_h, HOUR),
+        (
+            METRICS,
+            "histogram_quantile(0.99, sum by (le, model) (rate(llm_request_duration_seconds_bucket[1h])))",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "sum(rate(llm_cost_usd_total[2h] offset 1h))",
+            start_h + 3 * HOUR,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "avg_over_time(llm_ttft_seconds[1h])",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "max_over_time(llm_ttft_seconds[3h])",
+            start_h + 2 * HOUR,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "min_over_time(llm_ttft_seconds[1h])",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "sum_over_time(llm_ttft_seconds[1h])",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "count_over_time(llm_tokens_total[1h])",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "last_over_time(llm_ttft_seconds[1h])",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "present_over_time(llm_ttft_seconds[1h])",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (
+            METRICS,
+            "delta(llm_ttft_seconds[2h])",
+            start_h + HOUR,
+            end_h,
+            HOUR,
+        ),
+        // Delta sums from the call records.
+        (
+            CALLS,
+            "sum(increase(llm_requests_total[1h]))",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        (
+            CALLS,
+            "sum by (model) (rate(llm_requests_total[1h]))",
+            start_h,
+            end_h,
+            HOUR,
+        ),
+        // The 1 m tier: 5-minute windows every 5 minutes over 12 hours of day 2, and
+        // across today's unflushed data.
+        (
+            METRICS,
+            "sum(rate(llm_tokens_total[5m]))",
+            day0 + 2 * DAY + 6 * HOUR,
+            day0 + 2 * DAY + 18 * HOUR,
+            300_000,
+        ),
+        (
+            METRICS,
+            "increase(llm_tokens_total{token_type=\"output\"}[10m])",
+            now / DAY * DAY - 6 * HOUR,
+            end_h,
+            600_000,
+        ),
+        // Not aligned to a tier: raw either way.
+        (
+            METRICS,
+            "sum(rate(llm_tokens_total[5m]))",
+            end_h - 6 * HOUR,
+            end_h,
+            90_000,
+        ),
+    ];
+    let mut compared = 0;
+    for (token, q, start, end, step) in &queries {
+        let raw = series(&query_range(&server, token, q, *start, *end, *step, false));
+        let c0 = rollup_calls(&server);
+        let aligned = *step % 60_000 == 0;
+        let tier = series(&query_range(&server, token, q, *start, *end, *step, true));
+        let used = rollup_calls(&server) - c0;
+        assert!(!raw.is_empty(), "{q}: no data");
+        assert_eq!(
+            used,
+            f64::from(u8::from(aligned)),
+            "{q}: answered from a tier?"
+        );
+        assert_eq!(
+            raw.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            tier.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            "{q}: series differ"
+        );
+        for ((m, a), (_, b)) in raw.iter().zip(&tier) {
+            assert_eq!(a.len(), b.len(), "{q} {m}: points differ");
+            for (p, r) in a.iter().zip(b) {
+                assert_eq!(p.0, r.0, "{q} {m}");
+                assert!(
+                    close(p.1, r.1),
+                    "{q} {m} at {}: raw {} tier {}",
+                    p.0,
+                    p.1,
+                    r.1
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 1_500, "{compared} points compared");
+    eprintln!(
+        "rollups: {} queries, {compared} points equal to raw",
+        queries.len()
+    );
+    server.stop();
+}
