@@ -2,6 +2,7 @@
 them to come up, and reading a process's peak RSS and CPU time."""
 
 import os
+import socket
 import time
 import urllib.request
 
@@ -43,3 +44,10 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

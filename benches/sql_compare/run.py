@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,9 @@ import urllib.request
 import duckdb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from common import free_port  # noqa: E402
+
 SONDE = os.path.join(ROOT, "target", "release", "sonde")
 
 # (name, Sonde SQL, table, DuckDB SQL over the decoded table `t`). The first user of
@@ -67,12 +69,6 @@ QUERIES = [
      "llm_ttft_seconds",
      "SELECT count(*) AS n, round(max(value), 6) AS v FROM t WHERE model = 'gpt-4o' AND time >= to_timestamp({t_last10} / 1000.0)"),
 ]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post_sql(http, sql):
@@ -138,7 +134,8 @@ def main():
                         "--start-ms", str(start_ms)], check=True)
         urllib.request.urlopen(urllib.request.Request(
             f"http://{http}/api/v1/admin/flush", method="POST"), timeout=600).read()
-        files = os.path.join(work, "segments", "default", "*", "*.parquet")
+        # Raw segments only, not rollups (<id>-r<tier ms>.parquet).
+        files = os.path.join(work, "segments", "default", "*", "????????????????.parquet")
         seg_bytes = sum(os.path.getsize(os.path.join(d, f))
                         for d, _, fs in os.walk(os.path.join(work, "segments")) for f in fs
                         if f.endswith(".parquet"))

@@ -562,19 +562,22 @@ impl Inner {
                 return true;
             }
             match why {
-                // Same rows under new ids: the rollup stays current.
-                Why::Compaction => {
-                    if let Some(first) = r.sources.iter().position(|id| removed.contains(id)) {
+                // Compaction: same rows under new ids. Retention: the rollup keeps
+                // what expired from raw (tiers live longer), so it stays current for
+                // what is left; once the day has no raw data it is all there is.
+                Why::Compaction | Why::Retention => {
+                    // Only when the rollup saw every replaced segment: merging in one
+                    // it did not see leaves it stale (its sources no longer match).
+                    let saw_all = removed.iter().all(|id| r.sources.contains(id));
+                    if saw_all
+                        && let Some(first) = r.sources.iter().position(|id| removed.contains(id))
+                    {
                         r.sources.retain(|id| !removed.contains(id));
                         if let Some(id) = added_id {
                             r.sources.insert(first.min(r.sources.len()), id);
                         }
                     }
-                    true
-                }
-                // Raw expired: once the day has no raw data the rollup is all there is.
-                Why::Retention => {
-                    if !left.contains(&key) {
+                    if why == Why::Retention && !left.contains(&key) {
                         r.raw_expired = true;
                     }
                     true

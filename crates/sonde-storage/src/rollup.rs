@@ -13,7 +13,7 @@
 //!
 //! Rollups are built per (tenant, day) from the day's persisted raw segments, after
 //! compaction, and rebuilt when the raw segments change (late data, deletes); the
-//! current day at most every `current_day_every`. A reader uses a day's rollup only
+//! current day at most every `current_day_every` (1 h). A reader uses a day's rollup only
 //! while it is current (its sources are the day's raw segments and no unflushed rows
 //! of the table fall in the day), and reads raw data for the other days, turned into
 //! the same buckets on the fly: the answer never depends on which path served it.
@@ -45,7 +45,8 @@ pub struct RollupConfig {
     /// Retention of each tier (parallel to `tiers`; `None` keeps forever). Default
     /// 90 days and 2 years.
     pub retention: Vec<Option<Duration>>,
-    /// How often the rollups of the current day are rebuilt while it fills.
+    /// How often the rollups of the current day are rebuilt while it fills (a
+    /// rebuild reads the day's raw data; until then today is read raw). Default 1 h.
     pub current_day_every: Duration,
 }
 
@@ -58,7 +59,7 @@ impl Default for RollupConfig {
                 Some(Duration::from_secs(90 * 86_400)),
                 Some(Duration::from_secs(730 * 86_400)),
             ],
-            current_day_every: Duration::from_secs(600),
+            current_day_every: Duration::from_secs(3600),
         }
     }
 }
@@ -404,6 +405,7 @@ impl Inner {
         let now = self.clock.now_ms();
         let today = day_of(now);
         let manifest = self.state.read().manifest.clone();
+        self.rollup_built.lock().retain(|(_, d), _| *d >= today);
         let mut built = 0;
         let mut days: std::collections::BTreeMap<(String, i64), Vec<SegmentMeta>> =
             Default::default();

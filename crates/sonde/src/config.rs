@@ -27,6 +27,11 @@
 //! target_mb = 256               # largest segment compaction writes
 //! min_inputs = 4                # small segments in a row before a day is merged
 //!
+//! [rollups]                     # tiers PromQL range functions are answered from
+//! tiers = ["1m", "1h"]          # bucket widths; each must divide a day
+//! retention = ["90d", "2y"]     # per tier ("forever" keeps)
+//! current_day_every_secs = 3600  # rebuild cadence of today's rollups
+//!
 //! [ingest]                      # data-volume controls, applied to every protocol
 //! overflow = true               # excess series → one otel_metric_overflow="true" series
 //! series_caps = { llm_calls = 100000 }   # per-table active-series caps
@@ -84,6 +89,8 @@ pub struct FileConfig {
     #[serde(default)]
     ingest: IngestFile,
     #[serde(default)]
+    rollups: RollupsFile,
+    #[serde(default)]
     auth_tokens: BTreeMap<String, String>,
     #[serde(default)]
     alerting: sonde_rules::AlertingConfig,
@@ -122,6 +129,15 @@ struct CompactionFile {
     interval_secs: Option<u64>,
     target_mb: Option<u64>,
     min_inputs: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollupsFile {
+    enabled: Option<bool>,
+    tiers: Option<Vec<String>>,
+    retention: Option<Vec<String>>,
+    current_day_every_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +226,7 @@ pub struct Settings {
     pub retention: sonde_storage::RetentionConfig,
     pub compaction: sonde_storage::CompactionConfig,
     pub volume: sonde_storage::volume::VolumeConfig,
+    pub rollups: sonde_storage::RollupConfig,
 }
 
 impl Settings {
@@ -295,6 +312,49 @@ impl Settings {
                 overflow: file.ingest.overflow,
             }
         };
+        let rollups = {
+            let d = sonde_storage::RollupConfig::default();
+            let r = &file.rollups;
+            let tiers = match &r.tiers {
+                None => d.tiers.clone(),
+                Some(t) => t
+                    .iter()
+                    .map(|s| {
+                        let d = humantime::parse_duration(s)
+                            .with_context(|| format!("rollups.tiers: {s:?} is not a duration"))?;
+                        let ms = d.as_millis() as i64;
+                        if ms < 1000 || 86_400_000 % ms != 0 {
+                            bail!("rollups.tiers: {s:?} must be at least 1s and divide a day");
+                        }
+                        Ok(d)
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            };
+            let retention = match &r.retention {
+                None if r.tiers.is_none() => d.retention.clone(),
+                None => vec![None; tiers.len()],
+                Some(v) => {
+                    if v.len() != tiers.len() {
+                        bail!(
+                            "rollups.retention: {} values for {} tiers",
+                            v.len(),
+                            tiers.len()
+                        );
+                    }
+                    v.iter()
+                        .map(|s| parse_retention("rollups.retention", s))
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                }
+            };
+            sonde_storage::RollupConfig {
+                enabled: r.enabled.unwrap_or(d.enabled),
+                tiers,
+                retention,
+                current_day_every: r
+                    .current_day_every_secs
+                    .map_or(d.current_day_every, std::time::Duration::from_secs),
+            }
+        };
         let mut auth_tokens: Vec<String> = file
             .auth_tokens
             .iter()
@@ -372,6 +432,7 @@ impl Settings {
             retention,
             compaction,
             volume,
+            rollups,
         })
     }
 }

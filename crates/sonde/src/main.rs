@@ -171,6 +171,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.retention = args.retention.clone();
     config.compaction = args.compaction.clone();
     config.volume = args.volume.clone();
+    config.rollups = args.rollups.clone();
     let storage = Arc::new(
         Storage::open(config)
             .with_context(|| format!("opening data directory {}", args.data_dir.display()))?,

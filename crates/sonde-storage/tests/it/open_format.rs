@@ -95,7 +95,7 @@ SELECT user_id, token_type, epoch_ms("time") AS t,
     CASE WHEN "value:s" >= 0 THEN "value:m" / pow(10, "value:s")
     ELSE sum("value:m") OVER (PARTITION BY filename, __series ORDER BY file_row_number)
          / pow(10, -"value:s" - 1) END) AS value
-FROM read_parquet('%s/segments/default/*/*.parquet', union_by_name = true,
+FROM read_parquet('%s/segments/default/*/????????????????.parquet', union_by_name = true,
                   filename = true, file_row_number = true)
 WHERE __name__ = '%s'
 """ % (sys.argv[1], sys.argv[2])
