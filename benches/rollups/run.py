@@ -9,7 +9,7 @@ per model per hour — answered from the 1 h tier and with `rollups=false` (raw
 samples), median of --runs, and checks both answers agree.
 
 Usage: benches/rollups/run.py [--series 1000] [--days 30] [--runs 5]
-           [--sonde target/release/sonde] [--json out.json]
+           [--sonde target/release/sonde] [--json out.json] [--keep DIR]
 """
 
 import argparse
@@ -77,9 +77,12 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--sonde", default=os.path.join(ROOT, "target/release/sonde"))
     ap.add_argument("--json")
+    ap.add_argument("--keep", help="data directory to load into and keep; reused (not "
+                    "reloaded) when it already holds data")
     a = ap.parse_args()
 
-    data = tempfile.mkdtemp(prefix="sonde-rollups-")
+    data = a.keep or tempfile.mkdtemp(prefix="sonde-rollups-")
+    reuse = a.keep is not None and os.path.exists(os.path.join(data, "MANIFEST"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     now = int(time.time() * 1000)
@@ -96,12 +99,17 @@ def main():
         grpc = [w.split("=", 1)[1] for w in line.split() if w.startswith("grpc=")][0]
         wait(f"{base}/readyz")
         t = time.time()
-        out = subprocess.run(
-            [a.sonde, "load", "--target", f"http://{grpc}", "--series", str(a.series),
-             "--samples", str(samples), "--start-ms", str(day0), "--batch", "50000",
-             "--quiet"], capture_output=True, text=True, check=True).stdout
-        load_s = time.time() - t
-        print(out.strip(), f"({load_s:.0f} s)", flush=True)
+        if reuse:
+            # Loaded by an earlier run: its first day starts the span.
+            day0 = min(int(d) for d in os.listdir(os.path.join(data, "segments", "default"))) * DAY
+            load_s = 0.0
+        else:
+            out = subprocess.run(
+                [a.sonde, "load", "--target", f"http://{grpc}", "--series", str(a.series),
+                 "--samples", str(samples), "--start-ms", str(day0), "--batch", "50000",
+                 "--quiet"], capture_output=True, text=True, check=True).stdout
+            load_s = time.time() - t
+            print(out.strip(), f"({load_s:.0f} s)", flush=True)
         http(f"{base}/api/v1/admin/flush", b"")
         t = time.time()
         maint = json.loads(http(f"{base}/api/v1/admin/compact", b""))["data"]
@@ -132,7 +140,8 @@ def main():
     finally:
         proc.terminate()
         proc.wait()
-        shutil.rmtree(data, ignore_errors=True)
+        if a.keep is None:
+            shutil.rmtree(data, ignore_errors=True)
 
     print(f"\n{a.series} series × {a.days} days ({total_samples/1e6:.0f} M samples), "
           f"load {load_s:.0f} s, compaction + rollup build {maint_s:.0f} s, peak RSS {rss} MiB\n")

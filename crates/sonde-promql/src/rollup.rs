@@ -109,8 +109,10 @@ pub(crate) fn try_range_function(
     for r in refs {
         let mut req = ScanRequest::new(&r.table, lo, hi).with_fields(vec![r.field.clone()]);
         req.matchers = label_matchers.clone();
-        let scan = ev.storage.scan_buckets(ev.tenant, tier, &req)?;
         let delta = r.kind == MetricKind::DeltaSum;
+        let scan = ev
+            .storage
+            .scan_buckets(ev.tenant, tier, &req, Some(needed(name, delta)))?;
         for (si, (labels, b)) in scan.series.into_iter().enumerate() {
             if si % 1024 == 0 {
                 ev.check_deadline("range function")?;
@@ -144,6 +146,20 @@ pub(crate) fn try_range_function(
     }
     ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(Val::Vector(merge_same(out)?)))
+}
+
+/// The statistics `name` reads (besides count, first and first_ts, always there).
+fn needed(name: &str, delta: bool) -> &'static [&'static str] {
+    match name {
+        "rate" | "increase" | "delta" if delta => &["sum"],
+        "rate" | "increase" => &["last", "last_ts", "inc"],
+        "delta" => &["last", "last_ts"],
+        "sum_over_time" | "avg_over_time" => &["sum"],
+        "min_over_time" => &["min"],
+        "max_over_time" => &["max"],
+        "last_over_time" => &["last", "last_ts"],
+        _ => &[],
+    }
 }
 
 /// One window `[s, e]`: whole buckets `lo..hi` plus the sample at `e`, if any.

@@ -20,7 +20,7 @@ use crate::dedup::DedupSet;
 use crate::head::Head;
 use crate::maintain::{CompactionConfig, RetentionConfig, Trash};
 use crate::manifest::{Manifest, SegmentMeta};
-use crate::segment::{self, TableChunk, WriteOptions, index::SegmentIndex};
+use crate::segment::{self, TableChunk, WriteOptions};
 use crate::vfs::{OsVfs, Vfs};
 use crate::volume::{VolumeConfig, VolumeCounters};
 use crate::wal::{self, WalWriter};
@@ -170,7 +170,7 @@ pub(crate) struct Inner {
     pub clock: Arc<dyn Clock>,
     pub state: RwLock<ReadState>,
     pub schemas: RwLock<HashMap<String, BTreeMap<String, TableSchema>>>,
-    pub index_cache: Mutex<HashMap<u64, Arc<SegmentIndex>>>,
+    pub index_cache: Mutex<crate::scan::IndexCache>,
     /// Decoded day catalogs, dropped when a flush adds to them.
     pub catalog_cache: Mutex<crate::catalog::CatalogCache>,
     pub dedup: Mutex<DedupSet>,
@@ -283,7 +283,7 @@ impl Storage {
                 manifest: Arc::new(manifest),
             }),
             schemas: RwLock::new(schemas),
-            index_cache: Mutex::new(HashMap::new()),
+            index_cache: Mutex::new(Default::default()),
             catalog_cache: Mutex::new(Default::default()),
             dedup: Mutex::new(dedup),
             flush_lock: Mutex::new(()),

@@ -272,39 +272,61 @@ fn rollup_series(data: &SeriesData, nfields: usize, tier_ms: i64) -> SeriesData 
     }
 }
 
-/// Rollup rows of one field (`field` = its index among the raw fields) → buckets.
-fn buckets_of(data: &SeriesData, field: usize) -> Buckets {
-    let base = field * STATS.len();
-    let col = |k: usize| data.cols.get(base + k).and_then(|c| c.as_ref());
+/// Rollup rows of one field → buckets. The row's columns are the statistics
+/// `want`ed, in [`STATS`] order; the others stay empty.
+fn buckets_of(data: &SeriesData, want: &[bool; 9]) -> Buckets {
+    let mut cols: [Option<&Column>; 9] = [None; 9];
+    let mut next = 0;
+    for (k, w) in want.iter().enumerate() {
+        if *w {
+            cols[k] = data.cols.get(next).and_then(|c| c.as_ref());
+            next += 1;
+        }
+    }
     let mut b = Buckets::default();
-    let (Some(count), Some(sum), Some(min), Some(max), Some(first), Some(last)) =
-        (col(0), col(1), col(2), col(3), col(4), col(5))
-    else {
-        return b;
-    };
-    let (Some(first_ts), Some(last_ts), Some(inc)) = (col(6), col(7), col(8)) else {
-        return b;
-    };
+    let Some(count) = cols[0] else { return b };
     let int = |c: &Column, i: usize| match &c.values {
         Values::I64(v) => v[i],
         Values::F64(v) => v[i] as i64,
     };
     let fl = |c: &Column, i: usize| f64_values(c, i).unwrap_or(f64::NAN);
-    for i in 0..data.ts.len() {
-        let n = int(count, i);
-        if n <= 0 || !count.is_valid(i) {
+    let n = data.ts.len();
+    for v in [
+        &mut b.sum,
+        &mut b.min,
+        &mut b.max,
+        &mut b.first,
+        &mut b.last,
+        &mut b.inc,
+    ] {
+        v.reserve(n);
+    }
+    for i in 0..n {
+        let c = int(count, i);
+        if c <= 0 || !count.is_valid(i) {
             continue;
         }
         b.start.push(data.ts[i]);
-        b.count.push(n);
-        b.sum.push(fl(sum, i));
-        b.min.push(fl(min, i));
-        b.max.push(fl(max, i));
-        b.first.push(fl(first, i));
-        b.last.push(fl(last, i));
-        b.first_ts.push(int(first_ts, i));
-        b.last_ts.push(int(last_ts, i));
-        b.inc.push(fl(inc, i));
+        b.count.push(c);
+        for (k, out) in [
+            (1, &mut b.sum),
+            (2, &mut b.min),
+            (3, &mut b.max),
+            (4, &mut b.first),
+        ]
+        .into_iter()
+        .chain([(5, &mut b.last), (8, &mut b.inc)])
+        {
+            if let Some(col) = cols[k] {
+                out.push(fl(col, i));
+            }
+        }
+        if let Some(col) = cols[6] {
+            b.first_ts.push(int(col, i));
+        }
+        if let Some(col) = cols[7] {
+            b.last_ts.push(int(col, i));
+        }
     }
     b
 }
@@ -585,12 +607,15 @@ impl Storage {
     /// The buckets of `req.table`'s single field `req.fields[0]` over `[start, end]`
     /// at `tier_ms`: from the tier for the days it answers, from raw data bucketed on
     /// the fly for the others. `start` should be bucket-aligned; the last bucket may
-    /// be cut at `end`.
+    /// be cut at `end`. `stats` names the statistics wanted (see [`STATS`]; `None`:
+    /// all); the others may come back empty. `count`, `first` and `first_ts` always
+    /// come back.
     pub fn scan_buckets(
         &self,
         tenant: &str,
         tier_ms: i64,
         req: &ScanRequest,
+        stats: Option<&[&str]>,
     ) -> Result<BucketScan> {
         let Some(schema) = self.table_schema(tenant, &req.table) else {
             return Ok(BucketScan::default());
@@ -602,6 +627,19 @@ impl Storage {
         let Some(fi) = schema.fields.iter().position(|f| f.name == field) else {
             return Ok(BucketScan::default());
         };
+        let mut want = [stats.is_none(); 9];
+        for (k, (name, _)) in STATS.iter().enumerate() {
+            if matches!(*name, "count" | "first" | "first_ts")
+                || stats.is_some_and(|s| s.contains(name))
+            {
+                want[k] = true;
+            }
+        }
+        let fields: Vec<FieldDef> = rollup_fields(std::slice::from_ref(&schema.fields[fi]))
+            .into_iter()
+            .zip(want)
+            .filter_map(|(f, w)| w.then_some(f))
+            .collect();
         let (start, end) = (req.start, req.end);
         // Per day: the rollup that answers it, or raw.
         let plan: Vec<(i64, Option<RollupMeta>)> = {
@@ -620,64 +658,103 @@ impl Storage {
             kind: Some(schema.kind),
             ..Default::default()
         };
-        let mut by_series: std::collections::BTreeMap<Labels, Buckets> = Default::default();
+        // Jobs in time order: one rollup day, or a run of raw days (one scan).
+        let mut jobs: Vec<(i64, i64, Option<&RollupMeta>)> = Vec::new();
         let mut i = 0;
         while i < plan.len() {
             let (d, r) = &plan[i];
             let lo = start.max(d * DAY_MS);
-            if let Some(r) = r {
-                out.rollup_days += 1;
-                let seg = &r.segment;
-                i += 1;
-                if !seg.tables.iter().any(|t| t.name == req.table) {
-                    continue;
-                }
-                let hi = end.min(d * DAY_MS + DAY_MS - 1);
-                let index = self.inner.segment_index(seg.id, &seg.index_path)?;
-                let Some(it) = index.table(&req.table) else {
-                    continue;
-                };
-                let ords = it.select(&req.matchers, lo, hi);
-                let fields = rollup_fields(std::slice::from_ref(&schema.fields[fi]));
-                let (rows, _) = read_series(
-                    self.inner.vfs.as_ref(),
-                    &SeriesRead {
-                        path: self.inner.dir.join(&seg.path),
-                        table: it,
-                        ordinals: &ords,
-                        fields: &fields,
-                        start: lo,
-                        end: hi,
-                    },
-                )?;
-                for (labels, data) in rows {
-                    let b = buckets_of(&data, 0);
-                    if !b.is_empty() {
-                        by_series.entry(labels).or_default().append(b);
-                    }
-                }
-            } else {
-                // A run of raw days: one scan.
-                let mut j = i;
+            let mut j = i + 1;
+            if r.is_none() {
                 while j < plan.len() && plan[j].1.is_none() {
                     j += 1;
                 }
                 out.raw_days += j - i;
-                let hi = end.min(plan[j - 1].0 * DAY_MS + DAY_MS - 1);
-                let mut rq =
-                    ScanRequest::new(req.table.clone(), lo, hi).with_fields(vec![field.clone()]);
-                rq.matchers = req.matchers.clone();
-                let raw = self.scan(tenant, &rq)?;
-                for (labels, data) in raw.series {
-                    let Some(c) = data.cols.first().and_then(|c| c.as_ref()) else {
-                        continue;
-                    };
-                    let b = Buckets::from_samples(&data.ts, |i| f64_values(c, i), tier_ms);
-                    if !b.is_empty() {
-                        by_series.entry(labels).or_default().append(b);
+            } else {
+                out.rollup_days += 1;
+            }
+            let hi = end.min(plan[j - 1].0 * DAY_MS + DAY_MS - 1);
+            jobs.push((lo, hi, r.as_ref()));
+            i = j;
+        }
+        let run =
+            |&(lo, hi, r): &(i64, i64, Option<&RollupMeta>)| -> Result<Vec<(Labels, Buckets)>> {
+                let mut got = Vec::new();
+                match r {
+                    Some(r) => {
+                        let seg = &r.segment;
+                        if !seg.tables.iter().any(|t| t.name == req.table) {
+                            return Ok(got);
+                        }
+                        let index = self.inner.segment_index(seg.id, &seg.index_path)?;
+                        let Some(it) = index.table(&req.table) else {
+                            return Ok(got);
+                        };
+                        let ords = it.select(&req.matchers, lo, hi);
+                        let (rows, _) = read_series(
+                            self.inner.vfs.as_ref(),
+                            &SeriesRead {
+                                path: self.inner.dir.join(&seg.path),
+                                table: it,
+                                ordinals: &ords,
+                                fields: &fields,
+                                start: lo,
+                                end: hi,
+                            },
+                        )?;
+                        for (labels, data) in rows {
+                            let b = buckets_of(&data, &want);
+                            if !b.is_empty() {
+                                got.push((labels, b));
+                            }
+                        }
+                    }
+                    None => {
+                        let mut rq = ScanRequest::new(req.table.clone(), lo, hi)
+                            .with_fields(vec![field.clone()]);
+                        rq.matchers = req.matchers.clone();
+                        for (labels, data) in self.scan(tenant, &rq)?.series {
+                            let Some(c) = data.cols.first().and_then(|c| c.as_ref()) else {
+                                continue;
+                            };
+                            let b = Buckets::from_samples(&data.ts, |i| f64_values(c, i), tier_ms);
+                            if !b.is_empty() {
+                                got.push((labels, b));
+                            }
+                        }
                     }
                 }
-                i = j;
+                Ok(got)
+            };
+        // Days are independent files: read them on every core.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(jobs.len())
+            .max(1);
+        let results: Vec<Result<Vec<(Labels, Buckets)>>> = if threads == 1 {
+            jobs.iter().map(run).collect()
+        } else {
+            let chunk = jobs.len().div_ceil(threads);
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = jobs
+                    .chunks(chunk)
+                    .map(|part| sc.spawn(|| part.iter().map(run).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("bucket reader panicked"))
+                    .collect()
+            })
+        };
+        let mut by_series: std::collections::BTreeMap<Labels, Buckets> = Default::default();
+        for r in results {
+            for (labels, b) in r? {
+                match by_series.get_mut(&labels) {
+                    Some(all) => all.append(b),
+                    None => {
+                        by_series.insert(labels, b);
+                    }
+                }
             }
         }
         out.series = by_series.into_iter().collect();
@@ -712,6 +789,6 @@ mod tests {
             ordered: true,
         };
         let r = rollup_series(&data, 1, 60_000);
-        assert_eq!(buckets_of(&r, 0), b);
+        assert_eq!(buckets_of(&r, &[true; 9]), b);
     }
 }

@@ -25,8 +25,46 @@ use crate::segment::reader::{SeriesRead, read_series};
 use crate::series::{Column, SeriesData, Values};
 use crate::{Error, Result, Storage};
 
-/// Decoded segment indexes kept in memory.
-const INDEX_CACHE_ENTRIES: usize = 16;
+/// Series entries of decoded segment indexes kept in memory (a decoded series entry
+/// is a label set plus postings, ~100–300 bytes: about 100–300 MB at the bound).
+const INDEX_CACHE_SERIES: usize = 1_000_000;
+
+/// Decoded segment indexes by segment id, bounded by their total series count (a
+/// 30-day query touches 30 raw and 60 rollup indexes; one 100k-series index is
+/// tens of MB).
+#[derive(Debug, Default)]
+pub(crate) struct IndexCache {
+    map: std::collections::HashMap<u64, Arc<SegmentIndex>>,
+    series: usize,
+}
+
+impl IndexCache {
+    pub fn get(&self, id: &u64) -> Option<&Arc<SegmentIndex>> {
+        self.map.get(id)
+    }
+    pub fn insert(&mut self, id: u64, idx: Arc<SegmentIndex>) {
+        let n = idx.series_count();
+        if self.series + n > INDEX_CACHE_SERIES {
+            // Evict until half the budget is free (any order: ids are not recency).
+            let ids: Vec<u64> = self.map.keys().copied().collect();
+            for old in ids {
+                if self.series + n <= INDEX_CACHE_SERIES / 2 {
+                    break;
+                }
+                self.remove(&old);
+            }
+        }
+        if let Some(prev) = self.map.insert(id, idx) {
+            self.series -= prev.series_count();
+        }
+        self.series += n;
+    }
+    pub fn remove(&mut self, id: &u64) {
+        if let Some(prev) = self.map.remove(id) {
+            self.series -= prev.series_count();
+        }
+    }
+}
 
 /// What to read: a table, tag matchers, and an inclusive time range.
 #[derive(Debug, Clone)]
@@ -232,12 +270,7 @@ impl crate::engine::Inner {
             .read(&path)
             .map_err(|e| Error::io("reading segment index", &path, e))?;
         let idx = Arc::new(SegmentIndex::decode(&data, &path)?);
-        let mut cache = self.index_cache.lock();
-        if cache.len() >= INDEX_CACHE_ENTRIES {
-            // Bounded memory: a decoded index of a 100k-series segment is tens of MB.
-            cache.clear();
-        }
-        cache.insert(id, idx.clone());
+        self.index_cache.lock().insert(id, idx.clone());
         Ok(idx)
     }
 }

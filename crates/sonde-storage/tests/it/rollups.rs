@@ -73,7 +73,7 @@ fn from_raw(s: &Storage, table: &str, tier: i64) -> Vec<(Labels, Buckets)> {
 
 fn buckets(s: &Storage, table: &str, tier: i64) -> (Vec<(Labels, Buckets)>, usize, usize) {
     let req = ScanRequest::new(table, DAY0 * DAY_MS, (DAY0 + 3) * DAY_MS - 1);
-    let b = s.scan_buckets(TENANT, tier, &req).unwrap();
+    let b = s.scan_buckets(TENANT, tier, &req, None).unwrap();
     (b.series, b.rollup_days, b.raw_days)
 }
 
@@ -104,7 +104,7 @@ fn rollups_equal_raw_buckets_and_follow_changes() {
     // A selector reaches into the rollup's index.
     let req = ScanRequest::new("llm_ttft_seconds", DAY0 * DAY_MS, (DAY0 + 3) * DAY_MS - 1)
         .with(Matcher::eq("model", "gpt-4o"));
-    let one = s.scan_buckets(TENANT, 60_000, &req).unwrap();
+    let one = s.scan_buckets(TENANT, 60_000, &req, None).unwrap();
     assert!(!one.series.is_empty());
     assert!(
         one.series
