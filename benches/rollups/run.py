@@ -150,7 +150,7 @@ def main():
     print(f"| raw | {raw/1e6:.1f} MB | {raw/total_samples:.3f} |")
     for t, b in tiers.items():
         print(f"| {t//60000} m | {b/1e6:.1f} MB | {b/total_samples:.3f} |")
-    print("\n| query (30 d, step 1 h) | from 1 h tier | from raw | speed-up | same answer |")
+    print(f"\n| query ({a.days} d, step 1 h) | from 1 h tier | from raw | speed-up | same answer |")
     print("|---|---:|---:|---:|:-:|")
     for r in rows:
         print(f"| {r['query']} | {r['rollup_ms']:.1f} ms | {r['raw_ms']:.0f} ms | "

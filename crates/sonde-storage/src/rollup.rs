@@ -595,10 +595,18 @@ impl Storage {
         end: TimestampMs,
     ) -> usize {
         let st = self.inner.state.read();
-        (day_of(start)..=day_of(end))
-            .filter(|&d| {
+        let (first, last) = (day_of(start), day_of(end));
+        st.manifest
+            .rollups
+            .iter()
+            .filter(|r| {
+                r.tier_ms == tier_ms
+                    && r.segment.tenant == tenant
+                    && (first..=last).contains(&r.segment.day)
+            })
+            .filter(|r| {
                 self.inner
-                    .rollup_current(&st, tenant, table, d, tier_ms)
+                    .rollup_current(&st, tenant, table, r.segment.day, tier_ms)
                     .is_some()
             })
             .count()
@@ -641,16 +649,25 @@ impl Storage {
             .filter_map(|(f, w)| w.then_some(f))
             .collect();
         let (start, end) = (req.start, req.end);
-        // Per day: the rollup that answers it, or raw.
-        let plan: Vec<(i64, Option<RollupMeta>)> = {
+        // The days the tier answers (only days that have a rollup are looked at, so
+        // an unbounded range costs nothing), and raw scans for the gaps between.
+        let answered: Vec<(i64, RollupMeta)> = {
             let st = self.inner.state.read();
-            (day_of(start)..=day_of(end))
-                .map(|d| {
-                    (
-                        d,
-                        self.inner
-                            .rollup_current(&st, tenant, &req.table, d, tier_ms),
-                    )
+            let mut days: Vec<i64> = st
+                .manifest
+                .rollups
+                .iter()
+                .filter(|r| r.tier_ms == tier_ms && r.segment.tenant == tenant)
+                .map(|r| r.segment.day)
+                .filter(|&d| d >= day_of(start) && d <= day_of(end))
+                .collect();
+            days.sort_unstable();
+            days.dedup();
+            days.into_iter()
+                .filter_map(|d| {
+                    self.inner
+                        .rollup_current(&st, tenant, &req.table, d, tier_ms)
+                        .map(|r| (d, r))
                 })
                 .collect()
         };
@@ -658,24 +675,22 @@ impl Storage {
             kind: Some(schema.kind),
             ..Default::default()
         };
-        // Jobs in time order: one rollup day, or a run of raw days (one scan).
+        // Jobs in time order: one rollup day, or the raw range before the next one.
         let mut jobs: Vec<(i64, i64, Option<&RollupMeta>)> = Vec::new();
-        let mut i = 0;
-        while i < plan.len() {
-            let (d, r) = &plan[i];
-            let lo = start.max(d * DAY_MS);
-            let mut j = i + 1;
-            if r.is_none() {
-                while j < plan.len() && plan[j].1.is_none() {
-                    j += 1;
-                }
-                out.raw_days += j - i;
-            } else {
-                out.rollup_days += 1;
+        let mut cursor = start;
+        for (d, r) in &answered {
+            let (lo, hi) = (start.max(d * DAY_MS), end.min(d * DAY_MS + DAY_MS - 1));
+            if cursor < lo {
+                out.raw_days += (day_of(lo - 1) - day_of(cursor) + 1) as usize;
+                jobs.push((cursor, lo - 1, None));
             }
-            let hi = end.min(plan[j - 1].0 * DAY_MS + DAY_MS - 1);
-            jobs.push((lo, hi, r.as_ref()));
-            i = j;
+            out.rollup_days += 1;
+            jobs.push((lo, hi, Some(r)));
+            cursor = hi.saturating_add(1);
+        }
+        if cursor <= end {
+            out.raw_days += (day_of(end) - day_of(cursor) + 1).max(0) as usize;
+            jobs.push((cursor, end, None));
         }
         let run =
             |&(lo, hi, r): &(i64, i64, Option<&RollupMeta>)| -> Result<Vec<(Labels, Buckets)>> {

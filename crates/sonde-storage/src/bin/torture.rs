@@ -1,5 +1,6 @@
 //! A writer for the crash test: appends event rows with unique ids as fast as it can,
-//! flushing and compacting now and then (compaction also runs in the background), and
+//! plus a `ticks` counter, flushing and compacting now and then (compaction and the
+//! rollup build also run in the background, every 50 ms), and
 //! prints `ACK <first> <last>` once a batch is acknowledged and `COMPACTED <n>` after
 //! a compaction pass merged n segments.
 //! The test SIGKILLs it at random moments and checks that every acknowledged id is
@@ -34,8 +35,15 @@ fn main() {
                 .push(SeriesBatch::i64(labels, vec![id, id + 1], vec![id, id + 1]));
             id += 2;
         }
+        // A counter beside the events, so rollups are built (events are not rolled up).
+        let mut c = TableBatch::single("ticks", MetricKind::Counter, FieldType::I64);
+        c.series.push(SeriesBatch::i64(
+            Labels::new([("writer", "w0")]).unwrap(),
+            vec![first],
+            vec![first],
+        ));
         storage
-            .write("default", WriteBatch { tables: vec![t] })
+            .write("default", WriteBatch { tables: vec![t, c] })
             .expect("write");
         writeln!(out, "ACK {first} {}", id - 1).unwrap();
         out.flush().unwrap();
