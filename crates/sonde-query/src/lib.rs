@@ -297,13 +297,34 @@ struct TenantSchema {
     tenant: String,
 }
 
+impl TenantSchema {
+    /// `<table>_<tier>` → the table, the tier and the table's schema (event tables
+    /// have no tiers).
+    fn tier_table(&self, name: &str) -> Option<(String, i64, sonde_storage::TableSchema)> {
+        self.storage.rollup_tiers().into_iter().find_map(|t| {
+            let base = name.strip_suffix(&format!("_{}", sonde_storage::rollup::tier_suffix(t)))?;
+            let s = self.storage.table_schema(&self.tenant, base)?;
+            (s.kind != sonde_types::MetricKind::Event).then(|| (base.to_string(), t, s))
+        })
+    }
+}
+
 /// Name of the introspection table.
 pub const SERIES_TABLE: &str = "sonde_series";
 
 #[async_trait]
 impl SchemaProvider for TenantSchema {
     fn table_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.storage.tables(&self.tenant).into_keys().collect();
+        let tables = self.storage.tables(&self.tenant);
+        let mut names: Vec<String> = Vec::new();
+        for (name, s) in &tables {
+            names.push(name.clone());
+            if s.kind != sonde_types::MetricKind::Event {
+                for t in self.storage.rollup_tiers() {
+                    names.push(format!("{name}_{}", sonde_storage::rollup::tier_suffix(t)));
+                }
+            }
+        }
         names.push(SERIES_TABLE.to_string());
         names
     }
@@ -312,18 +333,29 @@ impl SchemaProvider for TenantSchema {
         if name == SERIES_TABLE {
             return series_table(&self.storage, &self.tenant).map(Some);
         }
-        Ok(self.storage.table_schema(&self.tenant, name).map(|s| {
-            Arc::new(provider::SondeTable::new(
+        if let Some(s) = self.storage.table_schema(&self.tenant, name) {
+            return Ok(Some(Arc::new(provider::SondeTable::new(
                 self.storage.clone(),
                 &self.tenant,
                 name,
+                &s,
+            ))));
+        }
+        Ok(self.tier_table(name).map(|(base, tier, s)| {
+            Arc::new(provider::RollupTable::new(
+                self.storage.clone(),
+                &self.tenant,
+                &base,
+                tier,
                 &s,
             )) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == SERIES_TABLE || self.storage.table_kind(&self.tenant, name).is_some()
+        name == SERIES_TABLE
+            || self.storage.table_kind(&self.tenant, name).is_some()
+            || self.tier_table(name).is_some()
     }
 }
 

@@ -311,3 +311,88 @@ fn timestamp_ms(v: &ScalarValue) -> Option<(TimestampMs, TimestampMs)> {
     };
     Some((lo, hi))
 }
+
+/// A rollup tier of a table as its own table, `<table>_<tier>` (`llm_tokens_total_1h`):
+/// one row per series and bucket, `time` = bucket start, and per field `f` the
+/// columns `f_count`, `f_sum`, `f_min`, `f_max`, `f_first`, `f_last`, `f_first_ts`,
+/// `f_last_ts` (ms), `f_inc`. Time and tag filters narrow the read as for raw tables;
+/// days the tier does not answer yet are rolled up from raw rows on the fly.
+#[derive(Debug)]
+pub struct RollupTable {
+    inner: SondeTable,
+    base: String,
+    tier_ms: i64,
+}
+
+impl RollupTable {
+    pub fn new(
+        storage: Arc<Storage>,
+        tenant: &str,
+        base: &str,
+        tier_ms: i64,
+        s: &TableSchema,
+    ) -> Self {
+        let schema = TableSchema {
+            kind: s.kind,
+            fields: sonde_storage::rollup::rollup_fields(&s.fields),
+            tags: s.tags.clone(),
+        };
+        let name = format!("{base}_{}", sonde_storage::rollup::tier_suffix(tier_ms));
+        RollupTable {
+            inner: SondeTable::new(storage, tenant, &name, &schema),
+            base: base.to_string(),
+            tier_ms,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for RollupTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut pushed = Pushed::default();
+        for f in filters {
+            self.inner.push(f, &mut pushed);
+        }
+        let mut req = ScanRequest::new(&self.base, pushed.start, pushed.end);
+        req.matchers = pushed.matchers;
+        let storage = self.inner.storage.clone();
+        let (tenant, tier) = (self.inner.tenant.clone(), self.tier_ms);
+        let out = tokio::task::spawn_blocking(move || storage.scan_rollup(&tenant, tier, &req))
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let batch = out
+            .to_record_batch()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        // The batch's columns are the table's (tags seen, then time and fields).
+        let batch = batch.with_schema(self.inner.schema.clone())?;
+        Ok(
+            datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                &[vec![batch]],
+                self.inner.schema.clone(),
+                projection.cloned(),
+            )?,
+        )
+    }
+}

@@ -777,6 +777,138 @@ impl Storage {
     }
 }
 
+/// The name of a tier in table names: `1m`, `1h`, `1d`, else seconds (`30s`).
+pub fn tier_suffix(tier_ms: i64) -> String {
+    match tier_ms {
+        t if t % DAY_MS == 0 => format!("{}d", t / DAY_MS),
+        t if t % 3_600_000 == 0 => format!("{}h", t / 3_600_000),
+        t if t % 60_000 == 0 => format!("{}m", t / 60_000),
+        t => format!("{}s", t / 1000),
+    }
+}
+
+impl Storage {
+    /// A tier as a table: the rollup rows (one per series and bucket; `time` = bucket
+    /// start, nine statistics per field, see [`STATS`]) of `req.table` in
+    /// `[start, end]` matching `req.matchers`. Days the tier does not answer yet are
+    /// rolled up from raw data on the fly, so the answer is the same either way.
+    pub fn scan_rollup(
+        &self,
+        tenant: &str,
+        tier_ms: i64,
+        req: &ScanRequest,
+    ) -> Result<crate::ScanOutput> {
+        let Some(schema) = self.table_schema(tenant, &req.table) else {
+            return self.scan(tenant, req);
+        };
+        let rfields = rollup_fields(&schema.fields);
+        let out_schema = crate::TableSchema {
+            kind: schema.kind,
+            fields: rfields.clone(),
+            tags: schema.tags.clone(),
+        };
+        let (start, end) = (req.start, req.end);
+        let answered: Vec<RollupMeta> = {
+            let st = self.inner.state.read();
+            let mut v: Vec<RollupMeta> = st
+                .manifest
+                .rollups
+                .iter()
+                .filter(|r| r.tier_ms == tier_ms && r.segment.tenant == tenant)
+                .filter(|r| r.segment.day >= day_of(start) && r.segment.day <= day_of(end))
+                .filter_map(|r| {
+                    self.inner
+                        .rollup_current(&st, tenant, &req.table, r.segment.day, tier_ms)
+                })
+                .collect();
+            v.sort_by_key(|r| r.segment.day);
+            v
+        };
+        let mut by_series: std::collections::BTreeMap<Labels, SeriesData> = Default::default();
+        let mut add = |labels: Labels, data: SeriesData| {
+            if data.is_empty() {
+                return;
+            }
+            match by_series.get_mut(&labels) {
+                Some(all) => all.extend(&data),
+                None => {
+                    by_series.insert(labels, data);
+                }
+            }
+        };
+        let mut stats = crate::ScanStats::default();
+        let raw = |lo: i64,
+                   hi: i64,
+                   stats: &mut crate::ScanStats,
+                   add: &mut dyn FnMut(Labels, SeriesData)|
+         -> Result<()> {
+            // Whole buckets only: those starting in [lo, hi], with all their samples.
+            let lo = lo
+                .div_euclid(tier_ms)
+                .saturating_add(i64::from(lo.rem_euclid(tier_ms) != 0))
+                .saturating_mul(tier_ms);
+            let hi = hi
+                .div_euclid(tier_ms)
+                .saturating_mul(tier_ms)
+                .saturating_add(tier_ms - 1);
+            if lo > hi {
+                return Ok(());
+            }
+            let mut rq = ScanRequest::new(req.table.clone(), lo, hi);
+            rq.matchers = req.matchers.clone();
+            let out = self.scan(tenant, &rq)?;
+            stats.segments_read += out.stats.segments_read;
+            stats.bytes_read += out.stats.bytes_read;
+            for (labels, data) in out.series {
+                add(labels, rollup_series(&data, schema.fields.len(), tier_ms));
+            }
+            Ok(())
+        };
+        let mut cursor = start;
+        for r in &answered {
+            let d = r.segment.day;
+            let (lo, hi) = (start.max(d * DAY_MS), end.min(d * DAY_MS + DAY_MS - 1));
+            if cursor < lo {
+                raw(cursor, lo - 1, &mut stats, &mut add)?;
+            }
+            cursor = hi.saturating_add(1);
+            let seg = &r.segment;
+            let index = self.inner.segment_index(seg.id, &seg.index_path)?;
+            let Some(it) = index.table(&req.table) else {
+                continue;
+            };
+            let ords = it.select(&req.matchers, lo, hi);
+            let (rows, bytes) = read_series(
+                self.inner.vfs.as_ref(),
+                &SeriesRead {
+                    path: self.inner.dir.join(&seg.path),
+                    table: it,
+                    ordinals: &ords,
+                    fields: &rfields,
+                    start: lo,
+                    end: hi,
+                },
+            )?;
+            stats.segments_read += 1;
+            stats.bytes_read += bytes;
+            for (labels, data) in rows {
+                add(labels, data);
+            }
+        }
+        if cursor <= end {
+            raw(cursor, end, &mut stats, &mut add)?;
+        }
+        let series: Vec<(Labels, SeriesData)> = by_series.into_iter().collect();
+        stats.series = series.len();
+        stats.rows = series.iter().map(|(_, d)| d.len()).sum();
+        Ok(crate::ScanOutput {
+            schema: out_schema,
+            series,
+            stats,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,6 +311,43 @@ fn promql_from_rollups_equals_raw() {
         }
     }
     assert!(compared > 1_500, "{compared} points compared");
+
+    // SQL: the 1 h tier by name agrees with the raw table over three rolled-up days
+    // and today's unflushed rows (rolled up on the fly).
+    let sql = |q: &str| -> Vec<Value> {
+        let body = serde_json::json!({ "sql": q }).to_string();
+        let (code, out) = server.http_auth(
+            "POST",
+            "/api/v1/sql",
+            "application/json",
+            body.as_bytes(),
+            Some(METRICS),
+        );
+        assert_eq!(code, 200, "{q}: {out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let range = format!(
+        "time >= to_timestamp_millis({day0}) AND time < to_timestamp_millis({})",
+        end_h + HOUR
+    );
+    let tier = sql(&format!(
+        "SELECT model, sum(value_count) AS n, sum(value_sum) AS s, min(value_min) AS lo, \
+         max(value_max) AS hi FROM llm_ttft_seconds_1h WHERE {range} GROUP BY model ORDER BY model"
+    ));
+    let raw = sql(&format!(
+        "SELECT model, count(*) AS n, sum(value) AS s, min(value) AS lo, max(value) AS hi \
+         FROM llm_ttft_seconds WHERE {range} GROUP BY model ORDER BY model"
+    ));
+    assert!(!raw.is_empty());
+    assert_eq!(tier.len(), raw.len());
+    for (t, r) in tier.iter().zip(&raw) {
+        assert_eq!(t["model"], r["model"]);
+        assert_eq!(t["n"].as_f64(), r["n"].as_f64(), "{t} {r}");
+        for k in ["s", "lo", "hi"] {
+            let (a, b) = (t[k].as_f64().unwrap(), r[k].as_f64().unwrap());
+            assert!(close(a, b), "{k}: tier {a} raw {b}");
+        }
+    }
     eprintln!(
         "rollups: {} queries, {compared} points equal to raw",
         queries.len()
