@@ -10,8 +10,8 @@
 //! File `catalog/<tenant>/<day>.cat`: 24-byte header (magic `SONDECAT`, version 2,
 //! CRC32C of the stored body, its length), then the body compressed with zstd; the
 //! decompressed body is a varint count, then per series a table name and its labels.
-//! Version 1 files (body stored plain) are still read. Ids never change: new series
-//! are appended.
+//! Version 1 files (body stored plain) are still read. A flush appends new series;
+//! ids change only when retention or a delete rebuilds the day ([`replace`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
