@@ -19,7 +19,7 @@ use crate::codec::{self, RecordKeys};
 use crate::dedup::DedupSet;
 use crate::head::Head;
 use crate::maintain::{CompactionConfig, RetentionConfig, Trash};
-use crate::manifest::{Manifest, SegmentMeta};
+use crate::manifest::Manifest;
 use crate::segment::{self, TableChunk, WriteOptions};
 use crate::vfs::{OsVfs, Vfs};
 use crate::volume::{VolumeConfig, VolumeCounters};
@@ -1131,41 +1131,16 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
         if enc.rows == 0 {
             continue;
         }
-        let id = inner.next_segment_id();
-        let rel_dir = format!("segments/{tenant}/{day}");
-        let abs_dir = inner.dir.join(&rel_dir);
-        vfs.create_dir_all(&abs_dir)
-            .map_err(|e| Error::io("creating segment directory", &abs_dir, e))?;
-        let path = format!("{rel_dir}/{id:016}.parquet");
-        let index_path = format!("{rel_dir}/{id:016}.sidx");
-        let index_bytes = enc.index.encode();
-        for (rel, data) in [(&path, &enc.parquet), (&index_path, &index_bytes)] {
-            let p = inner.dir.join(rel);
-            vfs.write_synced(&p, data)
-                .map_err(|e| Error::io("writing segment", &p, e))?;
-        }
-        synced_dirs.insert(abs_dir);
+        // Writes and syncs the files and their day directory; the parents below.
+        let (meta, index) = inner.write_segment_files(tenant, day, "", enc)?;
         synced_dirs.insert(inner.dir.join(format!("segments/{tenant}")));
-        catalog::update(vfs, &inner.dir, tenant, day, &enc.index)?;
+        catalog::update(vfs, &inner.dir, tenant, day, &index)?;
         inner.catalog_cache.lock().invalidate(tenant, day);
-        inner.index_cache.lock().insert(id, Arc::new(enc.index));
+        inner.index_cache.lock().insert(meta.id, Arc::new(index));
         stats.segments += 1;
-        stats.rows += enc.rows;
-        stats.bytes += enc.parquet.len() as u64;
-        manifest.segments.push(SegmentMeta {
-            id,
-            tenant: tenant.to_string(),
-            day,
-            path,
-            index_path,
-            rows: enc.rows,
-            series: enc.tables.iter().map(|t| t.series).sum(),
-            bytes: enc.parquet.len() as u64,
-            index_bytes: index_bytes.len() as u64,
-            min_time: enc.min_time,
-            max_time: enc.max_time,
-            tables: enc.tables,
-        });
+        stats.rows += meta.rows;
+        stats.bytes += meta.bytes;
+        manifest.segments.push(meta);
     }
     synced_dirs.insert(inner.dir.join("segments"));
     // Deepest first, so a directory's entry is durable in its parent after its content.

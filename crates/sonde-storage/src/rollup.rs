@@ -416,6 +416,62 @@ impl Inner {
         (in_rollup || !in_raw).then(|| r.clone())
     }
 
+    /// The current rollups of `tier` for `table` among the days of `[start, end]`,
+    /// by day (only days that have a rollup are looked at, so an unbounded range costs
+    /// nothing).
+    fn current_rollups(
+        &self,
+        tenant: &str,
+        tier: i64,
+        table: &str,
+        start: TimestampMs,
+        end: TimestampMs,
+    ) -> Vec<RollupMeta> {
+        let st = self.state.read();
+        let (first, last) = (day_of(start), day_of(end));
+        let mut v: Vec<RollupMeta> = st
+            .manifest
+            .rollups
+            .iter()
+            .filter(|r| {
+                r.tier_ms == tier
+                    && r.segment.tenant == tenant
+                    && (first..=last).contains(&r.segment.day)
+            })
+            .filter_map(|r| self.rollup_current(&st, tenant, table, r.segment.day, tier))
+            .collect();
+        v.sort_by_key(|r| r.segment.day);
+        v
+    }
+
+    /// The rows (buckets starting in `[lo, hi]`) of `table`'s series matching
+    /// `matchers` in a rollup segment, with the bytes read.
+    fn read_rollup(
+        &self,
+        seg: &SegmentMeta,
+        table: &str,
+        matchers: &[crate::Matcher],
+        fields: &[FieldDef],
+        (lo, hi): (TimestampMs, TimestampMs),
+    ) -> Result<(Vec<(Labels, SeriesData)>, u64)> {
+        let index = self.segment_index(seg.id, &seg.index_path)?;
+        let Some(it) = index.table(table) else {
+            return Ok((Vec::new(), 0));
+        };
+        let ords = it.select(matchers, lo, hi);
+        read_series(
+            self.vfs.as_ref(),
+            &SeriesRead {
+                path: self.dir.join(&seg.path),
+                table: it,
+                ordinals: &ords,
+                fields,
+                start: lo,
+                end: hi,
+            },
+        )
+    }
+
     /// Builds the rollups of every (tenant, day) whose rollups are missing or stale.
     pub(crate) fn build_rollups(&self) -> Result<usize> {
         let cfg = &self.config.rollups;
@@ -594,22 +650,9 @@ impl Storage {
         start: TimestampMs,
         end: TimestampMs,
     ) -> usize {
-        let st = self.inner.state.read();
-        let (first, last) = (day_of(start), day_of(end));
-        st.manifest
-            .rollups
-            .iter()
-            .filter(|r| {
-                r.tier_ms == tier_ms
-                    && r.segment.tenant == tenant
-                    && (first..=last).contains(&r.segment.day)
-            })
-            .filter(|r| {
-                self.inner
-                    .rollup_current(&st, tenant, table, r.segment.day, tier_ms)
-                    .is_some()
-            })
-            .count()
+        self.inner
+            .current_rollups(tenant, tier_ms, table, start, end)
+            .len()
     }
 
     /// The buckets of `req.table`'s single field `req.fields[0]` over `[start, end]`
@@ -649,28 +692,9 @@ impl Storage {
             .filter_map(|(f, w)| w.then_some(f))
             .collect();
         let (start, end) = (req.start, req.end);
-        // The days the tier answers (only days that have a rollup are looked at, so
-        // an unbounded range costs nothing), and raw scans for the gaps between.
-        let answered: Vec<(i64, RollupMeta)> = {
-            let st = self.inner.state.read();
-            let mut days: Vec<i64> = st
-                .manifest
-                .rollups
-                .iter()
-                .filter(|r| r.tier_ms == tier_ms && r.segment.tenant == tenant)
-                .map(|r| r.segment.day)
-                .filter(|&d| d >= day_of(start) && d <= day_of(end))
-                .collect();
-            days.sort_unstable();
-            days.dedup();
-            days.into_iter()
-                .filter_map(|d| {
-                    self.inner
-                        .rollup_current(&st, tenant, &req.table, d, tier_ms)
-                        .map(|r| (d, r))
-                })
-                .collect()
-        };
+        let answered = self
+            .inner
+            .current_rollups(tenant, tier_ms, &req.table, start, end);
         let mut out = BucketScan {
             kind: Some(schema.kind),
             ..Default::default()
@@ -678,7 +702,8 @@ impl Storage {
         // Jobs in time order: one rollup day, or the raw range before the next one.
         let mut jobs: Vec<(i64, i64, Option<&RollupMeta>)> = Vec::new();
         let mut cursor = start;
-        for (d, r) in &answered {
+        for r in &answered {
+            let d = r.segment.day;
             let (lo, hi) = (start.max(d * DAY_MS), end.min(d * DAY_MS + DAY_MS - 1));
             if cursor < lo {
                 out.raw_days += (day_of(lo - 1) - day_of(cursor) + 1) as usize;
@@ -697,25 +722,12 @@ impl Storage {
                 let mut got = Vec::new();
                 match r {
                     Some(r) => {
-                        let seg = &r.segment;
-                        if !seg.tables.iter().any(|t| t.name == req.table) {
-                            return Ok(got);
-                        }
-                        let index = self.inner.segment_index(seg.id, &seg.index_path)?;
-                        let Some(it) = index.table(&req.table) else {
-                            return Ok(got);
-                        };
-                        let ords = it.select(&req.matchers, lo, hi);
-                        let (rows, _) = read_series(
-                            self.inner.vfs.as_ref(),
-                            &SeriesRead {
-                                path: self.inner.dir.join(&seg.path),
-                                table: it,
-                                ordinals: &ords,
-                                fields: &fields,
-                                start: lo,
-                                end: hi,
-                            },
+                        let (rows, _) = self.inner.read_rollup(
+                            &r.segment,
+                            &req.table,
+                            &req.matchers,
+                            &fields,
+                            (lo, hi),
                         )?;
                         for (labels, data) in rows {
                             let b = buckets_of(&data, &want);
@@ -808,22 +820,9 @@ impl Storage {
             tags: schema.tags.clone(),
         };
         let (start, end) = (req.start, req.end);
-        let answered: Vec<RollupMeta> = {
-            let st = self.inner.state.read();
-            let mut v: Vec<RollupMeta> = st
-                .manifest
-                .rollups
-                .iter()
-                .filter(|r| r.tier_ms == tier_ms && r.segment.tenant == tenant)
-                .filter(|r| r.segment.day >= day_of(start) && r.segment.day <= day_of(end))
-                .filter_map(|r| {
-                    self.inner
-                        .rollup_current(&st, tenant, &req.table, r.segment.day, tier_ms)
-                })
-                .collect();
-            v.sort_by_key(|r| r.segment.day);
-            v
-        };
+        let answered = self
+            .inner
+            .current_rollups(tenant, tier_ms, &req.table, start, end);
         let mut by_series: std::collections::BTreeMap<Labels, SeriesData> = Default::default();
         let mut add = |labels: Labels, data: SeriesData| {
             if data.is_empty() {
@@ -872,22 +871,12 @@ impl Storage {
                 raw(cursor, lo - 1, &mut stats, &mut add)?;
             }
             cursor = hi.saturating_add(1);
-            let seg = &r.segment;
-            let index = self.inner.segment_index(seg.id, &seg.index_path)?;
-            let Some(it) = index.table(&req.table) else {
-                continue;
-            };
-            let ords = it.select(&req.matchers, lo, hi);
-            let (rows, bytes) = read_series(
-                self.inner.vfs.as_ref(),
-                &SeriesRead {
-                    path: self.inner.dir.join(&seg.path),
-                    table: it,
-                    ordinals: &ords,
-                    fields: &rfields,
-                    start: lo,
-                    end: hi,
-                },
+            let (rows, bytes) = self.inner.read_rollup(
+                &r.segment,
+                &req.table,
+                &req.matchers,
+                &rfields,
+                (lo, hi),
             )?;
             stats.segments_read += 1;
             stats.bytes_read += bytes;

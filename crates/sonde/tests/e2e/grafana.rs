@@ -5,15 +5,9 @@
 
 use serde_json::Value;
 
-use crate::harness::{TestServer, http_request, now_ms};
+use crate::harness::{TestServer, form, http_request, now_ms};
 
 const CALLS: usize = 6_000;
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
-}
 
 /// Grafana posts form-encoded parameters (the data source's default HTTP method).
 fn post(server: &TestServer, path: &str, pairs: &[(&str, &str)]) -> Value {

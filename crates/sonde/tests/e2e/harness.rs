@@ -255,3 +255,44 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `application/x-www-form-urlencoded` text of `pairs` (how Grafana posts queries).
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// One remote_write series: `name{labels}` (labels sorted, as senders send them).
+pub fn rw_series(
+    name: &str,
+    labels: &[(&str, &str)],
+    samples: &[(i64, f64)],
+) -> sonde_proto::prometheus::TimeSeries {
+    use sonde_proto::prometheus::{Label, Sample, TimeSeries};
+    let mut l = vec![Label {
+        name: "__name__".into(),
+        value: name.into(),
+    }];
+    l.extend(labels.iter().map(|(n, v)| Label {
+        name: n.to_string(),
+        value: v.to_string(),
+    }));
+    l.sort_by(|a, b| a.name.cmp(&b.name));
+    TimeSeries {
+        labels: l,
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| Sample { value, timestamp })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A remote_write request body (protobuf, snappy block format).
+pub fn rw_body(req: &sonde_proto::prometheus::WriteRequest) -> Vec<u8> {
+    use prost::Message;
+    snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .unwrap()
+}

@@ -1,50 +1,20 @@
 //! Compaction, retention, deletes and ingest volume controls through the real
 //! server: remote_write in, PromQL and the admin API out, restarts in between.
 
-use prost::Message;
 use serde_json::Value;
-use sonde_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+use sonde_proto::prometheus::{TimeSeries, WriteRequest};
 
-use crate::harness::{TestServer, http_request, now_ms};
+use crate::harness::{TestServer, form, http_request, now_ms, rw_body, rw_series as series};
 
 const CT: &str = "application/x-protobuf";
 const DAY: i64 = 86_400_000;
-
-fn series(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
-    let mut l = vec![Label {
-        name: "__name__".into(),
-        value: name.into(),
-    }];
-    l.extend(labels.iter().map(|(n, v)| Label {
-        name: n.to_string(),
-        value: v.to_string(),
-    }));
-    l.sort_by(|a, b| a.name.cmp(&b.name));
-    TimeSeries {
-        labels: l,
-        samples: samples
-            .iter()
-            .map(|&(timestamp, value)| Sample { value, timestamp })
-            .collect(),
-        ..Default::default()
-    }
-}
 
 fn write(server: &TestServer, ts: Vec<TimeSeries>) -> (u16, String) {
     let req = WriteRequest {
         timeseries: ts,
         metadata: vec![],
     };
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&req.encode_to_vec())
-        .unwrap();
-    server.http_body("POST", "/api/v1/write", CT, &body)
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
+    server.http_body("POST", "/api/v1/write", CT, &rw_body(&req))
 }
 
 fn post(server: &TestServer, path: &str, pairs: &[(&str, &str)]) -> (u16, Value) {
@@ -202,10 +172,7 @@ fn delete_series_and_tenant() {
             timeseries: vec![series("usage", &[("user_id", user)], &samples)],
             metadata: vec![],
         };
-        let body = snap::raw::Encoder::new()
-            .compress_vec(&req.encode_to_vec())
-            .unwrap();
-        let (code, b) = server.http_auth("POST", "/api/v1/write", CT, &body, Some(token));
+        let (code, b) = server.http_auth("POST", "/api/v1/write", CT, &rw_body(&req), Some(token));
         assert_eq!(code, 204, "{b}");
     };
     rw("tok-acme-123", "alice", t0);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use serde_json::Value;
-use sonde_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+use sonde_proto::prometheus::{TimeSeries, WriteRequest};
 
 use crate::harness::{TestServer, free_port, http_request, now_ms};
 
@@ -83,23 +83,7 @@ impl Rng {
 }
 
 fn ts(name: &str, labels: &[(&str, &str)], samples: Vec<(i64, f64)>) -> TimeSeries {
-    let mut l = vec![Label {
-        name: "__name__".into(),
-        value: name.into(),
-    }];
-    l.extend(labels.iter().map(|(n, v)| Label {
-        name: n.to_string(),
-        value: v.to_string(),
-    }));
-    l.sort_by(|a, b| a.name.cmp(&b.name));
-    TimeSeries {
-        labels: l,
-        samples: samples
-            .into_iter()
-            .map(|(timestamp, value)| Sample { value, timestamp })
-            .collect(),
-        ..Default::default()
-    }
+    crate::harness::rw_series(name, labels, &samples)
 }
 
 /// Scrape times of one series: every 15 s from `start` with a per-series phase and

@@ -3,35 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use prost::Message;
-use sonde_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+use sonde_proto::prometheus::WriteRequest;
 use sonde_storage::ScanRequest;
 
-use crate::harness::{TestServer, now_ms, reopen};
-
-fn series(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
-    let mut l = vec![Label {
-        name: "__name__".into(),
-        value: name.into(),
-    }];
-    l.extend(labels.iter().map(|(n, v)| Label {
-        name: n.to_string(),
-        value: v.to_string(),
-    }));
-    TimeSeries {
-        labels: l,
-        samples: samples
-            .iter()
-            .map(|&(timestamp, value)| Sample { value, timestamp })
-            .collect(),
-        ..Default::default()
-    }
-}
+use crate::harness::{TestServer, now_ms, reopen, rw_body, rw_series as series};
 
 fn encode(req: &WriteRequest) -> Vec<u8> {
-    snap::raw::Encoder::new()
-        .compress_vec(&req.encode_to_vec())
-        .unwrap()
+    rw_body(req)
 }
 
 const CT: &str = "application/x-protobuf";

@@ -5,16 +5,10 @@
 
 use serde_json::Value;
 
-use crate::harness::{TestServer, http_request, now_ms};
+use crate::harness::{TestServer, form, http_request, now_ms};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
-}
 
 const METRICS: &str = "tok-metrics-1234";
 const CALLS: &str = "tok-calls-12345";
