@@ -113,24 +113,54 @@ pub(crate) fn try_range_function(
         let scan = ev
             .storage
             .scan_buckets(ev.tenant, tier, &req, Some(needed(name, delta)))?;
-        for (si, (labels, b)) in scan.series.into_iter().enumerate() {
-            if si % 1024 == 0 {
-                ev.check_deadline("range function")?;
-            }
-            if b.len() > ev.budget {
-                return Err(PromError::Execution(
-                    "query processing would load too many samples into memory in query execution"
-                        .into(),
-                ));
-            }
-            ev.budget -= b.len();
-            let vals: Vec<Option<f64>> = (0..g.n)
+        ev.check_deadline("range function")?;
+        let loaded: usize = scan.series.iter().map(|(_, b)| b.len()).sum();
+        if loaded > ev.budget {
+            return Err(PromError::Execution(
+                "query processing would load too many samples into memory in query execution"
+                    .into(),
+            ));
+        }
+        ev.budget -= loaded;
+        let values = |b: &Buckets| -> Vec<Option<f64>> {
+            // Evaluation times ascend: both window edges only move forward.
+            let (mut lo, mut hi) = (0usize, 0usize);
+            (0..g.n)
                 .map(|i| {
                     let e = g.t(i) - offset;
-                    let w = Window::new(&b, e - range, e);
-                    eval(name, &b, &w, delta, range_s)
+                    let s = e - range;
+                    while hi < b.len() && b.start[hi] < e {
+                        hi += 1;
+                    }
+                    while lo < hi && b.start[lo] < s {
+                        lo += 1;
+                    }
+                    let w = Window::at(b, s, e, lo, hi);
+                    eval(name, b, &w, delta, range_s)
                 })
-                .collect();
+                .collect()
+        };
+        // Series are independent: split them over the cores.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let all: Vec<Vec<Option<f64>>> = if threads < 2 || scan.series.len() < 2 {
+            scan.series.iter().map(|(_, b)| values(b)).collect()
+        } else {
+            let chunk = scan.series.len().div_ceil(threads);
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = scan
+                    .series
+                    .chunks(chunk)
+                    .map(|part| {
+                        sc.spawn(|| part.iter().map(|(_, b)| values(b)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("window evaluation panicked"))
+                    .collect()
+            })
+        };
+        for ((labels, _), vals) in scan.series.iter().zip(all) {
             if vals.iter().all(Option::is_none) {
                 continue;
             }
@@ -172,9 +202,9 @@ struct Window {
 }
 
 impl Window {
-    fn new(b: &Buckets, s: i64, e: i64) -> Window {
-        let lo = b.start.partition_point(|&t| t < s);
-        let hi = b.start.partition_point(|&t| t < e);
+    /// The window `[s, e]` whose whole buckets are `lo..hi` (the first bucket
+    /// starting at or after `s`, the first at or after `e`).
+    fn at(b: &Buckets, s: i64, e: i64, lo: usize, hi: usize) -> Window {
         let edge = (hi < b.len() && b.start[hi] == e && b.first_ts[hi] == e).then(|| b.first[hi]);
         Window { s, e, lo, hi, edge }
     }

@@ -189,6 +189,21 @@ impl Buckets {
         b
     }
 
+    pub fn with_capacity(n: usize) -> Buckets {
+        Buckets {
+            start: Vec::with_capacity(n),
+            count: Vec::with_capacity(n),
+            sum: Vec::with_capacity(n),
+            min: Vec::with_capacity(n),
+            max: Vec::with_capacity(n),
+            first: Vec::with_capacity(n),
+            last: Vec::with_capacity(n),
+            first_ts: Vec::with_capacity(n),
+            last_ts: Vec::with_capacity(n),
+            inc: Vec::with_capacity(n),
+        }
+    }
+
     /// Appends `o`, whose buckets all come after these.
     pub fn append(&mut self, o: Buckets) {
         self.start.extend(o.start);
@@ -291,15 +306,25 @@ fn buckets_of(data: &SeriesData, want: &[bool; 9]) -> Buckets {
     };
     let fl = |c: &Column, i: usize| f64_values(c, i).unwrap_or(f64::NAN);
     let n = data.ts.len();
-    for v in [
-        &mut b.sum,
-        &mut b.min,
-        &mut b.max,
-        &mut b.first,
-        &mut b.last,
-        &mut b.inc,
-    ] {
-        v.reserve(n);
+    b.start.reserve(n);
+    b.count.reserve(n);
+    for (k, v) in [
+        (1, &mut b.sum),
+        (2, &mut b.min),
+        (3, &mut b.max),
+        (4, &mut b.first),
+    ]
+    .into_iter()
+    .chain([(5, &mut b.last), (8, &mut b.inc)])
+    {
+        if cols[k].is_some() {
+            v.reserve(n);
+        }
+    }
+    for (k, v) in [(6, &mut b.first_ts), (7, &mut b.last_ts)] {
+        if cols[k].is_some() {
+            v.reserve(n);
+        }
     }
     for i in 0..n {
         let c = int(count, i);
@@ -773,18 +798,29 @@ impl Storage {
                     .collect()
             })
         };
-        let mut by_series: std::collections::BTreeMap<Labels, Buckets> = Default::default();
+        // Parts per series in time order, concatenated once at their total length.
+        let mut by_series: std::collections::HashMap<Labels, Vec<Buckets>> = Default::default();
         for r in results {
             for (labels, b) in r? {
-                match by_series.get_mut(&labels) {
-                    Some(all) => all.append(b),
-                    None => {
-                        by_series.insert(labels, b);
-                    }
-                }
+                by_series.entry(labels).or_default().push(b);
             }
         }
-        out.series = by_series.into_iter().collect();
+        let mut series: Vec<(Labels, Buckets)> = by_series
+            .into_iter()
+            .map(|(labels, mut parts)| {
+                if parts.len() == 1 {
+                    return (labels, parts.pop().expect("one part"));
+                }
+                let n = parts.iter().map(Buckets::len).sum();
+                let mut all = Buckets::with_capacity(n);
+                for p in parts {
+                    all.append(p);
+                }
+                (labels, all)
+            })
+            .collect();
+        series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.series = series;
         Ok(out)
     }
 }
