@@ -18,6 +18,7 @@ pub mod exec;
 pub mod format;
 pub mod functions;
 pub mod provider;
+pub mod tiers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,6 +141,7 @@ impl QueryEngine {
         ctx.register_catalog("sonde", Arc::new(catalog));
         ctx.register_udaf(functions::increase());
         ctx.register_udaf(functions::rate());
+        ctx.add_optimizer_rule(Arc::new(tiers::UseRollupTiers));
         Ok(ctx)
     }
 

@@ -334,6 +334,35 @@ fn promql_from_rollups_equals_raw() {
     ));
     assert!(!raw.is_empty());
     assert_eq!(tier.len(), raw.len());
+    // The raw table, grouped by an hourly date_bin within hour-aligned bounds, is
+    // answered from the 1 h tier (EXPLAIN says so) with the answer raw rows give (a
+    // predicate on the value, true for every row, keeps the query on raw rows).
+    let q = |extra: &str| {
+        format!(
+            "SELECT model, date_bin(INTERVAL '1 hour', time) AS h, count(value) AS n, \
+             sum(value) AS s, min(value) AS lo, max(value) AS hi, avg(value) AS a \
+             FROM llm_ttft_seconds WHERE {range}{extra} GROUP BY model, h ORDER BY model, h"
+        )
+    };
+    let plan = sql(&format!("EXPLAIN {}", q("")));
+    let plan = serde_json::to_string(&plan).unwrap();
+    assert!(plan.contains("TableScan: llm_ttft_seconds_1h"), "{plan}");
+    let plan = sql(&format!("EXPLAIN {}", q(" AND value > -1e300")));
+    let plan = serde_json::to_string(&plan).unwrap();
+    assert!(!plan.contains("llm_ttft_seconds_1h"), "{plan}");
+    let (auto, raw_rows) = (sql(&q("")), sql(&q(" AND value > -1e300")));
+    assert!(raw_rows.len() > 50, "{}", raw_rows.len());
+    assert_eq!(auto.len(), raw_rows.len());
+    for (t, r) in auto.iter().zip(&raw_rows) {
+        assert_eq!(
+            (&t["model"], &t["h"], &t["n"]),
+            (&r["model"], &r["h"], &r["n"])
+        );
+        for k in ["s", "lo", "hi", "a"] {
+            let (a, b) = (t[k].as_f64().unwrap(), r[k].as_f64().unwrap());
+            assert!(close(a, b), "{k}: tier {a} raw {b}");
+        }
+    }
     for (t, r) in tier.iter().zip(&raw) {
         assert_eq!(t["model"], r["model"]);
         assert_eq!(t["n"].as_f64(), r["n"].as_f64(), "{t} {r}");
