@@ -166,54 +166,26 @@ fn try_rewrite(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
             ("count", None) if single_field && is_count_star(&params.args) => fields[0].to_string(),
             _ => return Ok(None),
         };
+        use datafusion::functions_aggregate::expr_fn::{max, min, sum};
+        // Aggregates `stat` of the field with `f` into the column `__tier_<i>_<stat>`.
+        let mut over = |f: fn(Expr) -> Expr, s: &str| {
+            tier_aggs.push(f(stat(&field, s)).alias(k(s)));
+            col(k(s))
+        };
         let out = match name {
-            "count" => {
-                tier_aggs.push(
-                    datafusion::functions_aggregate::expr_fn::sum(stat(&field, "count"))
-                        .alias(k("n")),
-                );
-                // count is never null: no bucket → 0.
-                datafusion::functions::expr_fn::coalesce(vec![
-                    col(k("n")),
-                    Expr::Literal(ScalarValue::Int64(Some(0)), None),
-                ])
-            }
-            "sum" => {
-                tier_aggs.push(
-                    datafusion::functions_aggregate::expr_fn::sum(stat(&field, "sum"))
-                        .alias(k("s")),
-                );
-                col(k("s"))
-            }
-            "min" => {
-                tier_aggs.push(
-                    datafusion::functions_aggregate::expr_fn::min(stat(&field, "min"))
-                        .alias(k("m")),
-                );
-                col(k("m"))
-            }
-            "max" => {
-                tier_aggs.push(
-                    datafusion::functions_aggregate::expr_fn::max(stat(&field, "max"))
-                        .alias(k("m")),
-                );
-                col(k("m"))
-            }
-            "avg" => {
-                tier_aggs.push(
-                    datafusion::functions_aggregate::expr_fn::sum(stat(&field, "sum"))
-                        .alias(k("s")),
-                );
-                tier_aggs.push(
-                    datafusion::functions_aggregate::expr_fn::sum(stat(&field, "count"))
-                        .alias(k("n")),
-                );
-                Expr::BinaryExpr(BinaryExpr::new(
-                    Box::new(col(k("s"))),
-                    Operator::Divide,
-                    Box::new(cast(col(k("n")), DataType::Float64)),
-                ))
-            }
+            // count is never null: no bucket → 0.
+            "count" => datafusion::functions::expr_fn::coalesce(vec![
+                over(sum, "count"),
+                Expr::Literal(ScalarValue::Int64(Some(0)), None),
+            ]),
+            "sum" => over(sum, "sum"),
+            "min" => over(min, "min"),
+            "max" => over(max, "max"),
+            "avg" => Expr::BinaryExpr(BinaryExpr::new(
+                Box::new(over(sum, "sum")),
+                Operator::Divide,
+                Box::new(cast(over(sum, "count"), DataType::Float64)),
+            )),
             _ => return Ok(None),
         };
         outputs.push(cast(out, out_type).alias(out_name));

@@ -179,6 +179,15 @@ fn selectors(p: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
         .collect()
 }
 
+/// `match[]` selectors where at least one is required.
+fn required_selectors(p: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
+    let sel = selectors(p)?;
+    if sel.is_empty() {
+        return Err(bad("no match[] parameter provided"));
+    }
+    Ok(sel)
+}
+
 /// Runs `f` on the blocking pool for the caller's tenant and renders the result.
 async fn run<F>(state: Arc<AppState>, headers: HeaderMap, f: F) -> Response
 where
@@ -287,10 +296,7 @@ pub async fn series(
 ) -> Response {
     let p = Params::new(q, &headers, &body);
     run(state, headers, move |state, tenant| {
-        let sel = selectors(&p)?;
-        if sel.is_empty() {
-            return Err(bad("no match[] parameter provided"));
-        }
+        let sel = required_selectors(&p)?;
         let start = time_param(&p, "start", MIN_TIME_MS)?;
         let end = time_param(&p, "end", MAX_TIME_MS)?;
         let limit = limit_param(&p)?;
@@ -424,10 +430,7 @@ pub async fn delete_series(
 ) -> Response {
     let p = Params::new(q, &headers, &body);
     run(state, headers, move |state, tenant| {
-        let sel = selectors(&p)?;
-        if sel.is_empty() {
-            return Err(bad("no match[] parameter provided"));
-        }
+        let sel = required_selectors(&p)?;
         let start = time_param(&p, "start", i64::MIN)?;
         let end = time_param(&p, "end", i64::MAX)?;
         if end < start {

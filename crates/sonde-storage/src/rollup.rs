@@ -204,6 +204,22 @@ impl Buckets {
         }
     }
 
+    /// The statistic vectors with their position in [`STATS`]: floats, then times.
+    #[allow(clippy::type_complexity)]
+    fn stats_mut(&mut self) -> ([(usize, &mut Vec<f64>); 6], [(usize, &mut Vec<i64>); 2]) {
+        (
+            [
+                (1, &mut self.sum),
+                (2, &mut self.min),
+                (3, &mut self.max),
+                (4, &mut self.first),
+                (5, &mut self.last),
+                (8, &mut self.inc),
+            ],
+            [(6, &mut self.first_ts), (7, &mut self.last_ts)],
+        )
+    }
+
     /// Appends `o`, whose buckets all come after these.
     pub fn append(&mut self, o: Buckets) {
         self.start.extend(o.start);
@@ -298,59 +314,30 @@ fn buckets_of(data: &SeriesData, want: &[bool; 9]) -> Buckets {
             next += 1;
         }
     }
-    let mut b = Buckets::default();
-    let Some(count) = cols[0] else { return b };
+    let Some(count) = cols[0] else {
+        return Buckets::default();
+    };
     let int = |c: &Column, i: usize| match &c.values {
         Values::I64(v) => v[i],
         Values::F64(v) => v[i] as i64,
     };
     let fl = |c: &Column, i: usize| f64_values(c, i).unwrap_or(f64::NAN);
     let n = data.ts.len();
-    b.start.reserve(n);
-    b.count.reserve(n);
-    for (k, v) in [
-        (1, &mut b.sum),
-        (2, &mut b.min),
-        (3, &mut b.max),
-        (4, &mut b.first),
-    ]
-    .into_iter()
-    .chain([(5, &mut b.last), (8, &mut b.inc)])
-    {
-        if cols[k].is_some() {
-            v.reserve(n);
+    let mut b = Buckets::default();
+    let valid: Vec<usize> = (0..n)
+        .filter(|&i| count.is_valid(i) && int(count, i) > 0)
+        .collect();
+    b.start = valid.iter().map(|&i| data.ts[i]).collect();
+    b.count = valid.iter().map(|&i| int(count, i)).collect();
+    let (floats, ints) = b.stats_mut();
+    for (k, out) in floats {
+        if let Some(c) = cols[k] {
+            *out = valid.iter().map(|&i| fl(c, i)).collect();
         }
     }
-    for (k, v) in [(6, &mut b.first_ts), (7, &mut b.last_ts)] {
-        if cols[k].is_some() {
-            v.reserve(n);
-        }
-    }
-    for i in 0..n {
-        let c = int(count, i);
-        if c <= 0 || !count.is_valid(i) {
-            continue;
-        }
-        b.start.push(data.ts[i]);
-        b.count.push(c);
-        for (k, out) in [
-            (1, &mut b.sum),
-            (2, &mut b.min),
-            (3, &mut b.max),
-            (4, &mut b.first),
-        ]
-        .into_iter()
-        .chain([(5, &mut b.last), (8, &mut b.inc)])
-        {
-            if let Some(col) = cols[k] {
-                out.push(fl(col, i));
-            }
-        }
-        if let Some(col) = cols[6] {
-            b.first_ts.push(int(col, i));
-        }
-        if let Some(col) = cols[7] {
-            b.last_ts.push(int(col, i));
+    for (k, out) in ints {
+        if let Some(c) = cols[k] {
+            *out = valid.iter().map(|&i| int(c, i)).collect();
         }
     }
     b
@@ -724,23 +711,12 @@ impl Storage {
             kind: Some(schema.kind),
             ..Default::default()
         };
-        // Jobs in time order: one rollup day, or the raw range before the next one.
-        let mut jobs: Vec<(i64, i64, Option<&RollupMeta>)> = Vec::new();
-        let mut cursor = start;
-        for r in &answered {
-            let d = r.segment.day;
-            let (lo, hi) = (start.max(d * DAY_MS), end.min(d * DAY_MS + DAY_MS - 1));
-            if cursor < lo {
-                out.raw_days += (day_of(lo - 1) - day_of(cursor) + 1) as usize;
-                jobs.push((cursor, lo - 1, None));
+        let jobs = read_plan(&answered, start, end);
+        for (lo, hi, r) in &jobs {
+            match r {
+                Some(_) => out.rollup_days += 1,
+                None => out.raw_days += (day_of(*hi) - day_of(*lo) + 1) as usize,
             }
-            out.rollup_days += 1;
-            jobs.push((lo, hi, Some(r)));
-            cursor = hi.saturating_add(1);
-        }
-        if cursor <= end {
-            out.raw_days += (day_of(end) - day_of(cursor) + 1).max(0) as usize;
-            jobs.push((cursor, end, None));
         }
         let run =
             |&(lo, hi, r): &(i64, i64, Option<&RollupMeta>)| -> Result<Vec<(Labels, Buckets)>> {
@@ -825,6 +801,31 @@ impl Storage {
     }
 }
 
+/// How to read `[start, end]` given the days a tier answers (`answered`, by day):
+/// in time order, each answered day from its rollup, and the ranges between them
+/// (of any length) from raw data.
+fn read_plan(
+    answered: &[RollupMeta],
+    start: TimestampMs,
+    end: TimestampMs,
+) -> Vec<(TimestampMs, TimestampMs, Option<&RollupMeta>)> {
+    let mut jobs = Vec::with_capacity(answered.len() * 2 + 1);
+    let mut cursor = start;
+    for r in answered {
+        let d = r.segment.day;
+        let (lo, hi) = (start.max(d * DAY_MS), end.min(d * DAY_MS + DAY_MS - 1));
+        if cursor < lo {
+            jobs.push((cursor, lo - 1, None));
+        }
+        jobs.push((lo, hi, Some(r)));
+        cursor = hi.saturating_add(1);
+    }
+    if cursor <= end {
+        jobs.push((cursor, end, None));
+    }
+    jobs
+}
+
 /// The name of a tier in table names: `1m`, `1h`, `1d`, else seconds (`30s`).
 pub fn tier_suffix(tier_ms: i64) -> String {
     match tier_ms {
@@ -899,14 +900,11 @@ impl Storage {
             }
             Ok(())
         };
-        let mut cursor = start;
-        for r in &answered {
-            let d = r.segment.day;
-            let (lo, hi) = (start.max(d * DAY_MS), end.min(d * DAY_MS + DAY_MS - 1));
-            if cursor < lo {
-                raw(cursor, lo - 1, &mut stats, &mut add)?;
-            }
-            cursor = hi.saturating_add(1);
+        for (lo, hi, r) in read_plan(&answered, start, end) {
+            let Some(r) = r else {
+                raw(lo, hi, &mut stats, &mut add)?;
+                continue;
+            };
             let (rows, bytes) = self.inner.read_rollup(
                 &r.segment,
                 &req.table,
@@ -919,9 +917,6 @@ impl Storage {
             for (labels, data) in rows {
                 add(labels, data);
             }
-        }
-        if cursor <= end {
-            raw(cursor, end, &mut stats, &mut add)?;
         }
         let series: Vec<(Labels, SeriesData)> = by_series.into_iter().collect();
         stats.series = series.len();
