@@ -156,6 +156,8 @@ pub(crate) fn fetch(
                     std::mem::take(&mut data.ts),
                     v.into_iter().map(|x| x as f64).collect(),
                 ),
+                // Raw tables have no bytes fields (only rollup sketches are).
+                (_, Values::Bytes(_)) => continue,
                 (Some(valid), values) => {
                     let mut ts = Vec::with_capacity(n);
                     let mut vals = Vec::with_capacity(n);
@@ -164,6 +166,7 @@ pub(crate) fn fetch(
                         vals.push(match &values {
                             Values::F64(v) => v[i],
                             Values::I64(v) => v[i] as f64,
+                            Values::Bytes(_) => f64::NAN,
                         });
                     }
                     (ts, vals)

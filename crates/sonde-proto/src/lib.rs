@@ -130,8 +130,10 @@ pub fn to_v1(batch: &sonde_types::WriteBatch) -> v1::WriteRequest {
                     .map(|f| v1::FieldDef {
                         name: f.name.clone(),
                         r#type: match f.ty {
-                            FieldType::F64 => v1::FieldType::F64,
                             FieldType::I64 => v1::FieldType::I64,
+                            // No column carries bytes: such a batch is refused by
+                            // validation on either side.
+                            FieldType::F64 | FieldType::Bytes => v1::FieldType::F64,
                         } as i32,
                     })
                     .collect(),

@@ -208,3 +208,126 @@ impl Accumulator for CounterAcc {
         Ok(())
     }
 }
+
+/// `sketch_quantile(sketch, q)`: the `q` quantile (0..=1) of all values of the
+/// sketches of the group — the `f_sketch` columns of event-table tiers
+/// (`llm_calls_1h.duration_seconds_sketch`), within 1 % of the exact order
+/// statistic of rank `floor(q (n − 1))`. NULL without values. The SQL tier rule turns
+/// `approx_percentile_cont` over an event table into this.
+pub fn sketch_quantile() -> AggregateUDF {
+    AggregateUDF::from(SketchQuantile {
+        signature: Signature::any(2, Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SketchQuantile {
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for SketchQuantile {
+    fn name(&self) -> &str {
+        "sketch_quantile"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        if !matches!(args[0], DataType::Binary | DataType::Null) {
+            return datafusion::common::plan_err!(
+                "sketch_quantile(sketch, q): sketch must be a sketch column (binary), got {}",
+                args[0]
+            );
+        }
+        if !args[1].is_numeric() {
+            return datafusion::common::plan_err!(
+                "sketch_quantile(sketch, q): q must be a number between 0 and 1, got {}",
+                args[1]
+            );
+        }
+        Ok(DataType::Float64)
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs<'_>) -> DfResult<Box<dyn Accumulator>> {
+        // A constant evaluates without input rows.
+        let empty =
+            arrow::array::RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
+        let q = args
+            .exprs
+            .get(1)
+            .and_then(|e| e.evaluate(&empty).ok())
+            .and_then(|v| match v {
+                datafusion::logical_expr::ColumnarValue::Scalar(s) => {
+                    s.cast_to(&DataType::Float64).ok()
+                }
+                _ => None,
+            });
+        let q = match q {
+            Some(ScalarValue::Float64(Some(q))) if (0.0..=1.0).contains(&q) => q,
+            _ => {
+                return datafusion::common::plan_err!(
+                    "sketch_quantile(sketch, q): q must be a constant between 0 and 1"
+                );
+            }
+        };
+        Ok(Box::new(SketchAcc {
+            q,
+            sketch: sonde_storage::sketch::Sketch::new(),
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs<'_>) -> DfResult<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format!("{}[sketch]", args.name),
+            DataType::Binary,
+            true,
+        ))])
+    }
+}
+
+#[derive(Debug)]
+struct SketchAcc {
+    q: f64,
+    sketch: sonde_storage::sketch::Sketch,
+}
+
+impl SketchAcc {
+    fn add_all(&mut self, a: &ArrayRef) -> DfResult<()> {
+        if a.data_type() == &DataType::Null {
+            return Ok(());
+        }
+        let b = a.as_binary::<i32>();
+        for i in 0..b.len() {
+            if b.is_valid(i) && !b.value(i).is_empty() {
+                let s = sonde_storage::sketch::Sketch::decode(b.value(i))
+                    .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+                self.sketch.merge(&s);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for SketchAcc {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.add_all(&values[0])
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        Ok(ScalarValue::Float64(self.sketch.quantile(self.q)))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.sketch.bins() * 48
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        Ok(vec![ScalarValue::Binary(Some(self.sketch.encode()))])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        self.add_all(&states[0])
+    }
+}

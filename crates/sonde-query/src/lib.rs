@@ -141,6 +141,7 @@ impl QueryEngine {
         ctx.register_catalog("sonde", Arc::new(catalog));
         ctx.register_udaf(functions::increase());
         ctx.register_udaf(functions::rate());
+        ctx.register_udaf(functions::sketch_quantile());
         ctx.add_optimizer_rule(Arc::new(tiers::UseRollupTiers));
         Ok(ctx)
     }
@@ -300,13 +301,12 @@ struct TenantSchema {
 }
 
 impl TenantSchema {
-    /// `<table>_<tier>` → the table, the tier and the table's schema (event tables
-    /// have no tiers).
+    /// `<table>_<tier>` → the table, the tier and the table's schema.
     fn tier_table(&self, name: &str) -> Option<(String, i64, sonde_storage::TableSchema)> {
         self.storage.rollup_tiers().into_iter().find_map(|t| {
             let base = name.strip_suffix(&format!("_{}", sonde_storage::rollup::tier_suffix(t)))?;
             let s = self.storage.table_schema(&self.tenant, base)?;
-            (s.kind != sonde_types::MetricKind::Event).then(|| (base.to_string(), t, s))
+            Some((base.to_string(), t, s))
         })
     }
 }
@@ -319,12 +319,10 @@ impl SchemaProvider for TenantSchema {
     fn table_names(&self) -> Vec<String> {
         let tables = self.storage.tables(&self.tenant);
         let mut names: Vec<String> = Vec::new();
-        for (name, s) in &tables {
+        for name in tables.keys() {
             names.push(name.clone());
-            if s.kind != sonde_types::MetricKind::Event {
-                for t in self.storage.rollup_tiers() {
-                    names.push(format!("{name}_{}", sonde_storage::rollup::tier_suffix(t)));
-                }
+            for t in self.storage.rollup_tiers() {
+                names.push(format!("{name}_{}", sonde_storage::rollup::tier_suffix(t)));
             }
         }
         names.push(SERIES_TABLE.to_string());

@@ -315,8 +315,12 @@ fn timestamp_ms(v: &ScalarValue) -> Option<(TimestampMs, TimestampMs)> {
 /// A rollup tier of a table as its own table, `<table>_<tier>` (`llm_tokens_total_1h`):
 /// one row per series and bucket, `time` = bucket start, and per field `f` the
 /// columns `f_count`, `f_sum`, `f_min`, `f_max`, `f_first`, `f_last`, `f_first_ts`,
-/// `f_last_ts` (ms), `f_inc`. Time and tag filters narrow the read as for raw tables;
-/// days the tier does not answer yet are rolled up from raw rows on the fly.
+/// `f_last_ts` (ms), `f_inc`; for event tables (`llm_calls_1h`) one row per bucket
+/// and combination of the tags left after `event_drop_tags`, with `f_count`,
+/// `f_sum`, `f_min`, `f_max` and, for float fields, the quantile sketch
+/// `f_sketch` (read it with `sketch_quantile`). Time and tag filters narrow the read
+/// as for raw tables; days the tier does not answer yet are rolled up from raw rows
+/// on the fly.
 #[derive(Debug)]
 pub struct RollupTable {
     inner: SondeTable,
@@ -332,11 +336,7 @@ impl RollupTable {
         tier_ms: i64,
         s: &TableSchema,
     ) -> Self {
-        let schema = TableSchema {
-            kind: s.kind,
-            fields: sonde_storage::rollup::rollup_fields(&s.fields),
-            tags: s.tags.clone(),
-        };
+        let schema = sonde_storage::rollup::tier_schema(s, storage.event_drop_tags());
         let name = format!("{base}_{}", sonde_storage::rollup::tier_suffix(tier_ms));
         RollupTable {
             inner: SondeTable::new(storage, tenant, &name, &schema),

@@ -12,10 +12,17 @@
 //! statistics equal those over the rows. The scan becomes the tier table
 //! (`<table>_1h`, read like `SELECT … FROM llm_tokens_total_1h`, current rollups plus
 //! raw rows rolled up on the fly) under the original name, so `EXPLAIN` shows
-//! `SubqueryAlias: <table>` over `TableScan: <table>_<tier>`. Anything else — other
-//! aggregates, filters on field values, unaligned bounds, `time > t`, event tables —
-//! is left to the raw table. Stale markers (Prometheus' special NaN) are not rolled
-//! up, so a sum over a table holding them is NaN from raw data but not from a tier.
+//! `SubqueryAlias: <table>` over `TableScan: <table>_<tier>`.
+//!
+//! On event tables (`llm_calls`) the same shape is answered when every tag the query
+//! names is one the tier keeps (not in `event_drop_tags`), and also
+//! `approx_percentile_cont(f, q)` / `approx_percentile_cont(q) WITHIN GROUP (ORDER BY
+//! f)` / `approx_median(f)` of a float field, from the buckets' quantile sketches
+//! (`sketch_quantile`, within 1 % of the exact order statistic). Anything else — other
+//! aggregates, filters on field values, unaligned bounds, `time > t`, `count(*)` of an
+//! event table — is left to the raw table. Stale markers (Prometheus' special NaN)
+//! are not rolled up, so a sum over a table holding them is NaN from raw data but not
+//! from a tier.
 
 use std::sync::Arc;
 
@@ -85,11 +92,19 @@ fn try_rewrite(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
     let Some(schema) = table.storage.table_schema(&table.tenant, &table.table) else {
         return Ok(None);
     };
-    if schema.kind == MetricKind::Event {
-        return Ok(None);
-    }
-    let tags: Vec<&str> = schema.tags.iter().map(String::as_str).collect();
+    let event = schema.kind == MetricKind::Event;
+    // The tags the tier keeps (event tiers leave out `event_drop_tags`): a query
+    // naming any other stays on raw rows.
+    let tier_tags =
+        sonde_storage::rollup::tier_schema(&schema, table.storage.event_drop_tags()).tags;
+    let tags: Vec<&str> = tier_tags.iter().map(String::as_str).collect();
     let fields: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
+    let float_field = |f: &str| {
+        schema
+            .fields
+            .iter()
+            .any(|d| d.name == f && d.ty == sonde_types::FieldType::F64)
+    };
 
     // Every millisecond amount the tier must divide: the bins and the time bounds.
     let mut must_divide: Vec<i64> = Vec::new();
@@ -124,8 +139,9 @@ fn try_rewrite(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
         return Ok(None);
     };
 
-    // count/sum/min/max/avg of a field → statistics of the tier.
-    let single_field = fields.len() == 1;
+    // count/sum/min/max/avg of a field → statistics of the tier; on event tables
+    // approx_percentile_cont/approx_median of a float field → its sketches.
+    let single_field = fields.len() == 1 && !event;
     let mut tier_aggs: Vec<Expr> = Vec::new();
     let mut outputs: Vec<Expr> = Vec::new();
     let field_of = |args: &[Expr]| -> Option<String> {
@@ -142,7 +158,16 @@ fn try_rewrite(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
         let Expr::AggregateFunction(AggregateFunction { func, params }) = inner else {
             return Ok(None);
         };
-        if params.distinct || params.filter.is_some() || !params.order_by.is_empty() {
+        let name = func.name();
+        // `approx_percentile_cont(q) WITHIN GROUP (ORDER BY f)` carries f as its
+        // first argument and as its (ascending) order.
+        let within_group = name == "approx_percentile_cont"
+            && matches!(params.order_by.as_slice(),
+                [o] if o.asc && params.args.first() == Some(&o.expr));
+        if params.distinct
+            || params.filter.is_some()
+            || (!params.order_by.is_empty() && !within_group)
+        {
             return Ok(None);
         }
         let out_name =
@@ -159,7 +184,30 @@ fn try_rewrite(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
             ))
         };
         let k = |n: &str| format!("__tier_{i}_{n}");
-        let name = func.name();
+        // approx_percentile_cont(f, q[, centroids]) / approx_median(f): the field and q.
+        let quantile = match (name, params.args.as_slice()) {
+            ("approx_percentile_cont", [f, q, ..]) if event => {
+                quantile_literal(q).map(|q| (field_of(std::slice::from_ref(f)), q))
+            }
+            ("approx_median", [f]) if event => Some((field_of(std::slice::from_ref(f)), 0.5)),
+            _ => None,
+        };
+        if let Some((field, q)) = quantile {
+            let Some(field) = field.filter(|f| float_field(f)) else {
+                return Ok(None);
+            };
+            let s = "sketch";
+            tier_aggs.push(
+                crate::functions::sketch_quantile()
+                    .call(vec![
+                        stat(&field, s),
+                        Expr::Literal(ScalarValue::Float64(Some(q)), None),
+                    ])
+                    .alias(k(s)),
+            );
+            outputs.push(cast(col(k(s)), out_type).alias(out_name));
+            continue;
+        }
         let field = match (name, field_of(&params.args)) {
             (_, Some(f)) => f,
             // count(*) of a one-field table counts that field's samples.
@@ -241,6 +289,22 @@ fn try_rewrite(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
         return Ok(None);
     }
     Ok(Some(new))
+}
+
+/// A constant quantile in `[0, 1]`.
+fn quantile_literal(e: &Expr) -> Option<f64> {
+    let v = match e {
+        Expr::Literal(v, _) => v.clone(),
+        Expr::Cast(c) => match c.expr.as_ref() {
+            Expr::Literal(v, _) => v.cast_to(c.field.data_type()).ok()?,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    match v.cast_to(&DataType::Float64).ok()? {
+        ScalarValue::Float64(Some(q)) if (0.0..=1.0).contains(&q) => Some(q),
+        _ => None,
+    }
 }
 
 fn is_count_star(args: &[Expr]) -> bool {

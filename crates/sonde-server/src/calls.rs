@@ -76,8 +76,9 @@ impl Tables {
             fields: fields
                 .iter()
                 .map(|f| match f.ty {
-                    FieldType::F64 => FieldColumn::F64(Vec::new()),
                     FieldType::I64 => FieldColumn::I64(Vec::new()),
+                    // Call fields are numbers (these defs come from the values).
+                    FieldType::F64 | FieldType::Bytes => FieldColumn::F64(Vec::new()),
                 })
                 .collect(),
         });

@@ -275,6 +275,7 @@ pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch, RecordKeys), Deco
                             .map(|_| d.ivar("i64 value"))
                             .collect::<Result<_, _>>()?,
                     ),
+                    FieldType::Bytes => return Err(bad("field type")),
                 });
             }
             series.push(SeriesBatch {

@@ -35,6 +35,7 @@ pub mod rollup;
 mod scan;
 pub mod segment;
 pub mod series;
+pub mod sketch;
 pub mod vfs;
 pub mod volume;
 pub mod wal;

@@ -408,11 +408,20 @@ impl Inner {
         let first = inputs.first().expect("at least one input");
         let (tenant, day) = (first.tenant.as_str(), first.day);
         let (plan, tag_keys) = self.merge_plan(inputs);
-        let field_names: BTreeSet<String> = plan
-            .iter()
-            .flat_map(|t| t.fields.iter().map(|f| f.name.clone()))
-            .collect();
-        let mut w = SegmentWriter::new(&tag_keys, &field_names, &self.config.segment)?;
+        // Bytes fields (sketches of rollup segments) have a column of their own.
+        let (mut field_names, mut bytes_fields) = (BTreeSet::new(), BTreeSet::new());
+        for f in plan.iter().flat_map(|t| t.fields.iter()) {
+            match f.ty {
+                sonde_types::FieldType::Bytes => bytes_fields.insert(f.name.clone()),
+                _ => field_names.insert(f.name.clone()),
+            };
+        }
+        let mut w = SegmentWriter::with_bytes_fields(
+            &tag_keys,
+            &field_names,
+            &bytes_fields,
+            &self.config.segment,
+        )?;
         let input_rows = self.merge_into(inputs, &plan, keep, &mut w)?;
         let output_rows = w.rows();
         let removed = input_rows.saturating_sub(output_rows);

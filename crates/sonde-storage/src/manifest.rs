@@ -66,7 +66,15 @@ pub struct RollupMeta {
     /// Set when retention removed the day's last raw segment.
     #[serde(default)]
     pub raw_expired: bool,
+    /// What the rollup holds ([`crate::rollup::ROLLUP_VERSION`]; absent: 1, before
+    /// event tables were rolled up). Older versions are rebuilt.
+    #[serde(default = "rollup_version_1")]
+    pub version: u32,
     pub segment: SegmentMeta,
+}
+
+fn rollup_version_1() -> u32 {
+    1
 }
 
 impl Manifest {

@@ -9,7 +9,14 @@
 //! a row is a bucket, its `time` the bucket start. First and last sample time and
 //! value plus the count make Prometheus' `rate`/`increase` extrapolation exact when
 //! windows align with buckets; classic histogram buckets are counters, so they roll
-//! up exactly too. Event tables (several rows per millisecond) are not rolled up.
+//! up exactly too.
+//!
+//! Event tables (`llm_calls`: one row per call) roll up differently: their rows are
+//! grouped by the tags left after dropping the high-cardinality ones
+//! (`event_drop_tags`, e.g. `user_id`) and per field the bucket keeps `f_count`,
+//! `f_sum`, `f_min`, `f_max` and, for float fields, `f_sketch`: a mergeable quantile
+//! sketch (see [`crate::sketch`]) from which p50/p95/p99 over any set of buckets come
+//! within 1 % of the exact order statistic.
 //!
 //! Rollups are built per (tenant, day) from the day's persisted raw segments, after
 //! compaction, and rebuilt when the raw segments change (late data, deletes); the
@@ -30,7 +37,12 @@ use crate::manifest::{RollupMeta, SegmentMeta};
 use crate::segment::SegmentWriter;
 use crate::segment::reader::{SeriesRead, read_series};
 use crate::series::{Column, SeriesData, Values};
-use crate::{Result, ScanRequest, Storage};
+use crate::sketch::Sketch;
+use crate::{Result, ScanRequest, Storage, TableSchema};
+
+/// The version of what rollup segments hold; rollups of an older version are rebuilt
+/// (version 2 added event tables).
+pub const ROLLUP_VERSION: u32 = 2;
 
 /// The bit pattern Prometheus writes to mark a series as stale; such samples are not
 /// data and are left out of buckets (range functions ignore them too).
@@ -48,6 +60,10 @@ pub struct RollupConfig {
     /// How often the rollups of the current day are rebuilt while it fills (a
     /// rebuild reads the day's raw data; until then today is read raw). Default 1 h.
     pub current_day_every: Duration,
+    /// Tags of event tables left out of their rollups (high-cardinality ids); a query
+    /// naming one of them reads raw rows. Default `user_id`, `session_id`,
+    /// `request_id`, `trace_id`, `span_id`, `call_id`.
+    pub event_drop_tags: Vec<String>,
 }
 
 impl Default for RollupConfig {
@@ -60,6 +76,16 @@ impl Default for RollupConfig {
                 Some(Duration::from_secs(730 * 86_400)),
             ],
             current_day_every: Duration::from_secs(3600),
+            event_drop_tags: [
+                "user_id",
+                "session_id",
+                "request_id",
+                "trace_id",
+                "span_id",
+                "call_id",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -114,6 +140,170 @@ pub fn rollup_fields(fields: &[FieldDef]) -> Vec<FieldDef> {
                 .map(move |(s, ty)| FieldDef::new(format!("{}_{s}", f.name), *ty))
         })
         .collect()
+}
+
+/// The statistics of an event table's buckets, per field; float fields also have a
+/// `sketch` (bytes).
+pub const EVENT_STATS: [(&str, FieldType); 4] = [
+    ("count", FieldType::I64),
+    ("sum", FieldType::F64),
+    ("min", FieldType::F64),
+    ("max", FieldType::F64),
+];
+
+/// The rollup fields of an event table's fields.
+pub fn event_rollup_fields(fields: &[FieldDef]) -> Vec<FieldDef> {
+    fields
+        .iter()
+        .flat_map(|f| {
+            let sketch = (f.ty == FieldType::F64)
+                .then(|| FieldDef::new(format!("{}_sketch", f.name), FieldType::Bytes));
+            EVENT_STATS
+                .iter()
+                .map(move |(s, ty)| FieldDef::new(format!("{}_{s}", f.name), *ty))
+                .chain(sketch)
+        })
+        .collect()
+}
+
+/// A table's tier schema: the rollup fields, and for event tables the tags left
+/// after `drop_tags`.
+pub fn tier_schema(s: &TableSchema, drop_tags: &[String]) -> TableSchema {
+    if s.kind != MetricKind::Event {
+        return TableSchema {
+            kind: s.kind,
+            fields: rollup_fields(&s.fields),
+            tags: s.tags.clone(),
+        };
+    }
+    TableSchema {
+        kind: s.kind,
+        fields: event_rollup_fields(&s.fields),
+        tags: s
+            .tags
+            .iter()
+            .filter(|t| !drop_tags.contains(t))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// One field's statistics in one event bucket.
+#[derive(Debug, Clone)]
+struct EventStat {
+    count: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    sketch: Option<Sketch>,
+}
+
+/// Event rows grouped by their kept tags and bucket, turned into rollup rows.
+#[derive(Debug)]
+pub(crate) struct EventRollup {
+    tier_ms: i64,
+    types: Vec<FieldType>,
+    drop_tags: Vec<String>,
+    groups: std::collections::BTreeMap<Labels, std::collections::BTreeMap<i64, Vec<EventStat>>>,
+}
+
+impl EventRollup {
+    pub(crate) fn new(tier_ms: i64, fields: &[FieldDef], drop_tags: &[String]) -> Self {
+        EventRollup {
+            tier_ms,
+            types: fields.iter().map(|f| f.ty).collect(),
+            drop_tags: drop_tags.to_vec(),
+            groups: Default::default(),
+        }
+    }
+
+    /// Adds the rows of one raw series.
+    pub(crate) fn add(&mut self, labels: &Labels, data: &SeriesData) {
+        let kept = Labels::from_sorted_unchecked(
+            labels
+                .iter()
+                .filter(|(k, _)| !self.drop_tags.iter().any(|d| d == k))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let types = &self.types;
+        let buckets = self.groups.entry(kept).or_default();
+        for (i, &t) in data.ts.iter().enumerate() {
+            let start = t.div_euclid(self.tier_ms) * self.tier_ms;
+            let stats = buckets.entry(start).or_insert_with(|| {
+                types
+                    .iter()
+                    .map(|ty| EventStat {
+                        count: 0,
+                        sum: 0.0,
+                        min: f64::INFINITY,
+                        max: f64::NEG_INFINITY,
+                        sketch: (*ty == FieldType::F64).then(Sketch::new),
+                    })
+                    .collect()
+            });
+            for (j, st) in stats.iter_mut().enumerate() {
+                let Some(v) = data.cols.get(j).and_then(|c| c.as_ref()) else {
+                    continue;
+                };
+                let Some(v) = f64_values(v, i) else { continue };
+                st.count += 1;
+                st.sum += v;
+                st.min = st.min.min(v);
+                st.max = st.max.max(v);
+                if let Some(s) = &mut st.sketch {
+                    s.add(v);
+                }
+            }
+        }
+    }
+
+    /// The rollup series (sorted by labels), fields as [`event_rollup_fields`].
+    pub(crate) fn finish(self) -> Vec<(Labels, SeriesData)> {
+        let types = self.types;
+        self.groups
+            .into_iter()
+            .map(|(labels, buckets)| {
+                let ts: Vec<i64> = buckets.keys().copied().collect();
+                let mut cols = Vec::new();
+                for (j, ty) in types.iter().enumerate() {
+                    let st = || buckets.values().map(move |b| &b[j]);
+                    let valid: Vec<bool> = st().map(|s| s.count > 0).collect();
+                    let valid = (!valid.iter().all(|&v| v)).then_some(valid);
+                    let f = |g: fn(&EventStat) -> f64| {
+                        Some(Column {
+                            values: Values::F64(st().map(g).collect()),
+                            valid: valid.clone(),
+                        })
+                    };
+                    cols.push(Some(Column {
+                        values: Values::I64(st().map(|s| s.count).collect()),
+                        valid: None,
+                    }));
+                    cols.push(f(|s| s.sum));
+                    cols.push(f(|s| if s.count > 0 { s.min } else { 0.0 }));
+                    cols.push(f(|s| if s.count > 0 { s.max } else { 0.0 }));
+                    if *ty == FieldType::F64 {
+                        cols.push(Some(Column {
+                            values: Values::Bytes(
+                                st().map(|s| s.sketch.as_ref().map_or(Vec::new(), Sketch::encode))
+                                    .collect(),
+                            ),
+                            valid: valid.clone(),
+                        }));
+                    }
+                }
+                (
+                    labels,
+                    SeriesData {
+                        ts,
+                        cols,
+                        ordered: true,
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 /// Per-bucket statistics of one field of one series (buckets with samples only).
@@ -239,10 +429,11 @@ fn f64_values(c: &Column, i: usize) -> Option<f64> {
     if !c.is_valid(i) {
         return None;
     }
-    Some(match &c.values {
-        Values::F64(v) => v[i],
-        Values::I64(v) => v[i] as f64,
-    })
+    match &c.values {
+        Values::F64(v) => Some(v[i]),
+        Values::I64(v) => Some(v[i] as f64),
+        Values::Bytes(_) => None,
+    }
 }
 
 /// A raw series → its rollup rows at one tier (every field's statistics; a field
@@ -320,6 +511,7 @@ fn buckets_of(data: &SeriesData, want: &[bool; 9]) -> Buckets {
     let int = |c: &Column, i: usize| match &c.values {
         Values::I64(v) => v[i],
         Values::F64(v) => v[i] as i64,
+        Values::Bytes(_) => 0,
     };
     let fl = |c: &Column, i: usize| f64_values(c, i).unwrap_or(f64::NAN);
     let n = data.ts.len();
@@ -347,12 +539,34 @@ fn buckets_of(data: &SeriesData, want: &[bool; 9]) -> Buckets {
 struct RollupSink {
     tiers: Vec<(i64, SegmentWriter)>,
     nfields: usize,
+    drop_tags: Vec<String>,
+    /// The event table being read, grouped per tier (written when it ends: its
+    /// groups' label order is not the raw series order).
+    events: Vec<EventRollup>,
+}
+
+impl RollupSink {
+    fn end_events(&mut self) -> Result<()> {
+        for ((_, w), ev) in self.tiers.iter_mut().zip(std::mem::take(&mut self.events)) {
+            for (labels, data) in ev.finish() {
+                w.push_series(&labels, &data)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl MergeSink for RollupSink {
     fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) -> Result<bool> {
+        self.end_events()?;
         if kind == MetricKind::Event {
-            return Ok(false);
+            let rf = event_rollup_fields(fields);
+            for (tier, w) in &mut self.tiers {
+                w.begin_table(name, kind, &rf);
+                self.events
+                    .push(EventRollup::new(*tier, fields, &self.drop_tags));
+            }
+            return Ok(true);
         }
         self.nfields = fields.len();
         let rf = rollup_fields(fields);
@@ -362,6 +576,12 @@ impl MergeSink for RollupSink {
         Ok(true)
     }
     fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()> {
+        if !self.events.is_empty() {
+            for ev in &mut self.events {
+                ev.add(labels, data);
+            }
+            return Ok(());
+        }
         for (tier, w) in &mut self.tiers {
             let r = rollup_series(data, self.nfields, *tier);
             w.push_series(labels, &r)?;
@@ -514,9 +734,11 @@ impl Inner {
                 .iter()
                 .filter(|r| r.segment.tenant == tenant && r.segment.day == day)
                 .collect();
-            let current = tiers
-                .iter()
-                .all(|t| existing.iter().any(|r| r.tier_ms == *t && r.sources == ids));
+            let current = tiers.iter().all(|t| {
+                existing
+                    .iter()
+                    .any(|r| r.tier_ms == *t && r.sources == ids && r.version >= ROLLUP_VERSION)
+            });
             if current {
                 continue;
             }
@@ -532,24 +754,40 @@ impl Inner {
                 last.insert(key, now);
             }
             let (plan, tag_keys) = self.merge_plan(&segs);
-            let field_names: BTreeSet<String> = plan
-                .iter()
-                .filter(|t| t.kind != MetricKind::Event)
-                .flat_map(|t| rollup_fields(&t.fields).into_iter().map(|f| f.name))
-                .collect();
+            let (mut field_names, mut bytes_fields) = (BTreeSet::new(), BTreeSet::new());
+            for t in &plan {
+                let rf = match t.kind {
+                    MetricKind::Event => event_rollup_fields(&t.fields),
+                    _ => rollup_fields(&t.fields),
+                };
+                for f in rf {
+                    match f.ty {
+                        FieldType::Bytes => bytes_fields.insert(f.name),
+                        _ => field_names.insert(f.name),
+                    };
+                }
+            }
             let mut sink = RollupSink {
                 tiers: tiers
                     .iter()
                     .map(|&t| {
                         Ok((
                             t,
-                            SegmentWriter::new(&tag_keys, &field_names, &self.config.segment)?,
+                            SegmentWriter::with_bytes_fields(
+                                &tag_keys,
+                                &field_names,
+                                &bytes_fields,
+                                &self.config.segment,
+                            )?,
                         ))
                     })
                     .collect::<Result<_>>()?,
                 nfields: 0,
+                drop_tags: cfg.event_drop_tags.clone(),
+                events: Vec::new(),
             };
             self.merge_into(&segs, &plan, &|_, _| Keep::All, &mut sink)?;
+            sink.end_events()?;
             let mut added = Vec::new();
             for (tier, w) in sink.tiers {
                 if w.rows() == 0 {
@@ -562,6 +800,7 @@ impl Inner {
                     tier_ms: tier,
                     sources: ids.clone(),
                     raw_expired: false,
+                    version: ROLLUP_VERSION,
                     segment: meta,
                 });
             }
@@ -642,6 +881,17 @@ impl Storage {
     /// compaction). Returns the number of (tenant, day)s built.
     pub fn build_rollups(&self) -> Result<usize> {
         self.inner.build_rollups()
+    }
+
+    /// The schema of `table`'s tier tables (see [`tier_schema`]).
+    pub fn rollup_schema(&self, tenant: &str, table: &str) -> Option<TableSchema> {
+        let s = self.table_schema(tenant, table)?;
+        Some(tier_schema(&s, &self.inner.config.rollups.event_drop_tags))
+    }
+
+    /// Tags of event tables that their rollups leave out.
+    pub fn event_drop_tags(&self) -> &[String] {
+        &self.inner.config.rollups.event_drop_tags
     }
 
     /// The configured tiers (bucket widths in ms, ascending).
@@ -850,12 +1100,9 @@ impl Storage {
         let Some(schema) = self.table_schema(tenant, &req.table) else {
             return self.scan(tenant, req);
         };
-        let rfields = rollup_fields(&schema.fields);
-        let out_schema = crate::TableSchema {
-            kind: schema.kind,
-            fields: rfields.clone(),
-            tags: schema.tags.clone(),
-        };
+        let drop_tags = &self.inner.config.rollups.event_drop_tags;
+        let out_schema = tier_schema(&schema, drop_tags);
+        let rfields = out_schema.fields.clone();
         let (start, end) = (req.start, req.end);
         let answered = self
             .inner
@@ -895,6 +1142,16 @@ impl Storage {
             let out = self.scan(tenant, &rq)?;
             stats.segments_read += out.stats.segments_read;
             stats.bytes_read += out.stats.bytes_read;
+            if schema.kind == MetricKind::Event {
+                let mut ev = EventRollup::new(tier_ms, &schema.fields, drop_tags);
+                for (labels, data) in &out.series {
+                    ev.add(labels, data);
+                }
+                for (labels, data) in ev.finish() {
+                    add(labels, data);
+                }
+                return Ok(());
+            }
             for (labels, data) in out.series {
                 add(labels, rollup_series(&data, schema.fields.len(), tier_ms));
             }

@@ -337,6 +337,30 @@ impl ScanOutput {
             TimestampMillisecondArray::from(ts).with_timezone("UTC"),
         ));
         for (j, f) in self.schema.fields.iter().enumerate() {
+            if f.ty == FieldType::Bytes {
+                let mut b = arrow::array::BinaryBuilder::new();
+                for (_, d) in &self.series {
+                    match d.cols.get(j).and_then(|c| c.as_ref()) {
+                        Some(
+                            c @ Column {
+                                values: Values::Bytes(x),
+                                ..
+                            },
+                        ) => {
+                            for (i, v) in x.iter().enumerate() {
+                                if c.is_valid(i) {
+                                    b.append_value(v);
+                                } else {
+                                    b.append_null();
+                                }
+                            }
+                        }
+                        _ => (0..d.len()).for_each(|_| b.append_null()),
+                    }
+                }
+                cols.push(Arc::new(b.finish()));
+                continue;
+            }
             let mut valid = BooleanBufferBuilder::new(n);
             let mut f64s = Vec::new();
             let mut i64s = Vec::new();
@@ -361,14 +385,18 @@ impl ScanOutput {
                             (Values::F64(x), FieldType::I64) => {
                                 i64s.extend(x.iter().map(|&v| v as i64))
                             }
+                            (x, _) => {
+                                f64s.resize(f64s.len() + x.len(), 0.0);
+                                i64s.resize(i64s.len() + x.len(), 0);
+                            }
                         }
                     }
                 }
             }
             let nulls = Some(NullBuffer::new(valid.finish()));
             cols.push(match f.ty {
-                FieldType::F64 => Arc::new(Float64Array::new(f64s.into(), nulls)),
                 FieldType::I64 => Arc::new(Int64Array::new(i64s.into(), nulls)),
+                _ => Arc::new(Float64Array::new(f64s.into(), nulls)),
             });
         }
         Ok(RecordBatch::try_new(schema, cols)?)
@@ -393,6 +421,7 @@ impl TableSchema {
             let ty = match f.ty {
                 FieldType::F64 => DataType::Float64,
                 FieldType::I64 => DataType::Int64,
+                FieldType::Bytes => DataType::Binary,
             };
             cols.push(Field::new(&f.name, ty, true));
         }

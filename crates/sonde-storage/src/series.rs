@@ -15,6 +15,8 @@ use sonde_types::{FieldColumn, FieldType, MetricKind, TimestampMs};
 pub enum Values {
     F64(Vec<f64>),
     I64(Vec<i64>),
+    /// Opaque values (rollup sketches); an empty vector stands for a null.
+    Bytes(Vec<Vec<u8>>),
 }
 
 impl Values {
@@ -22,12 +24,21 @@ impl Values {
         match ty {
             FieldType::F64 => Values::F64(Vec::new()),
             FieldType::I64 => Values::I64(Vec::new()),
+            FieldType::Bytes => Values::Bytes(Vec::new()),
+        }
+    }
+    pub fn ty(&self) -> FieldType {
+        match self {
+            Values::F64(_) => FieldType::F64,
+            Values::I64(_) => FieldType::I64,
+            Values::Bytes(_) => FieldType::Bytes,
         }
     }
     pub fn len(&self) -> usize {
         match self {
             Values::F64(v) => v.len(),
             Values::I64(v) => v.len(),
+            Values::Bytes(v) => v.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -37,18 +48,21 @@ impl Values {
         match self {
             Values::F64(v) => v.resize(v.len() + n, 0.0),
             Values::I64(v) => v.resize(v.len() + n, 0),
+            Values::Bytes(v) => v.resize(v.len() + n, Vec::new()),
         }
     }
     fn take(&self, idx: &[usize]) -> Values {
         match self {
             Values::F64(v) => Values::F64(idx.iter().map(|&i| v[i]).collect()),
             Values::I64(v) => Values::I64(idx.iter().map(|&i| v[i]).collect()),
+            Values::Bytes(v) => Values::Bytes(idx.iter().map(|&i| v[i].clone()).collect()),
         }
     }
     fn slice(&self, r: std::ops::Range<usize>) -> Values {
         match self {
             Values::F64(v) => Values::F64(v[r].to_vec()),
             Values::I64(v) => Values::I64(v[r].to_vec()),
+            Values::Bytes(v) => Values::Bytes(v[r].to_vec()),
         }
     }
     fn extend(&mut self, other: &Values) {
@@ -63,6 +77,12 @@ impl Values {
                 w.extend_from_slice(b);
                 *a = Values::F64(w);
             }
+            (Values::Bytes(a), Values::Bytes(b)) => a.extend_from_slice(b),
+            (a, b) => panic!(
+                "a bytes field mixed with numbers: {:?}, {:?}",
+                a.ty(),
+                b.ty()
+            ),
         }
     }
 }
@@ -218,11 +238,7 @@ impl SeriesData {
                 (Some(a), Some(b)) => a.extend(b),
                 (Some(a), None) => a.push_nulls(other.len()),
                 (a @ None, Some(b)) => {
-                    let ty = match b.values {
-                        Values::F64(_) => FieldType::F64,
-                        Values::I64(_) => FieldType::I64,
-                    };
-                    let mut c = Column::nulls(ty, old);
+                    let mut c = Column::nulls(b.values.ty(), old);
                     c.extend(b);
                     *a = Some(c);
                 }

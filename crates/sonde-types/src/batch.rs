@@ -48,13 +48,16 @@ impl MetricKind {
     }
 }
 
-/// The type of a numeric field.
+/// The type of a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FieldType {
     F64 = 0,
     /// Integers such as token counts; stored and compressed as integers.
     I64 = 1,
+    /// Opaque bytes: only Sonde writes these (the quantile sketches of rollup
+    /// tiers); a write declaring one is refused, since no column carries bytes.
+    Bytes = 2,
 }
 
 impl FieldType {

@@ -31,6 +31,8 @@
 //! tiers = ["1m", "1h"]          # bucket widths; each must divide a day
 //! retention = ["90d", "2y"]     # per tier ("forever" keeps)
 //! current_day_every_secs = 3600  # rebuild cadence of today's rollups
+//! event_drop_tags = ["user_id", "session_id", "request_id", "trace_id", "span_id", "call_id"]
+//!                               # tags event-table (llm_calls) rollups leave out
 //!
 //! [ingest]                      # data-volume controls, applied to every protocol
 //! overflow = true               # excess series → one otel_metric_overflow="true" series
@@ -138,6 +140,7 @@ struct RollupsFile {
     tiers: Option<Vec<String>>,
     retention: Option<Vec<String>>,
     current_day_every_secs: Option<u64>,
+    event_drop_tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -353,6 +356,7 @@ impl Settings {
                 current_day_every: r
                     .current_day_every_secs
                     .map_or(d.current_day_every, std::time::Duration::from_secs),
+                event_drop_tags: r.event_drop_tags.clone().unwrap_or(d.event_drop_tags),
             }
         };
         let mut auth_tokens: Vec<String> = file

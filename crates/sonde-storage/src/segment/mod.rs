@@ -12,6 +12,7 @@
 //! (value = m / 10^s) and a `DOUBLE` `<field>:f` (byte-stream-split) for values that are
 //! not short decimals (NaN, 1/3, …). Integer fields (token counts) use `:m` with scale
 //! 0. This is what brings counters and 0.1-ms latencies under a byte per sample.
+//! A bytes field (only rollup sketches are) is one `BINARY` column `<field>:b`.
 
 pub mod decimal;
 pub mod index;
@@ -23,8 +24,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, DictionaryArray, Float64Builder, Int8Builder, Int32Array, Int64Builder, RecordBatch,
-    StringArray, TimestampMillisecondArray,
+    ArrayRef, BinaryBuilder, DictionaryArray, Float64Builder, Int8Builder, Int32Array,
+    Int64Builder, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -35,7 +36,7 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use sonde_types::{FieldDef, FieldType, Labels, MetricKind, NAME_LABEL, TIME_COLUMN, TimestampMs};
 
-use crate::series::{SeriesData, Values};
+use crate::series::{Column, SeriesData, Values};
 use crate::{Error, Result};
 use index::{IndexSeries, IndexTable, SegmentIndex};
 
@@ -54,6 +55,8 @@ pub const SERIES_COLUMN: &str = "__series";
 pub const MANTISSA: &str = ":m";
 pub const SCALE: &str = ":s";
 pub const FLOAT: &str = ":f";
+/// Suffix of the one physical column of a bytes field.
+pub const BYTES: &str = ":b";
 
 /// What a segment holds of one table (persisted in the Parquet metadata and the
 /// manifest, so the engine knows schemas without opening files).
@@ -91,10 +94,10 @@ impl TableMeta {
 }
 
 pub fn field_type(s: &str) -> FieldType {
-    if s == "i64" {
-        FieldType::I64
-    } else {
-        FieldType::F64
+    match s {
+        "i64" => FieldType::I64,
+        "bytes" => FieldType::Bytes,
+        _ => FieldType::F64,
     }
 }
 
@@ -102,6 +105,7 @@ pub fn field_type_name(t: FieldType) -> &'static str {
     match t {
         FieldType::F64 => "f64",
         FieldType::I64 => "i64",
+        FieldType::Bytes => "bytes",
     }
 }
 
@@ -160,7 +164,11 @@ pub struct EncodedSegment {
 }
 
 /// The physical schema for a set of tag keys and field names.
-pub fn physical_schema(tags: &BTreeSet<String>, fields: &BTreeSet<String>) -> SchemaRef {
+pub fn physical_schema(
+    tags: &BTreeSet<String>,
+    fields: &BTreeSet<String>,
+    bytes_fields: &BTreeSet<String>,
+) -> SchemaRef {
     let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
     let mut cols = vec![Field::new(NAME_LABEL, dict.clone(), false)];
     cols.extend(tags.iter().map(|t| Field::new(t, dict.clone(), true)));
@@ -174,6 +182,9 @@ pub fn physical_schema(tags: &BTreeSet<String>, fields: &BTreeSet<String>) -> Sc
         cols.push(Field::new(format!("{f}{MANTISSA}"), DataType::Int64, true));
         cols.push(Field::new(format!("{f}{SCALE}"), DataType::Int8, true));
         cols.push(Field::new(format!("{f}{FLOAT}"), DataType::Float64, true));
+    }
+    for f in bytes_fields {
+        cols.push(Field::new(format!("{f}{BYTES}"), DataType::Binary, true));
     }
     Arc::new(Schema::new(cols))
 }
@@ -266,14 +277,25 @@ impl SegmentWriter {
         field_names: &BTreeSet<String>,
         opts: &WriteOptions,
     ) -> Result<Self> {
-        let schema = physical_schema(tag_keys, field_names);
+        Self::with_bytes_fields(tag_keys, field_names, &BTreeSet::new(), opts)
+    }
+
+    /// A writer whose schema also has the bytes fields `bytes_fields` (numeric
+    /// `field_names` and bytes fields must not share a name).
+    pub fn with_bytes_fields(
+        tag_keys: &BTreeSet<String>,
+        field_names: &BTreeSet<String>,
+        bytes_fields: &BTreeSet<String>,
+        opts: &WriteOptions,
+    ) -> Result<Self> {
+        let schema = physical_schema(tag_keys, field_names, bytes_fields);
         let props = writer_properties(opts, field_names);
         let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
             .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
         Ok(SegmentWriter {
             opts: opts.clone(),
             writer,
-            builder: BatchBuilder::new(schema, tag_keys, field_names),
+            builder: BatchBuilder::new(schema, tag_keys, field_names, bytes_fields),
             index: SegmentIndex::default(),
             metas: Vec::new(),
             row: 0,
@@ -419,6 +441,13 @@ struct FieldCols {
     f: Float64Builder,
 }
 
+/// The builders of one physical field.
+#[derive(Debug)]
+enum FieldBuild {
+    Num(FieldCols),
+    Bytes(BinaryBuilder),
+}
+
 /// Accumulates rows of the physical schema.
 #[derive(Debug)]
 struct BatchBuilder {
@@ -428,12 +457,17 @@ struct BatchBuilder {
     time: Vec<i64>,
     series_ordinal: Vec<i32>,
     next_series: i32,
-    fields: BTreeMap<String, FieldCols>,
+    fields: BTreeMap<String, FieldBuild>,
     rows: usize,
 }
 
 impl BatchBuilder {
-    fn new(schema: SchemaRef, tags: &BTreeSet<String>, fields: &BTreeSet<String>) -> Self {
+    fn new(
+        schema: SchemaRef,
+        tags: &BTreeSet<String>,
+        fields: &BTreeSet<String>,
+        bytes_fields: &BTreeSet<String>,
+    ) -> Self {
         BatchBuilder {
             schema,
             name: DictCol::default(),
@@ -449,13 +483,18 @@ impl BatchBuilder {
                 .map(|f| {
                     (
                         f.clone(),
-                        FieldCols {
+                        FieldBuild::Num(FieldCols {
                             m: Int64Builder::new(),
                             s: Int8Builder::new(),
                             f: Float64Builder::new(),
-                        },
+                        }),
                     )
                 })
+                .chain(
+                    bytes_fields
+                        .iter()
+                        .map(|f| (f.clone(), FieldBuild::Bytes(BinaryBuilder::new()))),
+                )
                 .collect(),
             rows: 0,
         }
@@ -480,6 +519,29 @@ impl BatchBuilder {
                 .iter()
                 .position(|f| &f.name == name)
                 .and_then(|j| data.cols.get(j).and_then(|c| c.as_ref()));
+            let out = match out {
+                FieldBuild::Num(out) => out,
+                FieldBuild::Bytes(b) => {
+                    match col {
+                        Some(
+                            c @ Column {
+                                values: Values::Bytes(v),
+                                ..
+                            },
+                        ) => {
+                            for (i, x) in v.iter().enumerate() {
+                                if c.is_valid(i) {
+                                    b.append_value(x);
+                                } else {
+                                    b.append_null();
+                                }
+                            }
+                        }
+                        _ => (0..n).for_each(|_| b.append_null()),
+                    }
+                    continue;
+                }
+            };
             let Some(col) = col else {
                 out.m.append_nulls(n);
                 out.s.append_nulls(n);
@@ -495,6 +557,7 @@ impl BatchBuilder {
                         .collect(),
                     0,
                 ),
+                Values::Bytes(_) => (vec![None; n], 0),
                 Values::F64(v) => {
                     let scale = (enc == ValueEncoding::Decimal)
                         .then(|| {
@@ -561,10 +624,18 @@ impl BatchBuilder {
         cols.push(Arc::new(
             TimestampMillisecondArray::from(std::mem::take(&mut self.time)).with_timezone("UTC"),
         ));
+        // Numeric fields' columns, then bytes fields' (the schema's order).
         for f in self.fields.values_mut() {
-            cols.push(Arc::new(f.m.finish()));
-            cols.push(Arc::new(f.s.finish()));
-            cols.push(Arc::new(f.f.finish()));
+            if let FieldBuild::Num(f) = f {
+                cols.push(Arc::new(f.m.finish()));
+                cols.push(Arc::new(f.s.finish()));
+                cols.push(Arc::new(f.f.finish()));
+            }
+        }
+        for f in self.fields.values_mut() {
+            if let FieldBuild::Bytes(b) = f {
+                cols.push(Arc::new(b.finish()));
+            }
         }
         self.rows = 0;
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)

@@ -19,7 +19,7 @@ use parquet::file::reader::{ChunkReader, Length};
 use sonde_types::{FieldDef, FieldType, Labels, TimestampMs};
 
 use super::index::{IndexTable, ranges_to_selection};
-use super::{FLOAT, MANTISSA, SCALE, decimal};
+use super::{BYTES, FLOAT, MANTISSA, SCALE, decimal};
 use crate::series::{Column, SeriesData, Values};
 use crate::vfs::{ReadAt, Vfs};
 use crate::{Error, Result};
@@ -138,6 +138,12 @@ pub fn read_series(
         .fields
         .iter()
         .map(|f| {
+            if f.ty == FieldType::Bytes {
+                // One column; marked by repeating its position.
+                let b = col(&format!("{}{BYTES}", f.name))?;
+                wanted.push(b);
+                return Some([b, b, b]);
+            }
             let m = col(&format!("{}{MANTISSA}", f.name))?;
             let s = col(&format!("{}{SCALE}", f.name))?;
             let fl = col(&format!("{}{FLOAT}", f.name))?;
@@ -301,6 +307,26 @@ fn append_rows(
             chunk.cols.push(None);
             continue;
         };
+        if f.ty == FieldType::Bytes {
+            let b = batch.column(pos_of(m)).as_binary::<i32>();
+            let values = range
+                .clone()
+                .map(|i| {
+                    if b.is_valid(i) {
+                        b.value(i).to_vec()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            let valid: Vec<bool> = range.clone().map(|i| b.is_valid(i)).collect();
+            let valid = (!valid.iter().all(|&v| v)).then_some(valid);
+            chunk.cols.push(Some(Column {
+                values: Values::Bytes(values),
+                valid,
+            }));
+            continue;
+        }
         let m = batch.column(pos_of(m)).as_primitive::<Int64Type>();
         let s = batch.column(pos_of(s)).as_primitive::<Int8Type>();
         let fl = batch.column(pos_of(fl)).as_primitive::<Float64Type>();
@@ -313,19 +339,19 @@ fn append_rows(
                 valid.push(true);
                 match f.ty {
                     FieldType::I64 => i64s.push(mant),
-                    FieldType::F64 => f64s.push(decimal::from_mantissa(mant, scale)),
+                    _ => f64s.push(decimal::from_mantissa(mant, scale)),
                 }
             } else {
                 valid.push(f.ty == FieldType::F64 && fl.is_valid(i));
                 match f.ty {
                     FieldType::I64 => i64s.push(0),
-                    FieldType::F64 => f64s.push(fl.value(i)),
+                    _ => f64s.push(fl.value(i)),
                 }
             }
         }
         let values = match f.ty {
             FieldType::I64 => Values::I64(i64s),
-            FieldType::F64 => Values::F64(f64s),
+            _ => Values::F64(f64s),
         };
         let valid = (!valid.iter().all(|&v| v)).then_some(valid);
         chunk.cols.push(Some(Column { values, valid }));

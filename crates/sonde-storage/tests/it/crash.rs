@@ -87,7 +87,7 @@ fn sigkill_loses_nothing_acknowledged() {
                     let c = d.cols[0].as_ref().unwrap();
                     let v = match &c.values {
                         sonde_storage::series::Values::I64(v) => v.clone(),
-                        sonde_storage::series::Values::F64(_) => unreachable!(),
+                        other => panic!("ticks is an integer counter: {other:?}"),
                     };
                     (
                         l.clone(),

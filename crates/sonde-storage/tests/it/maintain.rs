@@ -95,6 +95,7 @@ fn compaction_merges_and_answers_the_same() {
     let vals = |d: &sonde_storage::series::SeriesData| match &d.cols[0].as_ref().unwrap().values {
         sonde_storage::series::Values::F64(v) => v.clone(),
         sonde_storage::series::Values::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        other => panic!("a numeric field: {other:?}"),
     };
     assert_eq!(vals(&g.series[0].1), vec![(flushes - 1) as f64, 7.0]);
     let d = s

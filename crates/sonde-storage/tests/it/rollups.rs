@@ -62,6 +62,7 @@ fn from_raw(s: &Storage, table: &str, tier: i64) -> Vec<(Labels, Buckets)> {
                     c.is_valid(i).then(|| match &c.values {
                         sonde_storage::series::Values::F64(v) => v[i],
                         sonde_storage::series::Values::I64(v) => v[i] as f64,
+                        other => panic!("a numeric field: {other:?}"),
                     })
                 },
                 tier,

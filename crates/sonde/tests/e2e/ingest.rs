@@ -343,6 +343,7 @@ async fn llm_calls_become_rows_and_metrics_with_computed_cost() {
             .map(|(_, d)| match &d.cols[0].as_ref().unwrap().values {
                 Values::F64(v) => v.iter().sum::<f64>(),
                 Values::I64(v) => v.iter().sum::<i64>() as f64,
+                other => panic!("a numeric field: {other:?}"),
             })
             .sum()
     };

@@ -87,6 +87,7 @@ fn read(s: &Storage, tenant: &str, table: &str) -> (MetricKind, Vec<Series>) {
             let v = match &d.cols[0].as_ref().unwrap().values {
                 Values::F64(v) => v.clone(),
                 Values::I64(v) => v.iter().map(|&x| x as f64).collect(),
+                other => panic!("a numeric field: {other:?}"),
             };
             let labels = l
                 .iter()

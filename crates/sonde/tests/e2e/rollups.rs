@@ -371,9 +371,130 @@ fn promql_from_rollups_equals_raw() {
             assert!(close(a, b), "{k}: tier {a} raw {b}");
         }
     }
+    let checked = event_quantiles_from_sketches(&server, day0, end_h + HOUR);
     eprintln!(
-        "rollups: {} queries, {compared} points equal to raw",
+        "rollups: {} queries, {compared} points equal to raw, {checked} event quantiles",
         queries.len()
     );
     server.stop();
+}
+
+/// The LLM calls of the CALLS tenant: p50/p99/median per model and day come from the
+/// 1 h tier's sketches within 1 % of the exact order statistic, and count/sum/min/
+/// max/avg equal raw rows; a query naming `user_id` (dropped from event rollups)
+/// stays raw. Returns the number of quantiles checked.
+fn event_quantiles_from_sketches(server: &TestServer, from: i64, to: i64) -> usize {
+    let sql = |q: &str| -> Vec<Value> {
+        let body = serde_json::json!({ "sql": q }).to_string();
+        let (code, out) = server.http_auth(
+            "POST",
+            "/api/v1/sql",
+            "application/json",
+            body.as_bytes(),
+            Some(CALLS),
+        );
+        assert_eq!(code, 200, "{q}: {out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let range = format!("time >= to_timestamp_millis({from}) AND time < to_timestamp_millis({to})");
+    let q = |extra: &str| {
+        format!(
+            "SELECT model, date_bin(INTERVAL '1 day', time) AS d, count(duration_seconds) AS n, \
+             sum(cost_usd) AS c, min(duration_seconds) AS lo, max(duration_seconds) AS hi, \
+             avg(ttft_seconds) AS a, approx_percentile_cont(duration_seconds, 0.5) AS p50, \
+             approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_seconds) AS p99, \
+             approx_median(ttft_seconds) AS m \
+             FROM llm_calls WHERE {range}{extra} GROUP BY model, d ORDER BY model, d"
+        )
+    };
+    let plan = serde_json::to_string(&sql(&format!("EXPLAIN {}", q("")))).unwrap();
+    assert!(plan.contains("TableScan: llm_calls_1h"), "{plan}");
+    let keep_raw = " AND duration_seconds > -1e300";
+    let plan = serde_json::to_string(&sql(&format!("EXPLAIN {}", q(keep_raw)))).unwrap();
+    assert!(!plan.contains("llm_calls_1h"), "{plan}");
+    let by_user = format!(
+        "EXPLAIN SELECT user_id, date_bin(INTERVAL '1 day', time) AS d, \
+         approx_median(duration_seconds) FROM llm_calls WHERE {range} GROUP BY user_id, d"
+    );
+    let plan = serde_json::to_string(&sql(&by_user)).unwrap();
+    assert!(
+        !plan.contains("llm_calls_1h"),
+        "user_id is not in the tier: {plan}"
+    );
+
+    let (tier, raw) = (sql(&q("")), sql(&q(keep_raw)));
+    assert!(tier.len() >= 12, "{} groups", tier.len());
+    assert_eq!(tier.len(), raw.len());
+    // Exact order statistics from the raw rows.
+    let rows = sql(&format!(
+        "SELECT model, CAST(date_bin(INTERVAL '1 day', time) AS VARCHAR) AS d, \
+         duration_seconds AS x, ttft_seconds AS y FROM llm_calls WHERE {range}"
+    ));
+    let mut groups: std::collections::BTreeMap<(String, String), (Vec<f64>, Vec<f64>)> =
+        Default::default();
+    for r in &rows {
+        let g = groups
+            .entry((
+                r["model"].as_str().unwrap().into(),
+                r["d"].as_str().unwrap()[..10].to_string(),
+            ))
+            .or_default();
+        g.0.push(r["x"].as_f64().unwrap());
+        g.1.push(r["y"].as_f64().unwrap());
+    }
+    let order_stat = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[(q * (v.len() - 1) as f64).floor() as usize]
+    };
+    let mut checked = 0;
+    for (t, r) in tier.iter().zip(&raw) {
+        assert_eq!(
+            (&t["model"], &t["d"], &t["n"]),
+            (&r["model"], &r["d"], &r["n"])
+        );
+        for k in ["c", "lo", "hi", "a"] {
+            let (a, b) = (t[k].as_f64().unwrap(), r[k].as_f64().unwrap());
+            assert!(close(a, b), "{k}: tier {a} raw {b}");
+        }
+        // The day (YYYY-MM-DD) whatever the timestamp rendering.
+        let key = (
+            r["model"].as_str().unwrap().to_string(),
+            r["d"].as_str().unwrap()[..10].to_string(),
+        );
+        let g = groups
+            .get_mut(&key)
+            .unwrap_or_else(|| panic!("no raw rows for {key:?}"));
+        for (col, q, xs) in [("p50", 0.5, 0), ("p99", 0.99, 0), ("m", 0.5, 1)] {
+            let v = if xs == 0 { &mut g.0 } else { &mut g.1 };
+            assert_eq!(v.len() as u64, r["n"].as_u64().unwrap());
+            let exact = order_stat(v, q);
+            let got = t[col].as_f64().unwrap();
+            assert!(
+                (got - exact).abs() <= 0.01 * exact.abs() + 1e-12,
+                "{col} of {key:?}: sketch {got}, exact {exact}"
+            );
+            checked += 1;
+        }
+    }
+    // The tier by name, read with sketch_quantile directly.
+    let direct = sql(&format!(
+        "SELECT model, sketch_quantile(duration_seconds_sketch, 0.95) AS p95, \
+         sum(duration_seconds_count) AS n FROM llm_calls_1h WHERE {range} \
+         GROUP BY model ORDER BY model"
+    ));
+    let models: std::collections::BTreeSet<&String> = groups.keys().map(|k| &k.0).collect();
+    assert_eq!(direct.len(), models.len(), "{direct:?}");
+    for r in &direct {
+        let m = r["model"].as_str().unwrap();
+        let mut all: Vec<f64> = groups
+            .iter()
+            .filter(|(k, _)| k.0 == m)
+            .flat_map(|(_, v)| v.0.clone())
+            .collect();
+        assert_eq!(all.len() as u64, r["n"].as_u64().unwrap());
+        let exact = order_stat(&mut all, 0.95);
+        let got = r["p95"].as_f64().unwrap();
+        assert!((got - exact).abs() <= 0.01 * exact, "{m}: {got} vs {exact}");
+    }
+    checked
 }
