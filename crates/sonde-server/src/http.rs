@@ -158,14 +158,16 @@ async fn compact(State(state): State<Arc<AppState>>, headers: axum::http::Header
     let storage = state.storage.clone();
     let res = tokio::task::spawn_blocking(move || {
         let r = storage.enforce_retention()?;
+        let tiers = storage.expire_rollups()?;
         let c = storage.compact()?;
         let built = storage.build_rollups()?;
-        Ok::<_, sonde_storage::Error>((r, c, built))
+        Ok::<_, sonde_storage::Error>((r, tiers, c, built))
     })
     .await;
     match res {
-        Ok(Ok((r, c, built))) => json_ok(serde_json::json!({
+        Ok(Ok((r, tiers, c, built))) => json_ok(serde_json::json!({
             "rollup_days_built": built,
+            "expired_rollup_segments": tiers,
             "compacted_inputs": c.compacted_inputs,
             "compacted_outputs": c.compacted_outputs,
             "expired_segments": r.dropped_segments,

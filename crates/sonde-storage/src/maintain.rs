@@ -917,6 +917,13 @@ impl Storage {
         self.inner.enforce_retention()
     }
 
+    /// Applies the rollup tiers' retention now (per tier, tenant and table; the
+    /// background pass runs it after raw retention). Returns the rollup segments
+    /// dropped or rewritten.
+    pub fn expire_rollups(&self) -> Result<usize> {
+        self.inner.expire_rollups()
+    }
+
     /// Deletes every row of `tenant`, persisted or not, acknowledged before the call.
     /// Writes that race with the call may survive it.
     pub fn delete_tenant(&self, tenant: &str) -> Result<MaintenanceStats> {

@@ -57,6 +57,11 @@ pub struct RollupConfig {
     /// Retention of each tier (parallel to `tiers`; `None` keeps forever). Default
     /// 90 days and 2 years.
     pub retention: Vec<Option<Duration>>,
+    /// Per-tenant overrides of `retention` (one value per tier, parallel to `tiers`).
+    pub tenant_retention: std::collections::BTreeMap<String, Vec<Option<Duration>>>,
+    /// Per-table overrides: key `table` (any tenant) or `tenant/table`, which wins
+    /// (over the tenant's override too).
+    pub table_retention: std::collections::BTreeMap<String, Vec<Option<Duration>>>,
     /// How often the rollups of the current day are rebuilt while it fills (a
     /// rebuild reads the day's raw data; until then today is read raw). Default 1 h.
     pub current_day_every: Duration,
@@ -76,6 +81,8 @@ impl Default for RollupConfig {
                 Some(Duration::from_secs(730 * 86_400)),
             ],
             current_day_every: Duration::from_secs(3600),
+            tenant_retention: Default::default(),
+            table_retention: Default::default(),
             event_drop_tags: [
                 "user_id",
                 "session_id",
@@ -104,16 +111,24 @@ impl RollupConfig {
         t
     }
 
-    fn retention_ms(&self, tier_ms: i64) -> Option<i64> {
+    /// How long `tenant`'s `table` is kept at `tier_ms`, in ms (`None`: forever):
+    /// the `tenant/table` override, else the `table` one, else the tenant's, else the
+    /// tier's retention.
+    pub fn retention_ms(&self, tier_ms: i64, tenant: &str, table: &str) -> Option<i64> {
         let i = self
             .tiers
             .iter()
             .position(|d| d.as_millis() as i64 == tier_ms)?;
-        self.retention
-            .get(i)
+        let list = self
+            .table_retention
+            .get(&format!("{tenant}/{table}"))
+            .or_else(|| self.table_retention.get(table))
+            .or_else(|| self.tenant_retention.get(tenant))
+            .unwrap_or(&self.retention);
+        list.get(i)
             .copied()
             .flatten()
-            .map(|d| d.as_millis() as i64)
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
     }
 }
 
@@ -850,27 +865,63 @@ impl Inner {
         Ok(())
     }
 
-    /// Drops rollups past their tier's retention.
+    /// Applies the tiers' retention (with its per-tenant and per-table overrides):
+    /// a rollup segment whose tables all expired is dropped, one with some expired
+    /// tables is rewritten without them. Returns the rollup segments dropped or
+    /// rewritten.
     pub(crate) fn expire_rollups(&self) -> Result<usize> {
         let now = self.clock.now_ms();
         let cfg = &self.config.rollups;
+        let tiers = cfg.tiers_ms();
         let _m = self.maint_lock.lock();
-        let _flush = self.flush_lock.lock();
-        let mut m = (*self.state.read().manifest).clone();
-        let mut trash = Vec::new();
-        m.rollups.retain(|r| {
-            let expired = cfg
-                .retention_ms(r.tier_ms)
-                .is_some_and(|ret| r.segment.day * DAY_MS + DAY_MS - 1 < now.saturating_sub(ret))
-                || !cfg.tiers_ms().contains(&r.tier_ms);
-            if expired {
-                trash.extend([r.segment.path.clone(), r.segment.index_path.clone()]);
+        // Rollups change only under the maintenance lock, held from here on.
+        let rollups = self.state.read().manifest.rollups.clone();
+        let mut n = 0;
+        for r in rollups {
+            let last_ms = r.segment.day * DAY_MS + DAY_MS - 1;
+            let expired: BTreeSet<&str> = r
+                .segment
+                .tables
+                .iter()
+                .filter(|t| {
+                    !tiers.contains(&r.tier_ms)
+                        || cfg
+                            .retention_ms(r.tier_ms, &r.segment.tenant, &t.name)
+                            .is_some_and(|ret| last_ms < now.saturating_sub(ret))
+                })
+                .map(|t| t.name.as_str())
+                .collect();
+            if expired.is_empty() {
+                continue;
             }
-            !expired
-        });
-        let n = trash.len() / 2;
-        if n > 0 {
-            self.install(m, trash)?;
+            let out = if expired.len() == r.segment.tables.len() {
+                None
+            } else {
+                let keep = |t: &str, _: &Labels| {
+                    if expired.contains(t) {
+                        Keep::Nothing
+                    } else {
+                        Keep::All
+                    }
+                };
+                self.rewrite(std::slice::from_ref(&r.segment), &keep)?
+            };
+            let _flush = self.flush_lock.lock();
+            let mut m = (*self.state.read().manifest).clone();
+            m.rollups.retain(|x| x.segment.id != r.segment.id);
+            if let Some((seg, index, _)) = out {
+                self.index_cache.lock().insert(seg.id, Arc::new(index));
+                m.rollups.push(RollupMeta {
+                    segment: seg,
+                    ..r.clone()
+                });
+            }
+            self.install(
+                m,
+                vec![r.segment.path.clone(), r.segment.index_path.clone()],
+            )?;
+            n += 1;
+            tracing::info!(tenant = %r.segment.tenant, day = r.segment.day, tier = r.tier_ms, tables = ?expired, "tier retention expired rollups");
         }
         Ok(n)
     }

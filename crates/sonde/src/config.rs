@@ -33,6 +33,9 @@
 //! current_day_every_secs = 3600  # rebuild cadence of today's rollups
 //! event_drop_tags = ["user_id", "session_id", "request_id", "trace_id", "span_id", "call_id"]
 //!                               # tags event-table (llm_calls) rollups leave out
+//! [rollups.retention_overrides] # one value per tier; "tenant/table" > "table" > tenant
+//! tenants = { acme = ["1y", "5y"] }
+//! tables = { llm_calls = ["30d", "1y"] }
 //!
 //! [ingest]                      # data-volume controls, applied to every protocol
 //! overflow = true               # excess series → one otel_metric_overflow="true" series
@@ -141,6 +144,18 @@ struct RollupsFile {
     retention: Option<Vec<String>>,
     current_day_every_secs: Option<u64>,
     event_drop_tags: Option<Vec<String>>,
+    #[serde(default)]
+    retention_overrides: TierRetentionOverrides,
+}
+
+/// `[rollups.retention_overrides]`: per tenant and per table, one retention per tier.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierRetentionOverrides {
+    #[serde(default)]
+    tenants: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    tables: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +192,26 @@ pub fn parse_retention(what: &str, s: &str) -> anyhow::Result<Option<std::time::
         bail!("{what}: {s:?} is shorter than the 1h minimum");
     }
     Ok(Some(d))
+}
+
+/// Parses per-tenant or per-table tier retentions: one value per tier each.
+fn tier_overrides(
+    m: &BTreeMap<String, Vec<String>>,
+    what: &str,
+    tiers: usize,
+) -> anyhow::Result<BTreeMap<String, Vec<Option<std::time::Duration>>>> {
+    m.iter()
+        .map(|(k, v)| {
+            if v.len() != tiers {
+                bail!("{what}.{k}: {} values for {tiers} tiers", v.len());
+            }
+            let parsed = v
+                .iter()
+                .map(|s| parse_retention(&format!("{what}.{k}"), s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok((k.clone(), parsed))
+        })
+        .collect()
 }
 
 impl FileConfig {
@@ -351,12 +386,22 @@ impl Settings {
             };
             sonde_storage::RollupConfig {
                 enabled: r.enabled.unwrap_or(d.enabled),
-                tiers,
-                retention,
                 current_day_every: r
                     .current_day_every_secs
                     .map_or(d.current_day_every, std::time::Duration::from_secs),
                 event_drop_tags: r.event_drop_tags.clone().unwrap_or(d.event_drop_tags),
+                tenant_retention: tier_overrides(
+                    &r.retention_overrides.tenants,
+                    "rollups.retention_overrides.tenants",
+                    tiers.len(),
+                )?,
+                table_retention: tier_overrides(
+                    &r.retention_overrides.tables,
+                    "rollups.retention_overrides.tables",
+                    tiers.len(),
+                )?,
+                tiers,
+                retention,
             }
         };
         let mut auth_tokens: Vec<String> = file

@@ -441,8 +441,9 @@ struct FieldCols {
     f: Float64Builder,
 }
 
-/// The builders of one physical field.
+/// The builders of one physical field (a few per segment: their size does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum FieldBuild {
     Num(FieldCols),
     Bytes(BinaryBuilder),

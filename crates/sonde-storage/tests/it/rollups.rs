@@ -203,3 +203,90 @@ fn rollups_outlive_raw_retention() {
     );
     assert!(!after.is_empty());
 }
+
+/// Tier retention overrides: a table override drops that table from the 1 h tier's
+/// old days (the rollup segment is rewritten without it, the other tables stay), a
+/// tenant override drops the tenant's whole old 1 m days, and the tier tables read
+/// empty where their data expired.
+#[test]
+fn tier_retention_overrides_per_tenant_and_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new((DAY0 + 3) * DAY_MS);
+    let s = open(dir.path(), &clock, None);
+    load(&s);
+    s.build_rollups().unwrap();
+    let per_tier = |s: &Storage, tier: i64| {
+        s.manifest()
+            .rollups
+            .iter()
+            .filter(|r| r.tier_ms == tier)
+            .map(|r| {
+                let mut t: Vec<String> = r.segment.tables.iter().map(|t| t.name.clone()).collect();
+                t.sort();
+                (r.segment.day, t)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let before_1h = per_tier(&s, 3_600_000);
+    assert_eq!(before_1h.len(), 3);
+    assert!(before_1h[&DAY0].contains(&"llm_ttft_seconds".to_string()));
+    let day = |d: u64| Some(Duration::from_secs(d * 86_400));
+    let tier_rows = |s: &Storage, table: &str, tier: i64| -> Vec<i64> {
+        let req = ScanRequest::new(table, DAY0 * DAY_MS, (DAY0 + 3) * DAY_MS - 1);
+        let out = s.scan_rollup(TENANT, tier, &req).unwrap();
+        let mut days: Vec<i64> = out
+            .series
+            .iter()
+            .flat_map(|(_, d)| d.ts.iter().map(|t| t.div_euclid(DAY_MS) - DAY0))
+            .collect();
+        days.sort();
+        days.dedup();
+        days
+    };
+    assert_eq!(tier_rows(&s, "llm_ttft_seconds", 3_600_000), vec![0, 1, 2]);
+    drop(s);
+
+    // Now day 0 ended 3.5 days ago, day 1 2.5 days, day 2 1.5 days.
+    clock.set((DAY0 + 4) * DAY_MS + DAY_MS / 2);
+    let mut c = crate::common::config(dir.path());
+    c.compaction.min_inputs = 2;
+    c.rollups
+        .table_retention
+        .insert("llm_ttft_seconds".into(), vec![None, day(3)]);
+    c.rollups
+        .tenant_retention
+        .insert(TENANT.into(), vec![day(2), None]);
+    // Another tenant's override does not apply.
+    c.rollups
+        .tenant_retention
+        .insert("other".into(), vec![day(1), day(1)]);
+    let s = Storage::open_with(
+        c,
+        Arc::new(sonde_storage::vfs::OsVfs),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    let n = s.expire_rollups().unwrap();
+    // 1 h: day 0 rewritten without llm_ttft_seconds. 1 m: days 0 and 1 rewritten
+    // with llm_ttft_seconds only (its table override, kept forever at 1 m, wins over
+    // the tenant's 2 days).
+    assert_eq!(n, 3);
+    let after_1h = per_tier(&s, 3_600_000);
+    assert_eq!(after_1h.len(), 3);
+    let mut expect0 = before_1h[&DAY0].clone();
+    expect0.retain(|t| t != "llm_ttft_seconds");
+    assert_eq!(after_1h[&DAY0], expect0);
+    assert_eq!(after_1h[&(DAY0 + 1)], before_1h[&(DAY0 + 1)]);
+    let after_1m = per_tier(&s, 60_000);
+    let ttft_only = vec!["llm_ttft_seconds".to_string()];
+    assert_eq!(after_1m[&DAY0], ttft_only);
+    assert_eq!(after_1m[&(DAY0 + 1)], ttft_only);
+    assert_eq!(after_1m[&(DAY0 + 2)].len(), before_1h[&(DAY0 + 2)].len());
+    // The raw data is still there (raw kept forever), so the tier tables answer the
+    // expired parts from raw rows: nothing is lost while raw lives.
+    assert_eq!(tier_rows(&s, "llm_ttft_seconds", 3_600_000), vec![0, 1, 2]);
+    // A second pass has nothing left to do; the rewritten rollup is not rebuilt.
+    assert_eq!(s.expire_rollups().unwrap(), 0);
+    assert_eq!(s.build_rollups().unwrap(), 0);
+    assert_eq!(per_tier(&s, 3_600_000)[&DAY0], expect0);
+}
