@@ -701,7 +701,7 @@ impl Inner {
         fields: &[FieldDef],
         (lo, hi): (TimestampMs, TimestampMs),
     ) -> Result<(Vec<(Labels, SeriesData)>, u64)> {
-        let index = self.segment_index(seg.id, &seg.index_path)?;
+        let index = self.table_index(seg.id, &seg.index_path, table)?;
         let Some(it) = index.table(table) else {
             return Ok((Vec::new(), 0));
         };

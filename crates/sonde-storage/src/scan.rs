@@ -29,39 +29,63 @@ use crate::{Error, Result, Storage};
 /// is a label set plus postings, ~100–300 bytes: about 100–300 MB at the bound).
 const INDEX_CACHE_SERIES: usize = 1_000_000;
 
-/// Decoded segment indexes by segment id, bounded by their total series count (a
-/// 30-day query touches 30 raw and 60 rollup indexes; one 100k-series index is
-/// tens of MB).
+/// Decoded segment indexes by segment id — whole, or one table's part (a query of one
+/// table decodes only that part of a segment shared by many) — bounded by their total
+/// series count (a 30-day query touches 30 raw and 60 rollup indexes; one 100k-series
+/// index is tens of MB).
 #[derive(Debug, Default)]
 pub(crate) struct IndexCache {
-    map: std::collections::HashMap<u64, Arc<SegmentIndex>>,
+    /// Key: (segment id, table name; "" for the whole index).
+    map: std::collections::BTreeMap<(u64, String), Arc<SegmentIndex>>,
     series: usize,
 }
 
 impl IndexCache {
     pub fn get(&self, id: &u64) -> Option<&Arc<SegmentIndex>> {
-        self.map.get(id)
+        self.map.get(&(*id, String::new()))
     }
     pub fn insert(&mut self, id: u64, idx: Arc<SegmentIndex>) {
+        self.insert_part(id, String::new(), idx);
+    }
+    /// A table's part, or the whole index when that is cached.
+    pub fn get_table(&self, id: u64, table: &str) -> Option<&Arc<SegmentIndex>> {
+        self.get(&id)
+            .or_else(|| self.map.get(&(id, table.to_string())))
+    }
+    pub fn insert_table(&mut self, id: u64, table: &str, idx: Arc<SegmentIndex>) {
+        self.insert_part(id, table.to_string(), idx);
+    }
+    fn insert_part(&mut self, id: u64, part: String, idx: Arc<SegmentIndex>) {
         let n = idx.series_count();
         if self.series + n > INDEX_CACHE_SERIES {
             // Evict until half the budget is free (any order: ids are not recency).
-            let ids: Vec<u64> = self.map.keys().copied().collect();
-            for old in ids {
+            let keys: Vec<(u64, String)> = self.map.keys().cloned().collect();
+            for old in keys {
                 if self.series + n <= INDEX_CACHE_SERIES / 2 {
                     break;
                 }
-                self.remove(&old);
+                if let Some(prev) = self.map.remove(&old) {
+                    self.series -= prev.series_count();
+                }
             }
         }
-        if let Some(prev) = self.map.insert(id, idx) {
+        if let Some(prev) = self.map.insert((id, part), idx) {
             self.series -= prev.series_count();
         }
         self.series += n;
     }
+    /// Forgets everything cached of segment `id`.
     pub fn remove(&mut self, id: &u64) {
-        if let Some(prev) = self.map.remove(id) {
-            self.series -= prev.series_count();
+        let keys: Vec<(u64, String)> = self
+            .map
+            .range((*id, String::new())..)
+            .take_while(|(k, _)| k.0 == *id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some(prev) = self.map.remove(&k) {
+                self.series -= prev.series_count();
+            }
         }
     }
 }
@@ -173,7 +197,9 @@ impl Storage {
                 stats.segments_pruned_by_time += 1;
                 continue;
             }
-            let index = self.segment_index(seg.id, &seg.index_path)?;
+            let index = self
+                .inner
+                .table_index(seg.id, &seg.index_path, &req.table)?;
             let Some(it) = index.table(&req.table) else {
                 continue;
             };
@@ -252,10 +278,6 @@ impl Storage {
             stats,
         })
     }
-
-    fn segment_index(&self, id: u64, rel: &str) -> Result<Arc<SegmentIndex>> {
-        self.inner.segment_index(id, rel)
-    }
 }
 
 impl crate::engine::Inner {
@@ -271,6 +293,22 @@ impl crate::engine::Inner {
             .map_err(|e| Error::io("reading segment index", &path, e))?;
         let idx = Arc::new(SegmentIndex::decode(&data, &path)?);
         self.index_cache.lock().insert(id, idx.clone());
+        Ok(idx)
+    }
+
+    /// The part of a segment's index for `table` (the whole index when that is
+    /// cached), from the cache or the file.
+    pub(crate) fn table_index(&self, id: u64, rel: &str, table: &str) -> Result<Arc<SegmentIndex>> {
+        if let Some(idx) = self.index_cache.lock().get_table(id, table) {
+            return Ok(idx.clone());
+        }
+        let path = self.dir.join(rel);
+        let data = self
+            .vfs
+            .read(&path)
+            .map_err(|e| Error::io("reading segment index", &path, e))?;
+        let idx = Arc::new(SegmentIndex::decode_table(&data, &path, table)?);
+        self.index_cache.lock().insert_table(id, table, idx.clone());
         Ok(idx)
     }
 }

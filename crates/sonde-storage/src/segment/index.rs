@@ -127,31 +127,64 @@ impl SegmentIndex {
 
     /// Parses a `.sidx` file; `path` is only for error messages.
     pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
+        Self::decode_only(data, path, None)
+    }
+
+    /// Parses only `table`'s part of a `.sidx` file (the others are skipped without
+    /// being built): what a query of one table needs from a segment shared by many.
+    pub fn decode_table(data: &[u8], path: &Path, table: &str) -> Result<Self> {
+        Self::decode_only(data, path, Some(table))
+    }
+
+    fn decode_only(data: &[u8], path: &Path, only: Option<&str>) -> Result<Self> {
         let body = crate::codec::open_sealed(data, MAGIC, VERSION, "segment index", path)?;
         let body = zstd::stream::decode_all(body)
             .map_err(|e| Error::format(path, format!("index body does not decompress: {e}")))?;
         let body = body.as_slice();
-        Self::decode_body(body).map_err(|e| Error::format(path, e.to_string()))
+        Self::decode_body(body, only).map_err(|e| Error::format(path, e.to_string()))
     }
 
-    fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
+    fn decode_body(body: &[u8], only: Option<&str>) -> Result<Self, DecodeError> {
         let bad = |what| DecodeError { what };
         let mut d = Dec::new(body);
         let n = d.len("string count", 1)?;
-        let mut strings = Vec::with_capacity(n);
+        let mut strings: Vec<&str> = Vec::with_capacity(n);
         for _ in 0..n {
-            strings.push(d.str("string")?);
+            let b = d.bytes("string")?;
+            strings.push(std::str::from_utf8(b).map_err(|_| bad("string"))?);
         }
         let s = |d: &mut Dec<'_>, what| -> Result<String, DecodeError> {
             let i = d.uvar(what)? as usize;
-            strings.get(i).cloned().ok_or(bad(what))
+            strings.get(i).map(|s| s.to_string()).ok_or(bad(what))
         };
         let n_tables = d.len("table count", 2)?;
-        let mut tables = Vec::with_capacity(n_tables);
+        let mut tables = Vec::with_capacity(if only.is_some() { 1 } else { n_tables });
         let (mut row, mut prev_min) = (0u64, 0i64);
         for _ in 0..n_tables {
             let name = s(&mut d, "table name")?;
             let n_series = d.len("series count", 5)?;
+            if only.is_some_and(|t| t != name) {
+                // Skipped, but row positions and times run on across tables.
+                for _ in 0..n_series {
+                    let nl = d.len("label count", 2)?;
+                    for _ in 0..2 * nl {
+                        d.uvar("label")?;
+                    }
+                    row += d.uvar("row count")?;
+                    prev_min = prev_min.wrapping_add(d.ivar("min time")?);
+                    d.ivar("time span")?;
+                }
+                let n_keys = d.len("posting key count", 2)?;
+                for _ in 0..n_keys {
+                    d.uvar("posting key")?;
+                    let n_vals = d.len("posting value count", 2)?;
+                    for _ in 0..n_vals {
+                        d.uvar("posting value")?;
+                        d.bytes("posting bitmap")?;
+                    }
+                }
+                continue;
+            }
             let mut series = Vec::with_capacity(n_series);
             for _ in 0..n_series {
                 let nl = d.len("label count", 2)?;
@@ -252,6 +285,43 @@ mod tests {
         assert_eq!(t.series, idx.tables[0].series);
         assert_eq!(t.select(&[Matcher::eq("u", "u3")], 0, 1000), vec![3]);
         assert_eq!(t.select(&[Matcher::eq("k", "same")], 150, 250), vec![1, 2]);
+    }
+
+    /// Decoding one table's part skips the tables before it (their rows and times
+    /// still count) and gives exactly what the whole decode gives for that table.
+    #[test]
+    fn one_table_decodes_like_the_whole() {
+        let mut a = sample().tables.remove(0);
+        a.name = "a".into();
+        let mut m = sample().tables.remove(0);
+        for s in &mut m.series {
+            s.row_start += 50;
+            s.min_time += 7;
+            s.max_time += 7;
+        }
+        let mut z = sample().tables.remove(0);
+        z.name = "z".into();
+        for s in &mut z.series {
+            s.row_start += 100;
+        }
+        let idx = SegmentIndex {
+            tables: vec![a, m, z],
+        };
+        let enc = idx.encode();
+        let whole = SegmentIndex::decode(&enc, Path::new("x.sidx")).unwrap();
+        for name in ["a", "m", "z"] {
+            let part = SegmentIndex::decode_table(&enc, Path::new("x.sidx"), name).unwrap();
+            assert_eq!(part.tables.len(), 1);
+            let (p, w) = (part.table(name).unwrap(), whole.table(name).unwrap());
+            assert_eq!(p.series, w.series, "{name}");
+            assert_eq!(
+                p.select(&[Matcher::eq("u", "u3")], 0, 1000),
+                w.select(&[Matcher::eq("u", "u3")], 0, 1000)
+            );
+        }
+        assert_eq!(whole.table("m").unwrap().series[1].row_start, 60);
+        let none = SegmentIndex::decode_table(&enc, Path::new("x.sidx"), "b").unwrap();
+        assert!(none.tables.is_empty());
     }
 
     #[test]
