@@ -27,19 +27,13 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "benches"))
-from common import free_port, http, peak_rss_mib, wait  # noqa: E402
+from common import free_port, peak_rss_mib, wait  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import settle  # noqa: E402
 
 DAY = 86_400_000
 HOUR = 3_600_000
-
-
-def du(path, pattern):
-    total = 0
-    for d, _, files in os.walk(path):
-        for f in files:
-            if pattern(f):
-                total += os.path.getsize(os.path.join(d, f))
-    return total
 
 
 def sql(base, q):
@@ -85,14 +79,7 @@ def main():
             capture_output=True, text=True, check=True).stdout
         load_s = time.time() - t
         print(out.strip(), f"({load_s:.0f} s)", flush=True)
-        http(f"{base}/api/v1/admin/flush", b"")
-        t = time.time()
-        maint = json.loads(http(f"{base}/api/v1/admin/compact", b""))["data"]
-        maint_s = time.time() - t
-        print(f"compaction + rollups: {maint_s:.1f} s {maint}", flush=True)
-        raw = du(os.path.join(data, "segments"), lambda f: "-r" not in f)
-        tiers = {t: du(os.path.join(data, "segments"), lambda f, t=t: f"-r{t}." in f)
-                 for t in (60_000, 3_600_000)}
+        maint_s, _, raw, tiers = settle(base, data)
         rng = (f"time >= to_timestamp_millis({day0}) AND "
                f"time < to_timestamp_millis({day0 + a.days * DAY})")
         keep_raw = " AND duration_seconds > -1e300"

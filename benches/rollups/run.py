@@ -45,6 +45,20 @@ def du(path, pattern=None):
     return total
 
 
+def settle(base, data):
+    """Flushes, compacts and builds the rollups; returns (seconds, maintenance answer,
+    raw bytes, {tier ms: bytes})."""
+    http(f"{base}/api/v1/admin/flush", b"")
+    t = time.time()
+    maint = json.loads(http(f"{base}/api/v1/admin/compact", b""))["data"]
+    maint_s = time.time() - t
+    print(f"compaction + rollups: {maint_s:.1f} s {maint}", flush=True)
+    raw = du(os.path.join(data, "segments"), lambda f: "-r" not in f)
+    tiers = {t: du(os.path.join(data, "segments"), lambda f, t=t: f"-r{t}." in f)
+             for t in (60_000, 3_600_000)}
+    return maint_s, maint, raw, tiers
+
+
 def query(base, q, start, end, step, rollups):
     params = {"query": q, "start": start / 1000, "end": end / 1000, "step": step / 1000}
     if not rollups:
@@ -110,14 +124,7 @@ def main():
                  "--quiet"], capture_output=True, text=True, check=True).stdout
             load_s = time.time() - t
             print(out.strip(), f"({load_s:.0f} s)", flush=True)
-        http(f"{base}/api/v1/admin/flush", b"")
-        t = time.time()
-        maint = json.loads(http(f"{base}/api/v1/admin/compact", b""))["data"]
-        maint_s = time.time() - t
-        print(f"compaction + rollups: {maint_s:.1f} s {maint}", flush=True)
-        raw = du(os.path.join(data, "segments"), lambda f: "-r" not in f)
-        tiers = {t: du(os.path.join(data, "segments"), lambda f, t=t: f"-r{t}." in f)
-                 for t in (60_000, 3_600_000)}
+        maint_s, _, raw, tiers = settle(base, data)
         # The dataset rounds the series count up to whole groups of 15.
         total_samples = -(-a.series // 15) * 15 * samples
         start = day0 + HOUR

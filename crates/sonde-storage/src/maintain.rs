@@ -149,6 +149,17 @@ pub(crate) enum Keep {
     Outside(TimestampMs, TimestampMs),
 }
 
+/// Keeps every table but `dropped` (whole tables leave a segment).
+pub(crate) fn keep_except<'a>(dropped: &'a BTreeSet<&str>) -> impl Fn(&str, &Labels) -> Keep + 'a {
+    move |t, _| {
+        if dropped.contains(t) {
+            Keep::Nothing
+        } else {
+            Keep::All
+        }
+    }
+}
+
 /// What a maintenance call did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MaintenanceStats {
@@ -704,14 +715,7 @@ impl Inner {
                     stats.dropped_segments += 1;
                     stats.removed_rows += seg.rows;
                 } else {
-                    let keep = |t: &str, _: &Labels| {
-                        if expired.contains(t) {
-                            Keep::Nothing
-                        } else {
-                            Keep::All
-                        }
-                    };
-                    let out = self.rewrite(std::slice::from_ref(&seg), &keep)?;
+                    let out = self.rewrite(std::slice::from_ref(&seg), &keep_except(&expired))?;
                     let removed = out.as_ref().map_or(seg.rows, |o| o.2);
                     self.swap_segments(
                         &[seg.id],

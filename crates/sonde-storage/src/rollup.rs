@@ -32,7 +32,7 @@ use std::time::Duration;
 use sonde_types::{DAY_MS, FieldDef, FieldType, Labels, MetricKind, TimestampMs, day_of};
 
 use crate::engine::Inner;
-use crate::maintain::{Keep, MergeSink};
+use crate::maintain::{Keep, MergeSink, keep_except};
 use crate::manifest::{RollupMeta, SegmentMeta};
 use crate::segment::SegmentWriter;
 use crate::segment::reader::{SeriesRead, read_series};
@@ -897,14 +897,7 @@ impl Inner {
             let out = if expired.len() == r.segment.tables.len() {
                 None
             } else {
-                let keep = |t: &str, _: &Labels| {
-                    if expired.contains(t) {
-                        Keep::Nothing
-                    } else {
-                        Keep::All
-                    }
-                };
-                self.rewrite(std::slice::from_ref(&r.segment), &keep)?
+                self.rewrite(std::slice::from_ref(&r.segment), &keep_except(&expired))?
             };
             let _flush = self.flush_lock.lock();
             let mut m = (*self.state.read().manifest).clone();

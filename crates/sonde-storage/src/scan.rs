@@ -286,12 +286,7 @@ impl crate::engine::Inner {
         if let Some(idx) = self.index_cache.lock().get(&id) {
             return Ok(idx.clone());
         }
-        let path = self.dir.join(rel);
-        let data = self
-            .vfs
-            .read(&path)
-            .map_err(|e| Error::io("reading segment index", &path, e))?;
-        let idx = Arc::new(SegmentIndex::decode(&data, &path)?);
+        let idx = Arc::new(self.read_index(rel, None)?);
         self.index_cache.lock().insert(id, idx.clone());
         Ok(idx)
     }
@@ -302,14 +297,22 @@ impl crate::engine::Inner {
         if let Some(idx) = self.index_cache.lock().get_table(id, table) {
             return Ok(idx.clone());
         }
+        let idx = Arc::new(self.read_index(rel, Some(table))?);
+        self.index_cache.lock().insert_table(id, table, idx.clone());
+        Ok(idx)
+    }
+
+    /// Reads and decodes an index file, whole or one table's part.
+    fn read_index(&self, rel: &str, table: Option<&str>) -> Result<SegmentIndex> {
         let path = self.dir.join(rel);
         let data = self
             .vfs
             .read(&path)
             .map_err(|e| Error::io("reading segment index", &path, e))?;
-        let idx = Arc::new(SegmentIndex::decode_table(&data, &path, table)?);
-        self.index_cache.lock().insert_table(id, table, idx.clone());
-        Ok(idx)
+        match table {
+            Some(t) => SegmentIndex::decode_table(&data, &path, t),
+            None => SegmentIndex::decode(&data, &path),
+        }
     }
 }
 

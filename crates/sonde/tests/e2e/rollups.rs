@@ -308,18 +308,7 @@ fn promql_from_rollups_equals_raw() {
 
     // SQL: the 1 h tier by name agrees with the raw table over three rolled-up days
     // and today's unflushed rows (rolled up on the fly).
-    let sql = |q: &str| -> Vec<Value> {
-        let body = serde_json::json!({ "sql": q }).to_string();
-        let (code, out) = server.http_auth(
-            "POST",
-            "/api/v1/sql",
-            "application/json",
-            body.as_bytes(),
-            Some(METRICS),
-        );
-        assert_eq!(code, 200, "{q}: {out}");
-        serde_json::from_str(&out).unwrap()
-    };
+    let sql = |q: &str| sql_as(&server, METRICS, q);
     let range = format!(
         "time >= to_timestamp_millis({day0}) AND time < to_timestamp_millis({})",
         end_h + HOUR
@@ -379,23 +368,26 @@ fn promql_from_rollups_equals_raw() {
     server.stop();
 }
 
+/// Rows of a SQL query run with `token`'s tenant (must answer 200).
+fn sql_as(server: &TestServer, token: &str, q: &str) -> Vec<Value> {
+    let body = serde_json::json!({ "sql": q }).to_string();
+    let (code, out) = server.http_auth(
+        "POST",
+        "/api/v1/sql",
+        "application/json",
+        body.as_bytes(),
+        Some(token),
+    );
+    assert_eq!(code, 200, "{q}: {out}");
+    serde_json::from_str(&out).unwrap()
+}
+
 /// The LLM calls of the CALLS tenant: p50/p99/median per model and day come from the
 /// 1 h tier's sketches within 1 % of the exact order statistic, and count/sum/min/
 /// max/avg equal raw rows; a query naming `user_id` (dropped from event rollups)
 /// stays raw. Returns the number of quantiles checked.
 fn event_quantiles_from_sketches(server: &TestServer, from: i64, to: i64) -> usize {
-    let sql = |q: &str| -> Vec<Value> {
-        let body = serde_json::json!({ "sql": q }).to_string();
-        let (code, out) = server.http_auth(
-            "POST",
-            "/api/v1/sql",
-            "application/json",
-            body.as_bytes(),
-            Some(CALLS),
-        );
-        assert_eq!(code, 200, "{q}: {out}");
-        serde_json::from_str(&out).unwrap()
-    };
+    let sql = |q: &str| sql_as(server, CALLS, q);
     let range = format!("time >= to_timestamp_millis({from}) AND time < to_timestamp_millis({to})");
     let q = |extra: &str| {
         format!(
