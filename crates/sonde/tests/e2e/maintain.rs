@@ -64,7 +64,15 @@ fn metric(server: &TestServer, name: &str) -> f64 {
 fn compaction_keeps_answers_and_bounds_files() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
-    let t0 = now_ms() - 30 * 60_000;
+    // 80 samples 15 s apart (20 minutes) within one UTC day: run just after
+    // midnight, a span crossing it would leave today's few segments below the
+    // 4 a day needs before it is merged.
+    let now = now_ms();
+    let midnight = now - now.rem_euclid(DAY);
+    let mut t0 = now - 30 * 60_000;
+    if t0 < midnight {
+        t0 = t0.min(midnight - 80 * 15_000 - 1_000);
+    }
     for flush in 0..8 {
         let ts: Vec<TimeSeries> = (0..50)
             .map(|u| {
