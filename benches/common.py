@@ -3,6 +3,7 @@ them to come up, and reading a process's peak RSS and CPU time."""
 
 import os
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -51,3 +52,19 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_sonde(sonde, data, *args):
+    """Starts `sonde serve` on `data` with free loopback ports and `args`, waits
+    until it is ready; returns (process, http base URL, gRPC address)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sonde, "serve", "--data-dir", data, "--http-addr", f"127.0.0.1:{port}",
+         "--grpc-addr", f"127.0.0.1:{free_port()}", *args],
+        env={**os.environ, "SONDE_LOG": "warn"}, stdout=subprocess.PIPE)
+    line = proc.stdout.readline().decode()
+    grpc = [w.split("=", 1)[1] for w in line.split() if w.startswith("grpc=")][0]
+    base = f"http://127.0.0.1:{port}"
+    wait(f"{base}/readyz")
+    return proc, base, grpc
+

@@ -27,7 +27,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "benches"))
-from common import free_port, peak_rss_mib, wait  # noqa: E402
+from common import peak_rss_mib, start_sonde  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import settle  # noqa: E402
@@ -55,23 +55,15 @@ def main():
     a = ap.parse_args()
 
     data = tempfile.mkdtemp(prefix="sonde-calls-")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     now = int(time.time() * 1000)
     day0 = (now // DAY - a.days) * DAY
     calls = int(a.days * 86_400 * a.rate)
-    proc = subprocess.Popen(
-        [a.sonde, "serve", "--data-dir", data, "--http-addr", f"127.0.0.1:{port}",
-         "--grpc-addr", f"127.0.0.1:{free_port()}", "--fsync", "100",
-         "--retention", f"{a.days + 30}d",
-         # Every call adds per-user series to the derived metrics: backfilling weeks
-         # of them passes the default 1 M active series per table.
-         "--max-series-per-table", "100000000"],
-        env={**os.environ, "SONDE_LOG": "warn"}, stdout=subprocess.PIPE)
+    # Every call adds per-user series to the derived metrics: backfilling weeks of
+    # them passes the default 1 M active series per table.
+    proc, base, grpc = start_sonde(
+        a.sonde, data, "--fsync", "100", "--retention", f"{a.days + 30}d",
+        "--max-series-per-table", "100000000")
     try:
-        line = proc.stdout.readline().decode()
-        grpc = [w.split("=", 1)[1] for w in line.split() if w.startswith("grpc=")][0]
-        wait(f"{base}/readyz")
         t = time.time()
         out = subprocess.run(
             [a.sonde, "load", "--target", f"http://{grpc}", "--calls", str(calls),

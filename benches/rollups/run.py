@@ -25,7 +25,7 @@ import urllib.parse
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "benches"))
-from common import free_port, http, peak_rss_mib, wait  # noqa: E402
+from common import http, peak_rss_mib, start_sonde  # noqa: E402
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -97,21 +97,13 @@ def main():
 
     data = a.keep or tempfile.mkdtemp(prefix="sonde-rollups-")
     reuse = a.keep is not None and os.path.exists(os.path.join(data, "MANIFEST"))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     now = int(time.time() * 1000)
     day0 = (now // DAY - a.days) * DAY
     samples = a.days * DAY // 15_000
-    proc = subprocess.Popen(
-        [a.sonde, "serve", "--data-dir", data, "--http-addr", f"127.0.0.1:{port}",
-         "--grpc-addr", f"127.0.0.1:{free_port()}", "--fsync", "100",
-         "--retention", f"{a.days + 30}d", "--promql-max-samples", "2000000000",
-         "--promql-timeout-secs", "600"],
-        env={**os.environ, "SONDE_LOG": "warn"}, stdout=subprocess.PIPE)
+    proc, base, grpc = start_sonde(
+        a.sonde, data, "--fsync", "100", "--retention", f"{a.days + 30}d",
+        "--promql-max-samples", "2000000000", "--promql-timeout-secs", "600")
     try:
-        line = proc.stdout.readline().decode()
-        grpc = [w.split("=", 1)[1] for w in line.split() if w.startswith("grpc=")][0]
-        wait(f"{base}/readyz")
         t = time.time()
         if reuse:
             # Loaded by an earlier run: its first day starts the span.

@@ -82,10 +82,7 @@ impl TableProvider for SondeTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let mut pushed = Pushed::default();
-        for f in filters {
-            self.push(f, &mut pushed);
-        }
+        let pushed = self.pushed(filters);
         let projected = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
@@ -126,6 +123,15 @@ impl Default for Pushed {
 }
 
 impl SondeTable {
+    /// What of `filters` narrows the read (time bounds, tag matchers).
+    fn pushed(&self, filters: &[Expr]) -> Pushed {
+        let mut pushed = Pushed::default();
+        for f in filters {
+            self.push(f, &mut pushed);
+        }
+        pushed
+    }
+
     /// Records what `e` lets the scan narrow; false if nothing.
     fn push(&self, e: &Expr, out: &mut Pushed) -> bool {
         match e {
@@ -254,7 +260,7 @@ fn or_of_equalities<'a>(e: &'a Expr, values: &mut Vec<String>) -> Option<&'a str
 }
 
 /// The column an expression reads, looking through casts.
-fn column_name(e: &Expr) -> Option<&str> {
+pub(crate) fn column_name(e: &Expr) -> Option<&str> {
     match e {
         Expr::Column(c) => Some(c.name.as_str()),
         Expr::Cast(c) => column_name(&c.expr),
@@ -263,7 +269,8 @@ fn column_name(e: &Expr) -> Option<&str> {
     }
 }
 
-fn literal(e: &Expr) -> Option<ScalarValue> {
+/// A literal, possibly under casts (evaluated).
+pub(crate) fn literal(e: &Expr) -> Option<ScalarValue> {
     match e {
         Expr::Literal(v, _) => Some(v.clone()),
         Expr::Cast(c) => {
@@ -285,7 +292,7 @@ fn string(v: &ScalarValue) -> Option<String> {
 }
 
 /// A timestamp literal as milliseconds since the epoch, rounded down and up.
-fn timestamp_ms(v: &ScalarValue) -> Option<(TimestampMs, TimestampMs)> {
+pub(crate) fn timestamp_ms(v: &ScalarValue) -> Option<(TimestampMs, TimestampMs)> {
     let per_ms: i64 = match v {
         ScalarValue::TimestampMillisecond(..) => 1,
         ScalarValue::TimestampMicrosecond(..) => 1_000,
@@ -370,10 +377,7 @@ impl TableProvider for RollupTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let mut pushed = Pushed::default();
-        for f in filters {
-            self.inner.push(f, &mut pushed);
-        }
+        let pushed = self.inner.pushed(filters);
         let mut req = ScanRequest::new(&self.base, pushed.start, pushed.end);
         req.matchers = pushed.matchers;
         let storage = self.inner.storage.clone();

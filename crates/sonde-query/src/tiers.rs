@@ -37,7 +37,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use sonde_types::{MetricKind, TIME_COLUMN};
 
-use crate::provider::{RollupTable, SondeTable};
+use crate::provider::{RollupTable, SondeTable, column_name, literal, timestamp_ms};
 
 /// The rule (see the module docs).
 #[derive(Debug, Default)]
@@ -293,15 +293,7 @@ fn try_rewrite(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
 
 /// A constant quantile in `[0, 1]`.
 fn quantile_literal(e: &Expr) -> Option<f64> {
-    let v = match e {
-        Expr::Literal(v, _) => v.clone(),
-        Expr::Cast(c) => match c.expr.as_ref() {
-            Expr::Literal(v, _) => v.cast_to(c.field.data_type()).ok()?,
-            _ => return None,
-        },
-        _ => return None,
-    };
-    match v.cast_to(&DataType::Float64).ok()? {
+    match literal(e)?.cast_to(&DataType::Float64).ok()? {
         ScalarValue::Float64(Some(q)) if (0.0..=1.0).contains(&q) => Some(q),
         _ => None,
     }
@@ -325,7 +317,7 @@ fn date_bin_ms(e: &Expr) -> Option<i64> {
         [i, a, Expr::Literal(origin, _)] if origin_is_epoch(origin) => (i, a),
         _ => return None,
     };
-    if column_of(arg)? != TIME_COLUMN {
+    if column_name(arg)? != TIME_COLUMN {
         return None;
     }
     let Expr::Literal(v, _) = interval else {
@@ -353,15 +345,6 @@ fn origin_is_epoch(v: &ScalarValue) -> bool {
     )
 }
 
-fn column_of(e: &Expr) -> Option<&str> {
-    match e {
-        Expr::Column(c) => Some(c.name.as_str()),
-        Expr::Cast(c) => column_of(&c.expr),
-        Expr::TryCast(c) => column_of(&c.expr),
-        _ => None,
-    }
-}
-
 /// Checks a WHERE clause the tier can answer: conjunctions of predicates on tags
 /// (any form) and `time >= t` / `time < t` bounds, whose `t` (ms) go to `out`.
 fn collect_bounds(p: &Expr, tags: &[&str], out: &mut Vec<i64>) -> bool {
@@ -370,7 +353,7 @@ fn collect_bounds(p: &Expr, tags: &[&str], out: &mut Vec<i64>) -> bool {
             collect_bounds(left, tags, out) && collect_bounds(right, tags, out)
         }
         Expr::BinaryExpr(BinaryExpr { left, op, right })
-            if column_of(left) == Some(TIME_COLUMN) =>
+            if column_name(left) == Some(TIME_COLUMN) =>
         {
             if !matches!(op, Operator::GtEq | Operator::Lt) {
                 return false;
@@ -401,21 +384,6 @@ fn collect_bounds(p: &Expr, tags: &[&str], out: &mut Vec<i64>) -> bool {
 
 /// A timestamp literal in exact milliseconds (`None` when it has sub-ms parts).
 fn timestamp_literal_ms(e: &Expr) -> Option<i64> {
-    let v = match e {
-        Expr::Literal(v, _) => v.clone(),
-        Expr::Cast(c) => {
-            let Expr::Literal(v, _) = c.expr.as_ref() else {
-                return None;
-            };
-            v.cast_to(c.field.data_type()).ok()?
-        }
-        _ => return None,
-    };
-    match v {
-        ScalarValue::TimestampMillisecond(Some(t), _) => Some(t),
-        ScalarValue::TimestampSecond(Some(t), _) => t.checked_mul(1000),
-        ScalarValue::TimestampMicrosecond(Some(t), _) if t % 1000 == 0 => Some(t / 1000),
-        ScalarValue::TimestampNanosecond(Some(t), _) if t % 1_000_000 == 0 => Some(t / 1_000_000),
-        _ => None,
-    }
+    let (lo, hi) = timestamp_ms(&literal(e)?)?;
+    (lo == hi).then_some(lo)
 }

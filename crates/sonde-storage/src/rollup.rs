@@ -927,13 +927,7 @@ impl Storage {
         self.inner.build_rollups()
     }
 
-    /// The schema of `table`'s tier tables (see [`tier_schema`]).
-    pub fn rollup_schema(&self, tenant: &str, table: &str) -> Option<TableSchema> {
-        let s = self.table_schema(tenant, table)?;
-        Some(tier_schema(&s, &self.inner.config.rollups.event_drop_tags))
-    }
-
-    /// Tags of event tables that their rollups leave out.
+    /// Tags of event tables that their rollups leave out (see [`tier_schema`]).
     pub fn event_drop_tags(&self) -> &[String] {
         &self.inner.config.rollups.event_drop_tags
     }

@@ -16,9 +16,20 @@ use crate::common::{TENANT, config};
 const DAY0: i64 = 20_000;
 
 fn open(dir: &std::path::Path, clock: &ManualClock, raw_days: Option<u64>) -> Storage {
+    open_tuned(dir, clock, raw_days, |_| {})
+}
+
+/// [`open`] with more settings changed by `tune`.
+fn open_tuned(
+    dir: &std::path::Path,
+    clock: &ManualClock,
+    raw_days: Option<u64>,
+    tune: impl FnOnce(&mut sonde_storage::Config),
+) -> Storage {
     let mut c = config(dir);
     c.retention.raw = raw_days.map(|d| Duration::from_secs(d * 86_400));
     c.compaction.min_inputs = 2;
+    tune(&mut c);
     Storage::open_with(
         c,
         Arc::new(sonde_storage::vfs::OsVfs),
@@ -248,24 +259,15 @@ fn tier_retention_overrides_per_tenant_and_table() {
 
     // Now day 0 ended 3.5 days ago, day 1 2.5 days, day 2 1.5 days.
     clock.set((DAY0 + 4) * DAY_MS + DAY_MS / 2);
-    let mut c = crate::common::config(dir.path());
-    c.compaction.min_inputs = 2;
-    c.rollups
-        .table_retention
-        .insert("llm_ttft_seconds".into(), vec![None, day(3)]);
-    c.rollups
-        .tenant_retention
-        .insert(TENANT.into(), vec![day(2), None]);
-    // Another tenant's override does not apply.
-    c.rollups
-        .tenant_retention
-        .insert("other".into(), vec![day(1), day(1)]);
-    let s = Storage::open_with(
-        c,
-        Arc::new(sonde_storage::vfs::OsVfs),
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
+    let s = open_tuned(dir.path(), &clock, None, |c| {
+        let r = &mut c.rollups;
+        r.table_retention
+            .insert("llm_ttft_seconds".into(), vec![None, day(3)]);
+        r.tenant_retention.insert(TENANT.into(), vec![day(2), None]);
+        // Another tenant's override does not apply.
+        r.tenant_retention
+            .insert("other".into(), vec![day(1), day(1)]);
+    });
     let n = s.expire_rollups().unwrap();
     // 1 h: day 0 rewritten without llm_ttft_seconds. 1 m: days 0 and 1 rewritten
     // with llm_ttft_seconds only (its table override, kept forever at 1 m, wins over
