@@ -241,6 +241,11 @@ pub fn error_response(e: &sonde_storage::Error) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "server is shutting down".to_string(),
         ),
+        // The operator must see this one: nothing of it is secret.
+        sonde_storage::Error::ManifestConflict { .. } => {
+            tracing::error!(error = %e, "storage fault");
+            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
         e => {
             tracing::error!(error = %e, "storage fault");
             (

@@ -21,7 +21,7 @@ use sonde_types::{Labels, TimestampMs};
 
 use crate::codec::{Dec, Enc};
 use crate::segment::index::SegmentIndex;
-use crate::vfs::{Vfs, write_atomic};
+use crate::vfs::Vfs;
 use crate::{Error, Result, Storage};
 
 pub const MAGIC: &[u8; 8] = b"SONDECAT";
@@ -151,7 +151,8 @@ pub fn update(
     let parent = p.parent().expect("catalog path has a parent");
     vfs.create_dir_all(parent)
         .map_err(|e| Error::io("creating catalog directory", parent, e))?;
-    write_atomic(vfs, &p, &cat.encode()).map_err(|e| Error::io("writing catalog", &p, e))?;
+    vfs.write_atomic(&p, &cat.encode())
+        .map_err(|e| Error::io("writing catalog", &p, e))?;
     vfs.sync_dir(&dir.join("catalog"))
         .map_err(|e| Error::io("syncing catalog directory", &p, e))
 }
@@ -170,7 +171,8 @@ pub fn replace(vfs: &dyn Vfs, dir: &Path, tenant: &str, day: i64, cat: &DayCatal
     let parent = p.parent().expect("catalog path has a parent");
     vfs.create_dir_all(parent)
         .map_err(|e| Error::io("creating catalog directory", parent, e))?;
-    write_atomic(vfs, &p, &cat.encode()).map_err(|e| Error::io("writing catalog", &p, e))
+    vfs.write_atomic(&p, &cat.encode())
+        .map_err(|e| Error::io("writing catalog", &p, e))
 }
 
 impl Storage {

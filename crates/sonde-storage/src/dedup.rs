@@ -17,7 +17,7 @@ use std::path::Path;
 use sonde_types::TimestampMs;
 
 use crate::codec::{Dec, Enc};
-use crate::vfs::{Vfs, write_atomic};
+use crate::vfs::Vfs;
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"SONDEDUP";
@@ -92,7 +92,7 @@ impl DedupSet {
             e.ivar(*t);
         }
         let path = dir.join(FILE_NAME);
-        write_atomic(vfs, &path, &crate::codec::seal_file(MAGIC, VERSION, &e.0))
+        vfs.write_atomic(&path, &crate::codec::seal_file(MAGIC, VERSION, &e.0))
             .map_err(|e| Error::io("writing dedup keys", &path, e))
     }
 }

@@ -63,6 +63,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub volume: VolumeConfig,
     pub rollups: crate::rollup::RollupConfig,
+    /// Keep segments, indexes, catalogs and the manifest on an object store instead
+    /// of the data directory (the WAL stays local).
+    pub object_store: Option<crate::objstore::ObjectStoreConfig>,
 }
 
 impl Config {
@@ -82,6 +85,7 @@ impl Config {
             retention: RetentionConfig::default(),
             volume: VolumeConfig::default(),
             rollups: Default::default(),
+            object_store: None,
         }
     }
 }
@@ -164,7 +168,16 @@ enum WalMsg {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// Where segments, indexes, catalogs, keys and the manifest live: the local disk
+    /// or an object store.
     pub vfs: Arc<dyn Vfs>,
+    /// Where the WAL lives: always a file system.
+    pub wal_vfs: Arc<dyn Vfs>,
+    /// Version of the manifest last loaded or stored (an object store's ETag), for
+    /// the conditional replacement. Held while the manifest is stored.
+    pub manifest_version: Mutex<Option<String>>,
+    /// The data-directory lock (released when the store is dropped).
+    data_lock: Mutex<Option<std::fs::File>>,
     pub dir: PathBuf,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
@@ -214,20 +227,51 @@ impl std::fmt::Debug for WalMsg {
 impl Storage {
     /// Opens (or creates) a store on the local disk with the system clock.
     pub fn open(config: Config) -> Result<Self> {
-        Self::open_with(config, Arc::new(OsVfs), Arc::new(SystemClock))
+        let lock = lock_data_dir(&config.data_dir)?;
+        let wal_vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
+        let store: Arc<dyn Vfs> = match &config.object_store {
+            Some(oc) => {
+                tracing::info!(url = %oc.url, "segments and manifest on the object store; WAL in the data directory");
+                Arc::new(
+                    crate::objstore::ObjectVfs::connect(oc, &config.data_dir).map_err(|e| {
+                        Error::io("connecting to the object store", &config.data_dir, e)
+                    })?,
+                )
+            }
+            None => wal_vfs.clone(),
+        };
+        let storage = Self::open_parts(config, wal_vfs, store, Arc::new(SystemClock))?;
+        *storage.inner.data_lock.lock() = Some(lock);
+        Ok(storage)
     }
 
     /// Opens with an explicit file system and clock; recovers from the WAL.
     pub fn open_with(config: Config, vfs: Arc<dyn Vfs>, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_parts(config, vfs.clone(), vfs, clock)
+    }
+
+    /// Opens with the WAL on `wal_vfs` and everything else on `vfs`.
+    pub fn open_parts(
+        config: Config,
+        wal_vfs: Arc<dyn Vfs>,
+        vfs: Arc<dyn Vfs>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
         let dir = config.data_dir.clone();
         let wal_dir = dir.join("wal");
-        for d in [&dir, &wal_dir, &dir.join("segments"), &dir.join("catalog")] {
+        for d in [&dir, &wal_dir] {
+            wal_vfs
+                .create_dir_all(d)
+                .map_err(|e| Error::io("creating directory", d, e))?;
+        }
+        for d in [&dir.join("segments"), &dir.join("catalog")] {
             vfs.create_dir_all(d)
                 .map_err(|e| Error::io("creating directory", d, e))?;
         }
-        vfs.sync_dir(&dir)
+        wal_vfs
+            .sync_dir(&dir)
             .map_err(|e| Error::io("syncing data directory", &dir, e))?;
-        let manifest = Manifest::load(vfs.as_ref(), &dir)?;
+        let (manifest, manifest_version) = Manifest::load(vfs.as_ref(), &dir)?;
         remove_orphans(vfs.as_ref(), &dir, &manifest)?;
 
         let mut schemas: HashMap<String, BTreeMap<String, TableSchema>> = HashMap::new();
@@ -247,7 +291,7 @@ impl Storage {
         let mut dedup = DedupSet::load(vfs.as_ref(), &dir)?;
         let now = clock.now_ms();
         let stats = wal::replay(
-            vfs.as_ref(),
+            wal_vfs.as_ref(),
             &wal_dir,
             manifest.wal_watermark,
             |seq, payload| {
@@ -270,11 +314,15 @@ impl Storage {
             );
         }
         let next_seq = stats.last_seq.max(manifest.wal_watermark) + 1;
-        let writer = WalWriter::create(vfs.as_ref(), &wal_dir, next_seq, config.wal_file_bytes)?;
+        let writer =
+            WalWriter::create(wal_vfs.as_ref(), &wal_dir, next_seq, config.wal_file_bytes)?;
         let next_segment_id = manifest.next_segment_id.max(1);
 
         let inner = Arc::new(Inner {
             vfs,
+            wal_vfs,
+            manifest_version: Mutex::new(manifest_version),
+            data_lock: Mutex::new(None),
             dir,
             clock,
             state: RwLock::new(ReadState {
@@ -804,6 +852,28 @@ fn register_batch(tables: &mut BTreeMap<String, TableSchema>, batch: &WriteBatch
     }
 }
 
+/// Takes `dir/LOCK` (creating the directory) so a second server cannot open the same
+/// data directory; the lock is the kernel's and goes away with the process.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(
+            "data directory is in use by another process",
+            &path,
+            std::io::Error::new(std::io::ErrorKind::WouldBlock, "locked"),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", &path, e)),
+    }
+}
+
 /// Removes segment files the manifest does not name (left by a crash mid-flush) and
 /// temporary files.
 fn remove_orphans(vfs: &dyn Vfs, dir: &Path, manifest: &Manifest) -> Result<()> {
@@ -836,7 +906,7 @@ fn remove_orphans(vfs: &dyn Vfs, dir: &Path, manifest: &Manifest) -> Result<()> 
 type Pending = (String, WriteBatch, Vec<u8>, RecordKeys, Reply<Option<u64>>);
 
 fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
-    let vfs = inner.vfs.clone();
+    let vfs = inner.wal_vfs.clone();
     let interval = match inner.config.fsync {
         FsyncPolicy::Always => None,
         FsyncPolicy::Interval(d) => Some(d),
@@ -992,7 +1062,7 @@ fn rotate(inner: &Inner, writer: &mut WalWriter) -> Result<Option<Arc<Frozen>>> 
     if st.active.read().is_empty() {
         return Ok(None);
     }
-    writer.rotate(inner.vfs.as_ref())?;
+    writer.rotate(inner.wal_vfs.as_ref())?;
     let head = st.active.write().cut();
     let frozen = Arc::new(Frozen {
         head,
@@ -1162,7 +1232,7 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
     manifest.generation += 1;
     manifest.next_segment_id = manifest.next_segment_id.max(inner.peek_segment_id());
     manifest.wal_watermark = manifest.wal_watermark.max(frozen.watermark);
-    manifest.store(vfs, &inner.dir)?;
+    manifest.store(vfs, &inner.dir, &mut inner.manifest_version.lock())?;
     let watermark = manifest.wal_watermark;
     {
         let mut st = inner.state.write();
@@ -1170,6 +1240,7 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
         inner.trash.lock().retire(&old);
         st.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
     }
-    stats.wal_files_removed = wal::remove_below(vfs, &inner.dir.join("wal"), watermark)?;
+    stats.wal_files_removed =
+        wal::remove_below(inner.wal_vfs.as_ref(), &inner.dir.join("wal"), watermark)?;
     Ok(stats)
 }

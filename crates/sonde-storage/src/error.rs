@@ -41,6 +41,13 @@ pub enum Error {
         "head is full ({bytes} bytes, limit max_head_bytes = {limit}) and a flush is still running; retry later"
     )]
     HeadFull { bytes: usize, limit: usize },
+    /// The manifest's conditional replacement lost: another server replaced it since
+    /// this one last read it (two servers writing one object-store prefix).
+    #[error(
+        "manifest {} was replaced by another writer: two servers share this object-store prefix; this one no longer flushes (its writes stay in its WAL)",
+        path.display()
+    )]
+    ManifestConflict { path: PathBuf },
     /// The engine stopped (shut down, or a fatal WAL error); no more writes.
     #[error("storage is closed: {0}")]
     Closed(String),

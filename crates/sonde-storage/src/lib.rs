@@ -9,6 +9,7 @@
 //!
 //! Layout of a data directory (byte-level details in `storage-format.md`):
 //! ```text
+//! LOCK                                       held (flock) while the store is open
 //! MANIFEST                                   live segments + WAL watermark
 //! wal/<first-seq>.wal                        write-ahead log files
 //! segments/<tenant>/<day>/<id>.parquet       rows of many tables of one tenant-day
@@ -16,6 +17,8 @@
 //! catalog/<tenant>/<day>.cat                 series seen per tenant-day
 //! dedup.keys                                 deduplication keys of flushed writes
 //! ```
+//! With [`Config::object_store`] everything but `LOCK` and `wal/` lives under an
+//! object-store prefix instead ([`objstore`]).
 //!
 //! Design decision: one thread owns the WAL and applies batches to the head in
 //! sequence order after the fsync. Replay therefore reproduces exactly the head that
@@ -30,6 +33,7 @@ mod error;
 pub mod head;
 mod maintain;
 pub mod manifest;
+pub mod objstore;
 pub mod postings;
 pub mod rollup;
 mod scan;
@@ -47,6 +51,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use maintain::{CompactionConfig, MaintenanceStats, RetentionConfig, max_segments_per_day};
+pub use objstore::ObjectStoreConfig;
 pub use postings::{MatchOp, Matcher};
 pub use rollup::{BucketScan, Buckets, RollupConfig};
 pub use scan::{ScanOutput, ScanRequest, ScanStats};

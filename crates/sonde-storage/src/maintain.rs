@@ -212,7 +212,11 @@ impl Inner {
     pub(crate) fn install(&self, mut m: Manifest, trash: Vec<String>) -> Result<Arc<Manifest>> {
         m.generation += 1;
         m.next_segment_id = m.next_segment_id.max(self.peek_segment_id());
-        m.store(self.vfs.as_ref(), &self.dir)?;
+        m.store(
+            self.vfs.as_ref(),
+            &self.dir,
+            &mut self.manifest_version.lock(),
+        )?;
         let generation = m.generation;
         let m = Arc::new(m);
         let mut st = self.state.write();
@@ -373,6 +377,13 @@ impl Inner {
         suffix: &str,
         enc: crate::segment::EncodedSegment,
     ) -> Result<(SegmentMeta, SegmentIndex)> {
+        // On an object store, a server whose manifest was replaced by another one
+        // must not write: its segment ids are the other server's too.
+        crate::manifest::Manifest::check_version(
+            self.vfs.as_ref(),
+            &self.dir,
+            self.manifest_version.lock().as_deref(),
+        )?;
         let id = self.next_segment_id();
         let rel_dir = format!("segments/{tenant}/{day}");
         let abs_dir = self.dir.join(&rel_dir);

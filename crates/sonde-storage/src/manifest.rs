@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sonde_types::TimestampMs;
 
 use crate::segment::TableMeta;
-use crate::vfs::{Vfs, write_atomic};
+use crate::vfs::Vfs;
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"SONDEMAN";
@@ -96,21 +96,50 @@ impl Manifest {
         serde_json::from_slice(body).map_err(|e| Error::format(path, e.to_string()))
     }
 
-    /// Loads `dir/MANIFEST`, or a new empty manifest if there is none.
-    pub fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Self> {
+    /// Loads `dir/MANIFEST` with its version (see [`Vfs::read_versioned`]), or a new
+    /// empty manifest (version `None`) if there is none.
+    pub fn load(vfs: &dyn Vfs, dir: &Path) -> Result<(Self, Option<String>)> {
         let path = dir.join(FILE_NAME);
-        match vfs.read(&path) {
-            Ok(data) => Self::decode(&data, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::new()),
+        match vfs.read_versioned(&path) {
+            Ok((data, version)) => Ok((Self::decode(&data, &path)?, version)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Self::new(), None)),
             Err(e) => Err(Error::io("reading manifest", &path, e)),
         }
     }
 
-    /// Atomically replaces `dir/MANIFEST` with this manifest.
-    pub fn store(&self, vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+    /// Fails with [`Error::ManifestConflict`] when `dir/MANIFEST` is no longer at
+    /// `version` (another server replaced it). Checked before a segment is written,
+    /// so a server that lost the manifest writes nothing (segment ids would collide).
+    /// Always passes on a file system (no versions; the lock keeps one writer).
+    pub fn check_version(vfs: &dyn Vfs, dir: &Path, version: Option<&str>) -> Result<()> {
         let path = dir.join(FILE_NAME);
-        write_atomic(vfs, &path, &self.encode())
-            .map_err(|e| Error::io("writing manifest", &path, e))
+        let current = vfs
+            .version(&path)
+            .map_err(|e| Error::io("checking manifest version", &path, e))?;
+        match (current, version) {
+            (Some(c), Some(v)) if c != v => Err(Error::ManifestConflict { path }),
+            (Some(_), None) => Err(Error::ManifestConflict { path }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Atomically replaces `dir/MANIFEST` with this manifest, provided it is still at
+    /// `version` (the one this process loaded or stored last; `None` = absent), and
+    /// advances `version`. A file system has one writer (the data-directory lock);
+    /// on an object store this is a conditional PUT, and losing it means another
+    /// server writes the same prefix: the error says so and nothing is overwritten.
+    pub fn store(&self, vfs: &dyn Vfs, dir: &Path, version: &mut Option<String>) -> Result<()> {
+        let path = dir.join(FILE_NAME);
+        match vfs.replace_if(&path, &self.encode(), version.as_deref()) {
+            Ok(v) => {
+                *version = v;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(Error::ManifestConflict { path })
+            }
+            Err(e) => Err(Error::io("writing manifest", &path, e)),
+        }
     }
 }
 

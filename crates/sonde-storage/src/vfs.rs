@@ -47,15 +47,46 @@ pub trait Vfs: Send + Sync + Debug {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-}
 
-/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync the directory.
-/// After a crash at any instant, `path` holds either the old or the new content.
-pub fn write_atomic(vfs: &dyn Vfs, path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    vfs.write_synced(&tmp, data)?;
-    vfs.rename(&tmp, path)?;
-    vfs.sync_dir(path.parent().unwrap_or(Path::new(".")))
+    /// Replaces `path` with `data` atomically: after a crash at any instant it holds
+    /// either the old or the new content. A file system writes a temp file, fsyncs,
+    /// renames and fsyncs the directory; an object store's PUT is atomic by itself.
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        self.write_synced(&tmp, data)?;
+        self.rename(&tmp, path)?;
+        self.sync_dir(path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Reads `path` with its version: an object store's ETag, `None` on a file
+    /// system (where the data-directory lock already makes this process the only
+    /// writer).
+    fn read_versioned(&self, path: &Path) -> io::Result<(Vec<u8>, Option<String>)> {
+        Ok((self.read(path)?, None))
+    }
+
+    /// The current version of `path` (`None` on a file system, or when absent).
+    fn version(&self, path: &Path) -> io::Result<Option<String>> {
+        let _ = path;
+        Ok(None)
+    }
+
+    /// Replaces `path` atomically, but only if it is still at version `expected`
+    /// (`None`: only if it does not exist yet) — a conditional put on an object store,
+    /// so two servers sharing a bucket prefix cannot overwrite each other's manifest.
+    /// Fails with [`io::ErrorKind::AlreadyExists`] when another writer got there
+    /// first. Returns the new version. A file system has one writer (the lock) and
+    /// replaces unconditionally.
+    fn replace_if(
+        &self,
+        path: &Path,
+        data: &[u8],
+        expected: Option<&str>,
+    ) -> io::Result<Option<String>> {
+        let _ = expected;
+        self.write_atomic(path, data)?;
+        Ok(None)
+    }
 }
 
 /// The real file system.
@@ -382,9 +413,9 @@ mod tests {
         for crash_at in 0..6 {
             let vfs = SimVfs::new();
             let p = Path::new("/m/MANIFEST");
-            write_atomic(&vfs, p, b"old").unwrap();
+            vfs.write_atomic(p, b"old").unwrap();
             vfs.crash_after(crash_at);
-            let _ = write_atomic(&vfs, p, b"new");
+            let _ = vfs.write_atomic(p, b"new");
             vfs.power_loss();
             let got = vfs.read(p).unwrap();
             assert!(got == b"old" || got == b"new", "{crash_at}: {got:?}");

@@ -37,6 +37,12 @@
 //! tenants = { acme = ["1y", "5y"] }
 //! tables = { llm_calls = ["30d", "1y"] }
 //!
+//! [object_store]                # optional: segments on S3 / MinIO / R2 (WAL stays local)
+//! url = "s3://bucket/prefix"    # or --object-store / SONDE_OBJECT_STORE
+//! endpoint = "http://127.0.0.1:9000"  # other keys: object_store's S3 options
+//! region = "us-east-1"          # (access_key_id, secret_access_key, allow_http …);
+//! cache_mb = 256                # AWS_* environment variables fill in the rest
+//!
 //! [ingest]                      # data-volume controls, applied to every protocol
 //! overflow = true               # excess series → one otel_metric_overflow="true" series
 //! series_caps = { llm_calls = 100000 }   # per-table active-series caps
@@ -95,6 +101,7 @@ pub struct FileConfig {
     ingest: IngestFile,
     #[serde(default)]
     rollups: RollupsFile,
+    object_store: Option<ObjectStoreFile>,
     #[serde(default)]
     auth_tokens: BTreeMap<String, String>,
     #[serde(default)]
@@ -125,6 +132,16 @@ struct RetentionOverrides {
     tenants: BTreeMap<String, String>,
     #[serde(default)]
     tables: BTreeMap<String, String>,
+}
+
+/// `[object_store]`: segments on S3 or an S3-compatible store.
+#[derive(Debug, Default, Deserialize)]
+struct ObjectStoreFile {
+    url: Option<String>,
+    cache_mb: Option<usize>,
+    /// Every other key is an S3 option (`endpoint`, `region`, `access_key_id`, …).
+    #[serde(flatten)]
+    options: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +282,7 @@ pub struct Settings {
     pub compaction: sonde_storage::CompactionConfig,
     pub volume: sonde_storage::volume::VolumeConfig,
     pub rollups: sonde_storage::RollupConfig,
+    pub object_store: Option<sonde_storage::ObjectStoreConfig>,
 }
 
 impl Settings {
@@ -404,6 +422,29 @@ impl Settings {
                 retention,
             }
         };
+        let object_store = {
+            let f = file.object_store.unwrap_or_default();
+            match args.object_store.or(f.url) {
+                None if f.options.is_empty() && f.cache_mb.is_none() => None,
+                None => bail!("object_store: settings given but no url (s3://bucket/prefix)"),
+                Some(url) => {
+                    let mut c = sonde_storage::ObjectStoreConfig::new(url);
+                    if let Some(mb) = f.cache_mb {
+                        c.cache_bytes = mb << 20;
+                    }
+                    for (k, v) in f.options {
+                        let v = match v {
+                            toml::Value::String(s) => s,
+                            toml::Value::Boolean(b) => b.to_string(),
+                            toml::Value::Integer(i) => i.to_string(),
+                            other => bail!("object_store.{k}: expected a string, got {other}"),
+                        };
+                        c.options.insert(k, v);
+                    }
+                    Some(c)
+                }
+            }
+        };
         let mut auth_tokens: Vec<String> = file
             .auth_tokens
             .iter()
@@ -482,6 +523,7 @@ impl Settings {
             compaction,
             volume,
             rollups,
+            object_store,
         })
     }
 }

@@ -122,6 +122,11 @@ struct ServeArgs {
     /// How often compaction and retention run, seconds. Default 60.
     #[arg(long, env = "SONDE_COMPACTION_INTERVAL_SECS")]
     compaction_interval_secs: Option<u64>,
+    /// Keep segments on an object store, e.g. `s3://bucket/prefix` (credentials and
+    /// endpoint from the config file's `[object_store]` or the AWS_* variables).
+    /// The WAL stays in the data directory. Default: segments in the data directory.
+    #[arg(long, env = "SONDE_OBJECT_STORE")]
+    object_store: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -172,6 +177,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.compaction = args.compaction.clone();
     config.volume = args.volume.clone();
     config.rollups = args.rollups.clone();
+    config.object_store = args.object_store.clone();
     let storage = Arc::new(
         Storage::open(config)
             .with_context(|| format!("opening data directory {}", args.data_dir.display()))?,

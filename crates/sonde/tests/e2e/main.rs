@@ -8,6 +8,7 @@ mod harness;
 mod ingest;
 mod load;
 mod maintain;
+mod objstore;
 mod otlp;
 mod promql;
 mod remote_write;
