@@ -874,6 +874,9 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// How old an unreferenced object must be before opening the store deletes it.
+const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
+
 /// Removes segment files the manifest does not name (left by a crash mid-flush) and
 /// temporary files.
 fn remove_orphans(vfs: &dyn Vfs, dir: &Path, manifest: &Manifest) -> Result<()> {
@@ -890,9 +893,18 @@ fn remove_orphans(vfs: &dyn Vfs, dir: &Path, manifest: &Manifest) -> Result<()> 
             let day_dir = seg_dir.join(&tenant).join(&day);
             for f in list(&day_dir)? {
                 let rel = format!("segments/{tenant}/{day}/{f}");
+                let p = day_dir.join(&f);
                 if !live.contains(rel.as_str()) {
+                    // On an object store a recent one may be another server's flush
+                    // in progress (a misconfiguration the manifest's conditional PUT
+                    // reports); leave it to a later start.
+                    let age = vfs
+                        .age(&p)
+                        .map_err(|e| Error::io("checking orphan", &p, e))?;
+                    if age.is_some_and(|a| a < ORPHAN_GRACE) {
+                        continue;
+                    }
                     tracing::info!(file = %rel, "removing file not in the manifest");
-                    let p = day_dir.join(&f);
                     vfs.remove_file(&p)
                         .map_err(|e| Error::io("removing orphan", &p, e))?;
                 }

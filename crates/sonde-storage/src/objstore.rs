@@ -308,6 +308,19 @@ impl Vfs for ObjectVfs {
         })
         .map_err(to_io)
     }
+    fn age(&self, path: &Path) -> io::Result<Option<std::time::Duration>> {
+        let key = self.key(path)?;
+        let store = self.store.clone();
+        let meta = self
+            .block(async move { store.head(&key).await })
+            .map_err(to_io)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        let ms = (now - meta.last_modified.timestamp_millis()).max(0);
+        Ok(Some(std::time::Duration::from_millis(ms as u64)))
+    }
     fn version(&self, path: &Path) -> io::Result<Option<String>> {
         let key = self.key(path)?;
         let store = self.store.clone();

@@ -65,6 +65,14 @@ pub trait Vfs: Send + Sync + Debug {
         Ok((self.read(path)?, None))
     }
 
+    /// How long ago `path` was last written, where that decides whether an
+    /// unreferenced file may be another live writer's flush in progress (object
+    /// stores); `None` on a file system, whose lock rules that out.
+    fn age(&self, path: &Path) -> io::Result<Option<std::time::Duration>> {
+        let _ = path;
+        Ok(None)
+    }
+
     /// The current version of `path` (`None` on a file system, or when absent).
     fn version(&self, path: &Path) -> io::Result<Option<String>> {
         let _ = path;
