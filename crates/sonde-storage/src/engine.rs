@@ -1,6 +1,5 @@
 //! [`Storage`]: open and recover, write (WAL thread with group commit), flush.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use crate::dedup::DedupSet;
 use crate::head::Head;
 use crate::maintain::{CompactionConfig, RetentionConfig, Trash};
 use crate::manifest::Manifest;
-use crate::segment::{self, TableChunk, WriteOptions};
+use crate::segment::{self, SeriesRows, TableChunk, WriteOptions};
 use crate::vfs::{OsVfs, Vfs};
 use crate::volume::{VolumeConfig, VolumeCounters};
 use crate::wal::{self, WalWriter};
@@ -1153,25 +1152,16 @@ fn partitions(head: &Head) -> BTreeMap<(&str, i64), Vec<TableChunk<'_>>> {
             let mut by_day: BTreeMap<i64, Vec<_>> = BTreeMap::new();
             for i in order {
                 let (labels, data) = &th.series[i];
-                let rows = data.normalized(th.kind);
-                let (Some(&lo), Some(&hi)) = (rows.ts.first(), rows.ts.last()) else {
+                let Some((lo, hi)) = data.time_range() else {
                     continue;
                 };
-                if day_of(lo) == day_of(hi) {
+                let (first, last) = (day_of(lo), day_of(hi));
+                for day in first..=last {
+                    let day_cut = (first != last).then_some(day);
                     by_day
-                        .entry(day_of(lo))
+                        .entry(day)
                         .or_default()
-                        .push((labels.as_ref(), rows));
-                } else {
-                    for day in day_of(lo)..=day_of(hi) {
-                        let part = rows.time_slice(day * DAY_MS, day * DAY_MS + DAY_MS - 1);
-                        if !part.is_empty() {
-                            by_day
-                                .entry(day)
-                                .or_default()
-                                .push((labels.as_ref(), Cow::Owned(part)));
-                        }
-                    }
+                        .push((labels.as_ref(), SeriesRows::Head { data, day: day_cut }));
                 }
             }
             for (day, series) in by_day {

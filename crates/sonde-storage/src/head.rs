@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use sonde_types::{FieldDef, FieldType, Labels, MetricKind, TimestampMs, WriteBatch};
 
+use crate::chunk::HeadSeries;
 use crate::postings::{Matcher, Postings};
 use crate::series::SeriesData;
 
@@ -36,7 +37,7 @@ pub struct TableHead {
     /// predict collisions.
     ids: HashMap<Arc<Labels>, u32, foldhash::fast::RandomState>,
     /// Series by ordinal; the label set is shared with `ids`, not stored twice.
-    pub series: Vec<(Arc<Labels>, SeriesData)>,
+    pub series: Vec<(Arc<Labels>, HeadSeries)>,
     /// Shared with frozen cuts of this table; copied on write when a new series
     /// arrives while a cut still uses it.
     pub postings: Arc<Postings>,
@@ -79,6 +80,10 @@ impl TableHead {
             let Some((labels, data)) = self.series.get(id as usize) else {
                 continue; // a series added to the shared postings after this cut
             };
+            match data.time_range() {
+                Some((lo, hi)) if lo <= end && hi >= start => {}
+                _ => continue,
+            }
             let rows = data.normalized(self.kind).time_slice(start, end);
             if !rows.is_empty() {
                 out.push((Labels::clone(labels), rows));
@@ -150,19 +155,18 @@ impl Head {
                         let labels = Arc::new(s.labels.clone());
                         th.ids.insert(labels.clone(), id);
                         Arc::make_mut(&mut th.postings).add(id, &s.labels);
-                        th.series.push((labels, SeriesData::new()));
+                        th.series.push((labels, HeadSeries::new()));
                         self.series_bytes += SERIES_OVERHEAD + 2 * s.labels.text_len();
                         id
                     }
                 };
                 let data = &mut th.series[id as usize].1;
-                data.append(&s.timestamps, &s.fields, &field_map, &types);
+                let grew = data.append(&s.timestamps, &s.fields, &field_map, &types);
+                self.sample_bytes = self.sample_bytes.saturating_add_signed(grew);
                 for &t in &s.timestamps {
                     th.min_time = th.min_time.min(t);
                     th.max_time = th.max_time.max(t);
                 }
-                // Vectors grow by doubling: count 1.5× the payload.
-                self.sample_bytes += s.timestamps.len() * 12 * (1 + tb.fields.len());
                 self.rows += s.timestamps.len() as u64;
             }
         }
@@ -203,7 +207,7 @@ impl Head {
         for (tenant, tables) in &mut self.tenants {
             let mut out = TenantHead::new();
             for (name, th) in tables.iter_mut() {
-                let series: Vec<(Arc<Labels>, SeriesData)> = th
+                let series: Vec<(Arc<Labels>, HeadSeries)> = th
                     .series
                     .iter_mut()
                     .map(|(l, d)| (l.clone(), std::mem::take(d)))
@@ -234,7 +238,7 @@ impl Head {
                         let id = fresh.series.len() as u32;
                         fresh.ids.insert(labels.clone(), id);
                         postings.add(id, labels);
-                        fresh.series.push((labels.clone(), SeriesData::new()));
+                        fresh.series.push((labels.clone(), HeadSeries::new()));
                     }
                     let dropped = before - fresh.series.len();
                     self.series_bytes = self

@@ -26,6 +26,7 @@
 //! every writer that queued while the previous one ran (group commit).
 
 pub mod catalog;
+pub mod chunk;
 pub mod codec;
 pub mod dedup;
 mod engine;

@@ -109,15 +109,40 @@ pub fn field_type_name(t: FieldType) -> &'static str {
     }
 }
 
-/// The rows of one table going into a segment: series sorted by labels, each series'
-/// rows sorted by time and already deduplicated.
-/// Borrows from the head where it can, so a flush does not copy the head.
+/// The rows of one table going into a segment: series sorted by labels.
 #[derive(Debug, Clone)]
 pub struct TableChunk<'a> {
     pub name: &'a str,
     pub kind: MetricKind,
     pub fields: &'a [FieldDef],
-    pub series: Vec<(&'a Labels, Cow<'a, SeriesData>)>,
+    pub series: Vec<(&'a Labels, SeriesRows<'a>)>,
+}
+
+/// One series' rows for a segment.
+#[derive(Debug, Clone)]
+pub enum SeriesRows<'a> {
+    /// Sorted by time and deduplicated.
+    Ready(Cow<'a, SeriesData>),
+    /// A head series, normalized (and cut to the UTC day `day`, when it spans
+    /// several) only when written: a flush holds one decoded series at a time.
+    Head {
+        data: &'a crate::chunk::HeadSeries,
+        day: Option<i64>,
+    },
+}
+
+impl SeriesRows<'_> {
+    fn rows(&self, kind: MetricKind) -> Cow<'_, SeriesData> {
+        const DAY_MS: i64 = 86_400_000;
+        match self {
+            SeriesRows::Ready(r) => Cow::Borrowed(r.as_ref()),
+            SeriesRows::Head { data, day: None } => data.normalized(kind),
+            SeriesRows::Head { data, day: Some(d) } => Cow::Owned(
+                data.normalized(kind)
+                    .time_slice(d * DAY_MS, d * DAY_MS + DAY_MS - 1),
+            ),
+        }
+    }
 }
 
 /// How float fields are encoded; `Decimal` is what Sonde writes, the others exist so
@@ -241,8 +266,11 @@ pub fn encode_segment(tables: &[TableChunk<'_>], opts: &WriteOptions) -> Result<
     let mut w = SegmentWriter::new(&tag_keys, &field_names, opts)?;
     for t in tables {
         w.begin_table(t.name, t.kind, t.fields);
-        for (labels, data) in &t.series {
-            w.push_series(labels, data)?;
+        for (labels, src) in &t.series {
+            let rows = src.rows(t.kind);
+            if !rows.is_empty() {
+                w.push_series(labels, &rows)?;
+            }
         }
     }
     w.finish()
@@ -704,11 +732,16 @@ mod tests {
             series: vec![
                 (
                     &a,
-                    Cow::Owned(series(ts.clone(), counter, ints.clone(), Some(valid))),
+                    SeriesRows::Ready(Cow::Owned(series(
+                        ts.clone(),
+                        counter,
+                        ints.clone(),
+                        Some(valid),
+                    ))),
                 ),
                 (
                     &b,
-                    Cow::Owned(series(ts.clone(), gauge, ints.clone(), None)),
+                    SeriesRows::Ready(Cow::Owned(series(ts.clone(), gauge, ints.clone(), None))),
                 ),
             ],
         };
@@ -738,13 +771,14 @@ mod tests {
             .unwrap();
             for ((gl, gd), o) in got.iter().zip(&ordinals) {
                 let (wl, wd) = &chunk.series[*o as usize];
+                let wd = wd.rows(MetricKind::Gauge);
                 assert_eq!(gl, *wl);
                 assert_eq!(gd.ts, wd.ts);
                 let bits = |d: &SeriesData| match &d.cols[0].as_ref().unwrap().values {
                     Values::F64(v) => v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                     _ => unreachable!(),
                 };
-                assert_eq!(bits(gd), bits(wd), "series {gl}");
+                assert_eq!(bits(gd), bits(&wd), "series {gl}");
                 let gi = gd.cols[1].as_ref().unwrap();
                 let wi = wd.cols[1].as_ref().unwrap();
                 assert_eq!(gi.valid, wi.valid);

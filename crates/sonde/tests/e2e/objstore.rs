@@ -252,9 +252,15 @@ fn segments_on_s3_survive_restart_kill_and_compaction() {
     // progress would be): opening leaves it alone (only orphans older than an hour go).
     let day = base() / DAY;
     let stray = format!("/{BUCKET}/prod/segments/default/{day}/9999999999999999.parquet");
-    assert_eq!(http_request(&s3.addr, "PUT", &stray, &[], b"partial").0, 200);
+    assert_eq!(
+        http_request(&s3.addr, "PUT", &stray, &[], b"partial").0,
+        200
+    );
     let server = start(&dir, &config);
-    assert!(s3.keys("prod").contains(&stray[BUCKET.len() + 2..].to_string()));
+    assert!(
+        s3.keys("prod")
+            .contains(&stray[BUCKET.len() + 2..].to_string())
+    );
     assert_eq!(count(&server, "obj_metric"), 1200.0);
     assert_eq!(count(&server, "obj_wal"), 150.0);
     let (status, _) = flush(&server);
