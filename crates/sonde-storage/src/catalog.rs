@@ -30,6 +30,25 @@ const CATALOG_CACHE_ENTRIES: usize = 32;
 /// Version 2 compresses the body with zstd; version 1 files (plain body) still read.
 pub const VERSION: u32 = 2;
 
+/// A sealed catalog file of `count` entries written by `entries`.
+fn seal_body(count: usize, entries: impl FnOnce(&mut Enc)) -> Vec<u8> {
+    let mut e = Enc(Vec::new());
+    e.uvar(count as u64);
+    entries(&mut e);
+    // Label sets repeat heavily: zstd makes the catalog a small fraction of the data.
+    let packed = zstd::bulk::compress(&e.0, 3).expect("zstd compresses in memory");
+    crate::codec::seal_file(MAGIC, VERSION, &packed)
+}
+
+fn encode_entry(e: &mut Enc, table: &str, labels: &Labels) {
+    e.str(table);
+    e.uvar(labels.len() as u64);
+    for (k, v) in labels.iter() {
+        e.str(k);
+        e.str(v);
+    }
+}
+
 /// The series of one tenant-day; a series' id is its index in `series`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DayCatalog {
@@ -42,23 +61,20 @@ fn path(dir: &Path, tenant: &str, day: i64) -> PathBuf {
 
 impl DayCatalog {
     pub fn encode(&self) -> Vec<u8> {
-        // Label sets repeat heavily: zstd makes the catalog a small fraction of the data.
-        let packed =
-            zstd::bulk::compress(&self.plain_body(), 3).expect("zstd compresses in memory");
-        crate::codec::seal_file(MAGIC, VERSION, &packed)
+        seal_body(self.series.len(), |e| {
+            for (table, labels) in &self.series {
+                encode_entry(e, table, labels);
+            }
+        })
     }
 
     /// The uncompressed body (version 1 stored it as is).
+    #[cfg(test)]
     fn plain_body(&self) -> Vec<u8> {
         let mut e = Enc(Vec::new());
         e.uvar(self.series.len() as u64);
         for (table, labels) in &self.series {
-            e.str(table);
-            e.uvar(labels.len() as u64);
-            for (k, v) in labels.iter() {
-                e.str(k);
-                e.str(v);
-            }
+            encode_entry(&mut e, table, labels);
         }
         e.0
     }
@@ -131,27 +147,30 @@ pub fn update(
     day: i64,
     index: &SegmentIndex,
 ) -> Result<()> {
-    let mut cat = DayCatalog::load(vfs, dir, tenant, day)?;
-    let before = cat.series.len();
+    let cat = DayCatalog::load(vfs, dir, tenant, day)?;
+    // New series are encoded straight from the index (not cloned into the catalog
+    // first): a flush of 100k new series would otherwise hold them twice.
     let known: HashSet<(&str, &Labels)> = cat.series.iter().map(|(t, l)| (t.as_str(), l)).collect();
-    let mut new = Vec::new();
-    for t in &index.tables {
-        for s in &t.series {
-            if !known.contains(&(t.name.as_str(), &s.labels)) {
-                new.push((t.name.clone(), s.labels.clone()));
-            }
-        }
-    }
+    let new: Vec<(&str, &Labels)> = index
+        .tables
+        .iter()
+        .flat_map(|t| t.series.iter().map(move |s| (t.name.as_str(), &s.labels)))
+        .filter(|k| !known.contains(k))
+        .collect();
     drop(known);
-    cat.series.extend(new);
-    if cat.series.len() == before {
+    if new.is_empty() {
         return Ok(());
     }
+    let data = seal_body(cat.series.len() + new.len(), |e| {
+        for (table, labels) in cat.series.iter().map(|(t, l)| (t.as_str(), l)).chain(new) {
+            encode_entry(e, table, labels);
+        }
+    });
     let p = path(dir, tenant, day);
     let parent = p.parent().expect("catalog path has a parent");
     vfs.create_dir_all(parent)
         .map_err(|e| Error::io("creating catalog directory", parent, e))?;
-    vfs.write_atomic(&p, &cat.encode())
+    vfs.write_atomic(&p, &data)
         .map_err(|e| Error::io("writing catalog", &p, e))?;
     vfs.sync_dir(&dir.join("catalog"))
         .map_err(|e| Error::io("syncing catalog directory", &p, e))

@@ -132,6 +132,14 @@ pub enum SeriesRows<'a> {
 }
 
 impl SeriesRows<'_> {
+    /// Rows before normalization and day cut (an upper bound).
+    fn len(&self) -> usize {
+        match self {
+            SeriesRows::Ready(r) => r.len(),
+            SeriesRows::Head { data, .. } => data.len(),
+        }
+    }
+
     fn rows(&self, kind: MetricKind) -> Cow<'_, SeriesData> {
         const DAY_MS: i64 = 86_400_000;
         match self {
@@ -264,6 +272,14 @@ pub fn encode_segment(tables: &[TableChunk<'_>], opts: &WriteOptions) -> Result<
         }
     }
     let mut w = SegmentWriter::new(&tag_keys, &field_names, opts)?;
+    // About a byte a row is what metric tables take: reserving it up front spares a
+    // large flush the output buffer's doubling (up to 1.5x the file held twice).
+    let rows: usize = tables
+        .iter()
+        .flat_map(|t| &t.series)
+        .map(|(_, s)| s.len())
+        .sum();
+    w.writer.inner_mut().reserve(rows);
     for t in tables {
         w.begin_table(t.name, t.kind, t.fields);
         for (labels, src) in &t.series {
