@@ -30,13 +30,23 @@ const CATALOG_CACHE_ENTRIES: usize = 32;
 /// Version 2 compresses the body with zstd; version 1 files (plain body) still read.
 pub const VERSION: u32 = 2;
 
-/// A sealed catalog file of `count` entries written by `entries`.
-fn seal_body(count: usize, entries: impl FnOnce(&mut Enc)) -> Vec<u8> {
-    let mut e = Enc(Vec::new());
-    e.uvar(count as u64);
-    entries(&mut e);
+/// A sealed catalog file of `count` entries, compressed as they are encoded (the
+/// plain body of 100k series would be ~12 MB held at once).
+fn seal_body<'a>(count: usize, entries: impl Iterator<Item = (&'a str, &'a Labels)>) -> Vec<u8> {
+    use std::io::Write;
     // Label sets repeat heavily: zstd makes the catalog a small fraction of the data.
-    let packed = zstd::bulk::compress(&e.0, 3).expect("zstd compresses in memory");
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd level 3");
+    let mut e = Enc(Vec::with_capacity(64 << 10));
+    e.uvar(count as u64);
+    for (table, labels) in entries {
+        encode_entry(&mut e, table, labels);
+        if e.0.len() >= 64 << 10 {
+            z.write_all(&e.0).expect("writes to memory");
+            e.0.clear();
+        }
+    }
+    z.write_all(&e.0).expect("writes to memory");
+    let packed = z.finish().expect("writes to memory");
     crate::codec::seal_file(MAGIC, VERSION, &packed)
 }
 
@@ -61,11 +71,10 @@ fn path(dir: &Path, tenant: &str, day: i64) -> PathBuf {
 
 impl DayCatalog {
     pub fn encode(&self) -> Vec<u8> {
-        seal_body(self.series.len(), |e| {
-            for (table, labels) in &self.series {
-                encode_entry(e, table, labels);
-            }
-        })
+        seal_body(
+            self.series.len(),
+            self.series.iter().map(|(t, l)| (t.as_str(), l)),
+        )
     }
 
     /// The uncompressed body (version 1 stored it as is).
@@ -161,11 +170,10 @@ pub fn update(
     if new.is_empty() {
         return Ok(());
     }
-    let data = seal_body(cat.series.len() + new.len(), |e| {
-        for (table, labels) in cat.series.iter().map(|(t, l)| (t.as_str(), l)).chain(new) {
-            encode_entry(e, table, labels);
-        }
-    });
+    let data = seal_body(
+        cat.series.len() + new.len(),
+        cat.series.iter().map(|(t, l)| (t.as_str(), l)).chain(new),
+    );
     let p = path(dir, tenant, day);
     let parent = p.parent().expect("catalog path has a parent");
     vfs.create_dir_all(parent)
