@@ -19,15 +19,16 @@ mod sql_cli;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc settings (the `_RJEM_MALLOC_CONF` environment variable still overrides
-/// them): two arenas instead of four per CPU, and freed pages returned to the OS
-/// after a second instead of ten. A flush frees what it built within seconds; with
-/// the defaults the 100k-series load peaked at 336 MiB, with these at 293 MiB, at the
-/// same ingest rate within noise (benches/README.md).
+/// them): one arena (with four per CPU each kept idle pages of its own; the thread
+/// caches keep allocation fast) and freed pages returned to the OS at once instead of after ten seconds, so what a
+/// flush builds and frees does not stay resident. 100k-series remote-write load +
+/// flush, peak RSS: 336 MiB with the defaults, 268 MiB with these; the write path
+/// costs ~4 % more (benches/README.md).
 // The one unsafe item: jemalloc reads its compiled-in configuration from this
 // symbol before `main` (the documented way; nothing else refers to it).
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8] = b"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0\0";
 
 use std::path::PathBuf;
 use std::sync::Arc;
