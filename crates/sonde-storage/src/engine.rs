@@ -1199,8 +1199,25 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
     let mut stats = FlushStats::default();
     let mut synced_dirs = BTreeSet::new();
     for ((tenant, day), chunks) in partitions(&frozen.head) {
-        let enc = segment::encode_segment(&chunks, &inner.config.segment)?;
+        // Straight to a file where the store has files (an object store takes the
+        // bytes in one PUT): a flush of 100k series then never holds the whole file.
+        let tmp = inner
+            .dir
+            .join(format!("segments/{tenant}/{day}/flush.parquet.tmp"));
+        let parent = tmp.parent().expect("segment path has a parent");
+        let file = match vfs
+            .create_dir_all(parent)
+            .and_then(|_| vfs.create_append(&tmp))
+        {
+            Ok(f) => Some((f, tmp.clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => None,
+            Err(e) => return Err(Error::io("creating segment", &tmp, e)),
+        };
+        let enc = segment::encode_segment_to(&chunks, &inner.config.segment, file)?;
         if enc.rows == 0 {
+            if enc.written.is_some() {
+                let _ = vfs.remove_file(&tmp);
+            }
             continue;
         }
         // Writes and syncs the files and their day directory; the parents below.

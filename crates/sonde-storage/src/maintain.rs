@@ -393,12 +393,27 @@ impl Inner {
         let path = format!("{rel_dir}/{id:016}{suffix}.parquet");
         let index_path = format!("{rel_dir}/{id:016}{suffix}.sidx");
         let index_bytes = enc.index.encode();
-        for (rel, data) in [(&path, &enc.parquet), (&index_path, &index_bytes)] {
-            let p = self.dir.join(rel);
-            self.vfs
-                .write_synced(&p, data)
-                .map_err(|e| Error::io("writing segment", &p, e))?;
-        }
+        let bytes = match &enc.written {
+            // Already written and synced under a temporary name.
+            Some((tmp, len)) => {
+                let p = self.dir.join(&path);
+                self.vfs
+                    .rename(tmp, &p)
+                    .map_err(|e| Error::io("renaming segment", &p, e))?;
+                *len
+            }
+            None => {
+                let p = self.dir.join(&path);
+                self.vfs
+                    .write_synced(&p, &enc.parquet)
+                    .map_err(|e| Error::io("writing segment", &p, e))?;
+                enc.parquet.len() as u64
+            }
+        };
+        let p = self.dir.join(&index_path);
+        self.vfs
+            .write_synced(&p, &index_bytes)
+            .map_err(|e| Error::io("writing segment", &p, e))?;
         self.vfs
             .sync_dir(&abs_dir)
             .map_err(|e| Error::io("syncing segment directory", &abs_dir, e))?;
@@ -410,7 +425,7 @@ impl Inner {
             index_path,
             rows: enc.rows,
             series: enc.tables.iter().map(|t| t.series).sum(),
-            bytes: enc.parquet.len() as u64,
+            bytes,
             index_bytes: index_bytes.len() as u64,
             min_time: enc.min_time,
             max_time: enc.max_time,

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use sonde_types::{FieldDef, FieldType, Labels, MetricKind, NAME_LABEL, TIME_COLUMN, TimestampMs};
 
 use crate::series::{Column, SeriesData, Values};
+use crate::vfs::AppendFile;
 use crate::{Error, Result};
 use index::{IndexSeries, IndexTable, SegmentIndex};
 
@@ -188,7 +189,11 @@ impl Default for WriteOptions {
 /// A segment ready to be written: the Parquet bytes, its index and its table list.
 #[derive(Debug)]
 pub struct EncodedSegment {
+    /// The Parquet bytes, when written to memory.
     pub parquet: Vec<u8>,
+    /// When written to a file instead: its (temporary) path and length; the file is
+    /// synced.
+    pub written: Option<(std::path::PathBuf, u64)>,
     pub index: SegmentIndex,
     pub tables: Vec<TableMeta>,
     pub rows: u64,
@@ -263,6 +268,16 @@ fn writer_properties(opts: &WriteOptions, fields: &BTreeSet<String>) -> WriterPr
 
 /// Encodes tables (sorted by name) into one Parquet segment plus its index.
 pub fn encode_segment(tables: &[TableChunk<'_>], opts: &WriteOptions) -> Result<EncodedSegment> {
+    encode_segment_to(tables, opts, None)
+}
+
+/// [`encode_segment`], writing the Parquet bytes to `file` (at the given path) when
+/// one is given.
+pub fn encode_segment_to(
+    tables: &[TableChunk<'_>],
+    opts: &WriteOptions,
+    file: Option<(Box<dyn AppendFile>, std::path::PathBuf)>,
+) -> Result<EncodedSegment> {
     let mut tag_keys = BTreeSet::new();
     let mut field_names = BTreeSet::new();
     for t in tables {
@@ -272,6 +287,9 @@ pub fn encode_segment(tables: &[TableChunk<'_>], opts: &WriteOptions) -> Result<
         }
     }
     let mut w = SegmentWriter::new(&tag_keys, &field_names, opts)?;
+    if let Some((f, path)) = file {
+        w = w.into_file(f, path)?;
+    }
     // About a byte a row is what metric tables take: reserving it up front spares a
     // large flush the output buffer's doubling (up to 1.5x the file held twice).
     let rows: usize = tables
@@ -279,7 +297,9 @@ pub fn encode_segment(tables: &[TableChunk<'_>], opts: &WriteOptions) -> Result<
         .flat_map(|t| &t.series)
         .map(|(_, s)| s.len())
         .sum();
-    w.writer.inner_mut().reserve(rows);
+    if let Sink::Memory(v) = w.writer.inner_mut() {
+        v.reserve(rows);
+    }
     for t in tables {
         w.begin_table(t.name, t.kind, t.fields);
         for (labels, src) in &t.series {
@@ -292,13 +312,48 @@ pub fn encode_segment(tables: &[TableChunk<'_>], opts: &WriteOptions) -> Result<
     w.finish()
 }
 
+/// Bytes buffered before a write to a segment file.
+const SINK_BUFFER: usize = 1 << 20;
+
+/// Where a [`SegmentWriter`] puts the Parquet bytes.
+enum Sink {
+    Memory(Vec<u8>),
+    File {
+        file: Box<dyn AppendFile>,
+        path: std::path::PathBuf,
+        len: u64,
+        buf: Vec<u8>,
+    },
+}
+
+impl std::io::Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Memory(v) => v.extend_from_slice(data),
+            Sink::File { file, len, buf, .. } => {
+                buf.extend_from_slice(data);
+                *len += data.len() as u64;
+                if buf.len() >= SINK_BUFFER {
+                    file.write_all(buf)?;
+                    buf.clear();
+                }
+            }
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(()) // `finish` writes the rest and syncs
+    }
+}
+
 /// A segment being written one series at a time, tables in name order and series in
 /// label order, so a compaction never holds more than one batch of decoded rows.
 /// The physical schema (every tag key and field name) is fixed up front; the table
 /// list goes into the Parquet metadata when the writer finishes.
 pub struct SegmentWriter {
     opts: WriteOptions,
-    writer: ArrowWriter<Vec<u8>>,
+    props: WriterProperties,
+    writer: ArrowWriter<Sink>,
     builder: BatchBuilder,
     index: SegmentIndex,
     metas: Vec<TableMeta>,
@@ -334,10 +389,15 @@ impl SegmentWriter {
     ) -> Result<Self> {
         let schema = physical_schema(tag_keys, field_names, bytes_fields);
         let props = writer_properties(opts, field_names);
-        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
-            .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
+        let writer = ArrowWriter::try_new(
+            Sink::Memory(Vec::new()),
+            schema.clone(),
+            Some(props.clone()),
+        )
+        .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
         Ok(SegmentWriter {
             opts: opts.clone(),
+            props,
             writer,
             builder: BatchBuilder::new(schema, tag_keys, field_names, bytes_fields),
             index: SegmentIndex::default(),
@@ -345,6 +405,30 @@ impl SegmentWriter {
             row: 0,
             cur: None,
         })
+    }
+
+    /// Writes the Parquet bytes to `file` (at `path`) instead of memory, so a large
+    /// flush does not hold the whole file. Call before anything is written.
+    pub fn into_file(
+        mut self,
+        file: Box<dyn AppendFile>,
+        path: std::path::PathBuf,
+    ) -> Result<Self> {
+        let err = |e| Error::parquet(std::path::Path::new("<segment>"), e);
+        let schema = self.builder.schema.clone();
+        let props = self.props.clone();
+        self.writer = ArrowWriter::try_new(
+            Sink::File {
+                file,
+                path,
+                len: 0,
+                buf: Vec::with_capacity(SINK_BUFFER),
+            },
+            schema,
+            Some(props),
+        )
+        .map_err(err)?;
+        Ok(self)
     }
 
     /// Starts the next table (names must ascend).
@@ -433,10 +517,24 @@ impl SegmentWriter {
         let tables_json = serde_json::to_string(&self.metas).expect("table metadata serializes");
         self.writer
             .append_key_value_metadata(KeyValue::new(META_TABLES.to_string(), tables_json));
-        let parquet = self.writer.into_inner().map_err(err)?;
+        let (parquet, written) = match self.writer.into_inner().map_err(err)? {
+            Sink::Memory(v) => (v, None),
+            Sink::File {
+                mut file,
+                path,
+                len,
+                buf,
+            } => {
+                file.write_all(&buf)
+                    .and_then(|_| file.sync())
+                    .map_err(|e| Error::io("writing segment", &path, e))?;
+                (Vec::new(), Some((path, len)))
+            }
+        };
         let metas = self.metas;
         Ok(EncodedSegment {
             parquet,
+            written,
             index: self.index,
             rows: self.row,
             min_time: metas.iter().map(|m| m.min_time).min().unwrap_or(0),
