@@ -11,14 +11,8 @@ const CALLS: usize = 6_000;
 
 /// Grafana posts form-encoded parameters (the data source's default HTTP method).
 fn post(server: &TestServer, path: &str, pairs: &[(&str, &str)]) -> Value {
-    let (status, body) = http_request(
-        &server.http,
-        "POST",
-        path,
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        form(pairs).as_bytes(),
-    );
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let (status, body) = crate::harness::post_form(server, path, pairs);
+    let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 200, "{path} {pairs:?}: {v}");
     assert_eq!(v["status"], "success", "{path}: {v}");
     v

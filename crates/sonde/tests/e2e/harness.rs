@@ -14,6 +14,55 @@ pub struct TestServer {
     pub http: String,
 }
 
+/// `sonde serve` on `dir` with free ports and `extra` arguments.
+fn serve_command(dir: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sonde"));
+    c.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .args(extra);
+    c
+}
+
+/// Runs `sonde serve` on `dir` with `extra` arguments where it must fail to start;
+/// its stderr.
+pub fn serve_fails(dir: &Path, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "sonde serve started: {err}");
+    err
+}
+
+/// A form-encoded POST to `path` (how Grafana posts queries); (status, body).
+pub fn post_form(server: &TestServer, path: &str, pairs: &[(&str, &str)]) -> (u16, String) {
+    let (status, body) = http_request(
+        &server.http,
+        "POST",
+        path,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form(pairs).as_bytes(),
+    );
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 impl TestServer {
     /// Starts `sonde serve` on `dir` with free ports and waits until it listens.
     pub fn start(dir: &Path) -> TestServer {
@@ -22,17 +71,7 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with extra `sonde serve` arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sonde"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(extra)
+        let mut child = serve_command(dir, extra)
             .env("SONDE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -18,15 +18,8 @@ fn write(server: &TestServer, ts: Vec<TimeSeries>) -> (u16, String) {
 }
 
 fn post(server: &TestServer, path: &str, pairs: &[(&str, &str)]) -> (u16, Value) {
-    let (status, body) = http_request(
-        &server.http,
-        "POST",
-        path,
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        form(pairs).as_bytes(),
-    );
-    let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    let (status, body) = crate::harness::post_form(server, path, pairs);
+    let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
     (status, v)
 }
 

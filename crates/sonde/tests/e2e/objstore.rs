@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sonde_proto::prometheus::WriteRequest;
 
-use crate::harness::{TestServer, form, free_port, http_request, now_ms, rw_body, rw_series};
+use crate::harness::{
+    TestServer, free_port, http_request, now_ms, post_form, rw_body, rw_series, serve_fails,
+};
 
 const BUCKET: &str = "sonde-e2e";
 
@@ -136,22 +138,11 @@ fn write(server: &TestServer, metric: &str, n: i64, offset: i64) {
     assert_eq!(status, 204, "{body}");
 }
 
-fn post(server: &TestServer, path: &str, pairs: &[(&str, &str)]) -> (u16, String) {
-    let (status, body) = http_request(
-        &server.http,
-        "POST",
-        path,
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        form(pairs).as_bytes(),
-    );
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// Samples of `metric` in the 2 hours before [`base`].
 fn count(server: &TestServer, metric: &str) -> f64 {
     let q = format!("sum(count_over_time({metric}[2h]))");
     let time = format!("{}", base() as f64 / 1000.0);
-    let (status, body) = post(server, "/api/v1/query", &[("query", &q), ("time", &time)]);
+    let (status, body) = post_form(server, "/api/v1/query", &[("query", &q), ("time", &time)]);
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     v["data"]["result"]
@@ -216,20 +207,7 @@ fn segments_on_s3_survive_restart_kill_and_compaction() {
     assert!(dir.join("wal").is_dir());
 
     // A second server cannot open the same data directory.
-    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = serve_fails(&dir, &[]);
     assert!(err.contains("in use by another process"), "{err}");
 
     // Compaction merges the four segments and deletes the replaced objects.
@@ -322,23 +300,7 @@ fn two_servers_on_one_prefix_cannot_overwrite_each_other() {
 #[test]
 fn bad_object_store_settings_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(tmp.path().join("d"))
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let run = |extra: &[&str]| serve_fails(&tmp.path().join("d"), extra);
     let err = run(&["--object-store", "gs://bucket/p"]);
     assert!(err.contains("only s3:// URLs"), "{err}");
     // Nothing listens on this port: the bucket cannot be listed, and the server says
