@@ -122,6 +122,8 @@ impl HeadSeries {
     pub fn normalized(&self, kind: MetricKind) -> Cow<'_, SeriesData> {
         match self.rows() {
             Cow::Borrowed(d) => d.normalized(kind),
+            // Decoded rows already in order are the answer: no second copy.
+            Cow::Owned(d) if d.ordered => Cow::Owned(d),
             Cow::Owned(d) => Cow::Owned(d.normalized(kind).into_owned()),
         }
     }

@@ -163,9 +163,10 @@ impl Head {
                 let data = &mut th.series[id as usize].1;
                 let grew = data.append(&s.timestamps, &s.fields, &field_map, &types);
                 self.sample_bytes = self.sample_bytes.saturating_add_signed(grew);
-                for &t in &s.timestamps {
-                    th.min_time = th.min_time.min(t);
-                    th.max_time = th.max_time.max(t);
+                // The series tracked its range while appending: no second pass.
+                if let Some((lo, hi)) = data.time_range() {
+                    th.min_time = th.min_time.min(lo);
+                    th.max_time = th.max_time.max(hi);
                 }
                 self.rows += s.timestamps.len() as u64;
             }

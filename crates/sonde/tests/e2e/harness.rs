@@ -33,19 +33,7 @@ fn serve_command(dir: &Path, extra: &[&str]) -> Command {
 /// Runs `sonde serve` on `dir` with `extra` arguments where it must fail to start;
 /// its stderr.
 pub fn serve_fails(dir: &Path, extra: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(extra)
-        .output()
-        .unwrap();
+    let out = serve_command(dir, extra).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "sonde serve started: {err}");
     err
