@@ -719,6 +719,13 @@ impl Storage {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
+        // Unlock explicitly rather than by closing the descriptor: a child process
+        // spawned by another thread of this process (fork, then exec) briefly holds a
+        // copy of every descriptor, and a flock lives until its last copy closes, so a
+        // plain close could leave the directory locked for a moment after `close`.
+        if let Some(lock) = self.inner.data_lock.lock().take() {
+            let _ = lock.unlock();
+        }
         result
     }
 }

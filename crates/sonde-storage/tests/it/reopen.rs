@@ -176,3 +176,27 @@ fn dedup_keys_survive_restart_and_flush_and_expire() {
         "window passed"
     );
 }
+
+/// A dropped store can be reopened at once even while another thread of the process
+/// spawns children (each briefly holds a copy of every descriptor, the lock's too).
+#[test]
+fn reopen_at_once_while_children_are_spawned() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("true").status();
+            }
+        })
+    };
+    let result = std::panic::catch_unwind(|| {
+        for _ in 0..300 {
+            drop(Storage::open(config(dir.path())).unwrap());
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spawner.join().unwrap();
+    result.unwrap();
+}
