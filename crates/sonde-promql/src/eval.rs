@@ -267,6 +267,11 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// When the query runs out of time.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     pub fn check_deadline(&self, stage: &'static str) -> Result<()> {
         if Instant::now() > self.deadline {
             Err(PromError::Timeout(stage))
@@ -426,9 +431,9 @@ impl<'a> Evaluator<'a> {
             self.storage,
             self.tenant,
             &matchers,
-            g.start - off - lookback,
-            g.last() - off,
+            (g.start - off - lookback, g.last() - off),
             &mut self.budget,
+            self.cfg.threads,
         )?;
         self.check_deadline("reading series")?;
         let mut out = Vec::with_capacity(raws.len());
@@ -477,9 +482,9 @@ impl<'a> Evaluator<'a> {
                     self.storage,
                     self.tenant,
                     &matchers,
-                    tmin - offset - range,
-                    tmax - offset,
+                    (tmin - offset - range, tmax - offset),
                     &mut self.budget,
+                    self.cfg.threads,
                 )?;
                 for r in &mut raws {
                     if r.vals.iter().any(|v| is_stale(*v)) {

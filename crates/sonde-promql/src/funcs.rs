@@ -114,8 +114,12 @@ fn linear_regression(ts: &[i64], vals: &[f64], intercept_time: i64) -> (f64, f64
 }
 
 /// Running sum of counter-reset corrections: `out[i]` adds `v[j-1]` for every
-/// `j ≤ i` with `v[j] < v[j-1]`, so a window's correction is a difference.
-fn reset_prefix(vals: &[f64]) -> Vec<f64> {
+/// `j ≤ i` with `v[j] < v[j-1]`, so a window's correction is a difference. `None`
+/// when the counter never resets (the common case: no corrections to carry).
+fn reset_prefix(vals: &[f64]) -> Option<Vec<f64>> {
+    if !vals.windows(2).any(|w| w[1] < w[0]) {
+        return None;
+    }
     let mut out = Vec::with_capacity(vals.len());
     let mut acc = 0.0;
     let mut last = f64::NAN;
@@ -126,14 +130,16 @@ fn reset_prefix(vals: &[f64]) -> Vec<f64> {
         out.push(acc);
         last = v;
     }
-    out
+    Some(out)
 }
 
-/// `rate`, `increase` and `delta` with Prometheus' extrapolation. `resets` is the
-/// window's slice of [`reset_prefix`] (counters only).
+/// `rate`, `increase` and `delta` with Prometheus' extrapolation. For counters,
+/// `resets` is the window's slice of [`reset_prefix`] (`None`: no resets).
+#[allow(clippy::too_many_arguments)]
 fn extrapolated(
     ts: &[i64],
     vals: &[f64],
+    counter: bool,
     resets: Option<&[f64]>,
     wstart: i64,
     wend: i64,
@@ -144,7 +150,6 @@ fn extrapolated(
         return None;
     }
     let n = ts.len();
-    let counter = resets.is_some();
     let mut result = vals[n - 1] - vals[0];
     if let Some(r) = resets {
         result += r[n - 1] - r[0];
@@ -342,49 +347,96 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
     if let Some(v) = crate::rollup::try_range_function(ev, name, range_expr, g)? {
         return Ok(v);
     }
-    let arg = ev.range_arg(range_expr, g)?;
+    let mut arg = ev.range_arg(range_expr, g)?;
     let range_s = arg.range as f64 / 1000.0;
-    let mut out = Vec::with_capacity(arg.raws.len());
-    let counter = matches!(name, "rate" | "increase");
-    for (ri, raw) in arg.raws.iter().enumerate() {
-        if ri % 1024 == 0 {
-            ev.check_deadline("range function")?;
-        }
-        let resets = if counter && !raw.delta {
-            reset_prefix(&raw.vals)
-        } else {
-            Vec::new()
-        };
-        let vals = arg.windows(raw, g, |step, lo, ts, vals, ws, we| {
-            let p = param[step];
-            let window_resets = (!resets.is_empty()).then(|| &resets[lo..lo + vals.len()]);
-            match name {
-                "rate" | "increase" | "delta" if raw.delta => {
-                    let s = delta_sum(ts, vals, ws)?;
-                    Some(if name == "rate" { s / range_s } else { s })
-                }
-                "rate" => extrapolated(ts, vals, window_resets, ws, we, true, range_s),
-                "increase" => extrapolated(ts, vals, window_resets, ws, we, false, range_s),
-                "delta" => extrapolated(ts, vals, None, ws, we, false, range_s),
-                "predict_linear" => {
-                    if vals.len() < 2 {
-                        return None;
-                    }
-                    let (slope, intercept) = linear_regression(ts, vals, we + arg.offset);
-                    Some(slope * p + intercept)
-                }
-                _ => over_time(name, ts, vals, p),
-            }
-        });
-        let mut metric = raw.metric.clone();
-        if name != "last_over_time" {
-            drop_name(&mut metric);
-        }
-        if vals.iter().any(Option::is_some) {
-            out.push(Series { metric, vals });
-        }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Rate,
+        Increase,
+        Delta,
+        PredictLinear,
+        OverTime,
     }
-    Ok(Val::Vector(merge_same(out)?))
+    let kind = match name {
+        "rate" => Kind::Rate,
+        "increase" => Kind::Increase,
+        "delta" => Kind::Delta,
+        "predict_linear" => Kind::PredictLinear,
+        _ => Kind::OverTime,
+    };
+    let keep_name = name == "last_over_time";
+    let mut raws = std::mem::take(&mut arg.raws);
+    // Dropping `__name__` can make two series equal only when their names differ.
+    let one_name = raws
+        .windows(2)
+        .all(|w| get(&w[0].metric, NAME_LABEL) == get(&w[1].metric, NAME_LABEL));
+    let deadline = ev.deadline();
+    let arg = &arg;
+    // Series are independent: contiguous parts are evaluated on their own threads.
+    let parts = sonde_storage::par::map_parts(
+        &mut raws,
+        ev.cfg.threads,
+        crate::select::PARALLEL_MIN_SERIES,
+        |part| -> Result<Vec<Series>> {
+            let mut out = Vec::with_capacity(part.len());
+            for (ri, raw) in part.iter_mut().enumerate() {
+                if ri % 1024 == 0 && std::time::Instant::now() > deadline {
+                    return Err(PromError::Timeout("range function"));
+                }
+                let counter = matches!(kind, Kind::Rate | Kind::Increase) && !raw.delta;
+                let resets = if counter {
+                    reset_prefix(&raw.vals)
+                } else {
+                    None
+                };
+                let vals = arg.windows(raw, g, |step, lo, ts, vals, ws, we| {
+                    let window_resets = resets.as_deref().map(|r| &r[lo..lo + vals.len()]);
+                    match kind {
+                        Kind::Rate | Kind::Increase | Kind::Delta if raw.delta => {
+                            let s = delta_sum(ts, vals, ws)?;
+                            Some(if kind == Kind::Rate { s / range_s } else { s })
+                        }
+                        Kind::Rate | Kind::Increase => extrapolated(
+                            ts,
+                            vals,
+                            true,
+                            window_resets,
+                            ws,
+                            we,
+                            kind == Kind::Rate,
+                            range_s,
+                        ),
+                        Kind::Delta => extrapolated(ts, vals, false, None, ws, we, false, range_s),
+                        Kind::PredictLinear => {
+                            if vals.len() < 2 {
+                                return None;
+                            }
+                            let (slope, intercept) = linear_regression(ts, vals, we + arg.offset);
+                            Some(slope * param[step] + intercept)
+                        }
+                        Kind::OverTime => over_time(name, ts, vals, param[step]),
+                    }
+                });
+                if vals.iter().any(Option::is_some) {
+                    let mut metric = std::mem::take(&mut raw.metric);
+                    if !keep_name {
+                        drop_name(&mut metric);
+                    }
+                    out.push(Series { metric, vals });
+                }
+            }
+            Ok(out)
+        },
+    );
+    let mut out = Vec::with_capacity(raws.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(Val::Vector(if one_name || keep_name {
+        out
+    } else {
+        merge_same(out)?
+    }))
 }
 
 fn map_values(series: Vec<Series>, keep_name: bool, f: impl Fn(f64) -> f64) -> Vec<Series> {
@@ -1057,16 +1109,8 @@ mod tests {
         // Samples every 10 s from 10 to 50 s, counter +1/s, window [0, 60].
         let ts = [10_000, 20_000, 30_000, 40_000, 50_000];
         let vals = [10.0, 20.0, 30.0, 40.0, 50.0];
-        let r = extrapolated(
-            &ts,
-            &vals,
-            Some(&reset_prefix(&vals)),
-            0,
-            60_000,
-            false,
-            60.0,
-        )
-        .unwrap();
+        assert_eq!(reset_prefix(&vals), None, "no reset");
+        let r = extrapolated(&ts, &vals, true, None, 0, 60_000, false, 60.0).unwrap();
         // Both gaps (10 s) are below 1.1x the sample interval: extrapolated to both edges.
         assert!((r - 60.0).abs() < 1e-9, "{r}");
     }
@@ -1074,13 +1118,14 @@ mod tests {
     #[test]
     fn resets_add_the_value_before_the_drop() {
         let vals = [5.0, 8.0, 2.0, 4.0, 1.0];
-        let r = reset_prefix(&vals);
+        let r = reset_prefix(&vals).unwrap();
         assert_eq!(r, [0.0, 0.0, 8.0, 8.0, 12.0]);
         // Window 1..4: 8 → 2 → 4 is one reset: 4 - 8 + 8 = 4.
         let ts = [0, 10_000, 20_000, 30_000, 40_000];
         let inc = extrapolated(
             &ts[1..4],
             &vals[1..4],
+            true,
             Some(&r[1..4]),
             10_000,
             30_000,

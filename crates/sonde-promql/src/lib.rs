@@ -44,6 +44,8 @@ pub struct PromConfig {
     pub default_subquery_step: Duration,
     /// Answer range functions from rollup tiers where they fit (see [`rollup`]).
     pub use_rollups: bool,
+    /// Threads one query may use to read and evaluate series (default: the CPUs).
+    pub threads: usize,
 }
 
 impl Default for PromConfig {
@@ -55,6 +57,7 @@ impl Default for PromConfig {
             max_points_per_series: 11_000,
             default_subquery_step: Duration::from_secs(60),
             use_rollups: true,
+            threads: sonde_storage::par::available(),
         }
     }
 }

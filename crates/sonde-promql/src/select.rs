@@ -118,76 +118,96 @@ pub(crate) fn split(matchers: &[PMatcher]) -> (Vec<&PMatcher>, Vec<&PMatcher>) {
     matchers.iter().partition(|m| m.name == NAME_LABEL)
 }
 
+/// Fewest series worth a thread of their own when converting or evaluating.
+pub(crate) const PARALLEL_MIN_SERIES: usize = 256;
+
 /// All samples in `[mint, maxt]` of the series matching `matchers`. Each series is
 /// sorted by time; `__name__` is among its labels. `budget` is decreased by the
-/// samples loaded and the call fails once it would go below zero.
+/// samples loaded and the call fails once it would go below zero. Segment reads and
+/// the conversion to [`Raw`] use up to `threads` threads.
 pub(crate) fn fetch(
     storage: &Storage,
     tenant: &str,
     matchers: &[PMatcher],
-    mint: i64,
-    maxt: i64,
+    (mint, maxt): (i64, i64),
     budget: &mut usize,
+    threads: usize,
 ) -> Result<Vec<Raw>> {
     let (names, rest) = split(matchers);
     let refs = resolve(storage, tenant, &names);
     let label_matchers = storage_matchers(&rest)?;
     let mut out = Vec::new();
     for r in refs {
-        let mut req = ScanRequest::new(&r.table, mint, maxt).with_fields(vec![r.field.clone()]);
+        let mut req = ScanRequest::new(&r.table, mint, maxt)
+            .with_fields(vec![r.field.clone()])
+            .with_threads(threads);
         req.matchers = label_matchers.clone();
-        let scan = storage.scan(tenant, &req)?;
-        for (labels, mut data) in scan.series {
-            let Some(Some(col)) = data.cols.pop() else {
-                continue;
-            };
-            let n = data.ts.len();
-            if n > *budget {
-                return Err(PromError::Execution(
-                    "query processing would load too many samples into memory in query execution"
-                        .into(),
-                ));
-            }
-            *budget -= n;
-            // Moves the columns when every value is valid (the common case).
-            let (ts, vals) = match (col.valid, col.values) {
-                (None, Values::F64(v)) => (std::mem::take(&mut data.ts), v),
-                (None, Values::I64(v)) => (
-                    std::mem::take(&mut data.ts),
-                    v.into_iter().map(|x| x as f64).collect(),
-                ),
-                // Raw tables have no bytes fields (only rollup sketches are).
-                (_, Values::Bytes(_)) => continue,
-                (Some(valid), values) => {
-                    let mut ts = Vec::with_capacity(n);
-                    let mut vals = Vec::with_capacity(n);
-                    for i in (0..n).filter(|&i| valid[i]) {
-                        ts.push(data.ts[i]);
-                        vals.push(match &values {
-                            Values::F64(v) => v[i],
-                            Values::I64(v) => v[i] as f64,
-                            Values::Bytes(_) => f64::NAN,
-                        });
-                    }
-                    (ts, vals)
-                }
-            };
-            if ts.is_empty() {
-                continue;
-            }
-            let mut metric: Metric = Vec::with_capacity(labels.len() + 1);
-            metric.push((NAME_LABEL.to_string(), r.name.clone()));
-            metric.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            metric.sort();
-            out.push(Raw {
-                metric,
-                ts,
-                vals,
-                delta: r.kind == MetricKind::DeltaSum,
-            });
+        let mut scan = storage.scan(tenant, &req)?;
+        let n: usize = scan.series.iter().map(|(_, d)| d.ts.len()).sum();
+        if n > *budget {
+            return Err(PromError::Execution(
+                "query processing would load too many samples into memory in query execution"
+                    .into(),
+            ));
         }
+        *budget -= n;
+        let delta = r.kind == MetricKind::DeltaSum;
+        let parts =
+            sonde_storage::par::map_parts(&mut scan.series, threads, PARALLEL_MIN_SERIES, |part| {
+                part.iter_mut()
+                    .filter_map(|(labels, data)| to_raw(&r.name, labels, data, delta))
+                    .collect::<Vec<_>>()
+            });
+        out.extend(parts.into_iter().flatten());
     }
     Ok(out)
+}
+
+/// One scanned series as a [`Raw`] (its columns moved out when every value is
+/// valid, the common case); `None` when it has no valid sample.
+fn to_raw(
+    name: &str,
+    labels: &sonde_types::Labels,
+    data: &mut sonde_storage::series::SeriesData,
+    delta: bool,
+) -> Option<Raw> {
+    let col = data.cols.pop()??;
+    let n = data.ts.len();
+    let (ts, vals) = match (col.valid, col.values) {
+        (None, Values::F64(v)) => (std::mem::take(&mut data.ts), v),
+        (None, Values::I64(v)) => (
+            std::mem::take(&mut data.ts),
+            v.into_iter().map(|x| x as f64).collect(),
+        ),
+        // Raw tables have no bytes fields (only rollup sketches are).
+        (_, Values::Bytes(_)) => return None,
+        (Some(valid), values) => {
+            let mut ts = Vec::with_capacity(n);
+            let mut vals = Vec::with_capacity(n);
+            for i in (0..n).filter(|&i| valid[i]) {
+                ts.push(data.ts[i]);
+                vals.push(match &values {
+                    Values::F64(v) => v[i],
+                    Values::I64(v) => v[i] as f64,
+                    Values::Bytes(_) => f64::NAN,
+                });
+            }
+            (ts, vals)
+        }
+    };
+    if ts.is_empty() {
+        return None;
+    }
+    let mut metric: Metric = Vec::with_capacity(labels.len() + 1);
+    metric.push((NAME_LABEL.to_string(), name.to_string()));
+    metric.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    metric.sort();
+    Some(Raw {
+        metric,
+        ts,
+        vals,
+        delta,
+    })
 }
 
 /// Label sets (with `__name__`) of the series matching any of `selectors` with data

@@ -84,7 +84,10 @@ impl TableHead {
                 Some((lo, hi)) if lo <= end && hi >= start => {}
                 _ => continue,
             }
-            let rows = data.normalized(self.kind).time_slice(start, end);
+            let rows = match data.normalized(self.kind) {
+                std::borrow::Cow::Owned(d) => d.into_time_slice(start, end),
+                std::borrow::Cow::Borrowed(d) => d.time_slice(start, end),
+            };
             if !rows.is_empty() {
                 out.push((Labels::clone(labels), rows));
             }

@@ -100,6 +100,8 @@ pub struct ScanRequest {
     /// Fields to read (in table order); `None` reads all. Segment reads fetch only
     /// the column chunks of these fields.
     pub fields: Option<Vec<String>>,
+    /// Threads a segment read may use (its series split into contiguous parts).
+    pub threads: usize,
 }
 
 impl ScanRequest {
@@ -110,11 +112,17 @@ impl ScanRequest {
             start,
             end,
             fields: None,
+            threads: 1,
         }
     }
     /// Reads only these fields.
     pub fn with_fields(mut self, fields: Vec<String>) -> Self {
         self.fields = Some(fields);
+        self
+    }
+    /// Reads each segment's series on up to `threads` threads.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
         self
     }
     pub fn with(mut self, m: Matcher) -> Self {
@@ -139,6 +147,9 @@ pub struct ScanStats {
     pub series: usize,
     pub rows: usize,
 }
+
+/// Fewest series of one segment worth a thread of their own.
+const PARALLEL_MIN_SERIES: usize = 256;
 
 /// The merged result of a scan.
 #[derive(Debug)]
@@ -203,25 +214,35 @@ impl Storage {
             let Some(it) = index.table(&req.table) else {
                 continue;
             };
-            let ordinals = it.select(&req.matchers, req.start, req.end);
+            let mut ordinals = it.select(&req.matchers, req.start, req.end);
             if ordinals.is_empty() {
                 stats.segments_pruned_by_index += 1;
                 continue;
             }
-            let (rows, bytes) = read_series(
-                inner.vfs.as_ref(),
-                &SeriesRead {
-                    path: inner.dir.join(&seg.path),
-                    table: it,
-                    ordinals: &ordinals,
-                    fields: &schema.fields,
-                    start: req.start,
-                    end: req.end,
-                },
-            )?;
+            let path = inner.dir.join(&seg.path);
+            // Large selections are read in contiguous parts of the series, in parallel.
+            let parts =
+                crate::par::map_parts(&mut ordinals, req.threads, PARALLEL_MIN_SERIES, |part| {
+                    read_series(
+                        inner.vfs.as_ref(),
+                        &SeriesRead {
+                            path: path.clone(),
+                            table: it,
+                            ordinals: part,
+                            fields: &schema.fields,
+                            start: req.start,
+                            end: req.end,
+                        },
+                    )
+                });
+            let mut rows = Vec::with_capacity(ordinals.len());
+            for part in parts {
+                let (part_rows, bytes) = part?;
+                rows.extend(part_rows);
+                stats.bytes_read += bytes;
+            }
             stats.segments_read += 1;
             stats.segment_bytes += seg.bytes;
-            stats.bytes_read += bytes;
             sources.push((true, rows));
         }
         for f in &frozen {

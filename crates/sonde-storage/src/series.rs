@@ -327,6 +327,43 @@ impl SeriesData {
         }
     }
 
+    /// [`SeriesData::time_slice`] of an owned value: the rows are kept in place (no
+    /// copy when every row is inside the range).
+    pub fn into_time_slice(mut self, start: TimestampMs, end: TimestampMs) -> SeriesData {
+        let lo = self.ts.partition_point(|&t| t < start);
+        let hi = self.ts.partition_point(|&t| t <= end);
+        if lo == 0 && hi == self.ts.len() {
+            return self;
+        }
+        if hi - lo < self.ts.len() / 2 {
+            // Little is kept: copying it beats shifting it.
+            return self.time_slice(start, end);
+        }
+        self.ts.truncate(hi);
+        self.ts.drain(..lo);
+        for c in self.cols.iter_mut().flatten() {
+            match &mut c.values {
+                Values::F64(v) => {
+                    v.truncate(hi);
+                    v.drain(..lo);
+                }
+                Values::I64(v) => {
+                    v.truncate(hi);
+                    v.drain(..lo);
+                }
+                Values::Bytes(v) => {
+                    v.truncate(hi);
+                    v.drain(..lo);
+                }
+            }
+            if let Some(valid) = &mut c.valid {
+                valid.truncate(hi);
+                valid.drain(..lo);
+            }
+        }
+        self
+    }
+
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
         self.ts.capacity() * 8
@@ -371,6 +408,13 @@ mod tests {
         let e = s.normalized(MetricKind::Event);
         assert_eq!(e.ts, vec![5, 10, 20, 20]);
         assert_eq!(g.time_slice(6, 20).ts, vec![10, 20]);
+        for (a, b) in [(6, 20), (0, 100), (21, 100), (i64::MIN, 9), (11, 19)] {
+            assert_eq!(
+                g.clone().into_owned().into_time_slice(a, b),
+                g.time_slice(a, b),
+                "{a}..{b}"
+            );
+        }
     }
 
     #[test]

@@ -20,15 +20,17 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc settings (the `_RJEM_MALLOC_CONF` environment variable still overrides
 /// them): one arena (with four per CPU each kept idle pages of its own; the thread
-/// caches keep allocation fast) and freed pages returned to the OS at once instead of after ten seconds, so what a
-/// flush builds and frees does not stay resident. 100k-series remote-write load +
-/// flush, peak RSS: 336 MiB with the defaults, 268 MiB with these; the write path
-/// costs ~4 % more (benches/README.md).
+/// caches keep allocation fast), and freed pages returned to the OS after one second
+/// instead of ten, so what a flush builds and frees does not stay resident.
+/// 100k-series remote-write load + flush, peak RSS: 336 MiB with the defaults, 268 MiB
+/// with a zero decay. Zero was tried and dropped: every query then faulted in fresh
+/// pages for its decode buffers and ran 2.5–3.5× slower (`benches/README.md`); one
+/// second keeps a dashboard's burst of queries on warm pages for +10 MiB of peak.
 // The one unsafe item: jemalloc reads its compiled-in configuration from this
 // symbol before `main` (the documented way; nothing else refers to it).
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8] = b"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -234,7 +234,7 @@ pub fn read_series(
             row += take;
             left -= take;
             if left == 0 {
-                let rows = std::mem::take(&mut data).time_slice(req.start, req.end);
+                let rows = std::mem::take(&mut data).into_time_slice(req.start, req.end);
                 if !rows.is_empty() {
                     out.push((s.labels.clone(), rows));
                 }
