@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::Expr;
 use serde_json::{Value, json};
-use sonde_promql::{PromError, QueryValue};
+use sonde_promql::PromError;
 use sonde_types::NAME_LABEL;
 
 use crate::AppState;
@@ -61,13 +61,26 @@ fn bad(msg: impl Into<String>) -> PromError {
     PromError::BadData(msg.into())
 }
 
+/// A response's `data`: a JSON value, or JSON text already written (query results,
+/// which can be large, skip the `Value` tree).
+pub(crate) enum Data {
+    Json(Value),
+    Text(String),
+}
+
+impl From<Value> for Data {
+    fn from(v: Value) -> Self {
+        Data::Json(v)
+    }
+}
+
 /// Prometheus' success envelope around `data`.
-pub(crate) fn success(data: Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({"status": "success", "data": data}).to_string(),
-    )
-        .into_response()
+pub(crate) fn success(data: impl Into<Data>) -> Response {
+    let body = match data.into() {
+        Data::Json(v) => json!({"status": "success", "data": v}).to_string(),
+        Data::Text(t) => format!(r#"{{"status":"success","data":{t}}}"#),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Prometheus' error response for `e`.
@@ -189,9 +202,10 @@ fn required_selectors(p: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
 }
 
 /// Runs `f` on the blocking pool for the caller's tenant and renders the result.
-async fn run<F>(state: Arc<AppState>, headers: HeaderMap, f: F) -> Response
+async fn run<F, D>(state: Arc<AppState>, headers: HeaderMap, f: F) -> Response
 where
-    F: FnOnce(&AppState, &str) -> Result<Value, PromError> + Send + 'static,
+    F: FnOnce(&AppState, &str) -> Result<D, PromError> + Send + 'static,
+    D: Into<Data> + Send + 'static,
 {
     let tenant = match crate::http::tenant(&state, &headers) {
         Ok(t) => t,
@@ -239,7 +253,7 @@ pub async fn query(
         let v = sonde_promql::instant_query(&state.storage, tenant, &cfg, &query, t)
             .map_err(with_query_context)?;
         state.metrics.promql_query();
-        Ok(v.to_json())
+        Ok(Data::Text(v.json_text()))
     })
     .await
 }
@@ -278,11 +292,7 @@ pub async fn query_range(
         )
         .map_err(with_query_context)?;
         state.metrics.promql_query();
-        // A range query always answers with a matrix.
-        Ok(match v {
-            QueryValue::Matrix(_) => v.to_json(),
-            other => other.to_json(),
-        })
+        Ok(Data::Text(v.json_text()))
     })
     .await
 }
