@@ -6,8 +6,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use promql_parser::label::{MatchOp, Matcher as PMatcher};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{
-    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset, SubqueryExpr,
-    VectorMatchCardinality, VectorSelector,
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
+    SubqueryExpr, VectorMatchCardinality, VectorSelector,
 };
 use sonde_storage::Storage;
 use sonde_types::NAME_LABEL;
@@ -221,6 +221,19 @@ pub(crate) fn merge_same(series: Vec<Series>) -> Result<Vec<Series>> {
     Ok(out)
 }
 
+/// Removes stale markers: range functions never see them.
+pub(crate) fn drop_stale(r: &mut Raw) {
+    if r.vals.iter().any(|v| is_stale(*v)) {
+        let (ts, vals): (Vec<i64>, Vec<f64>) =
+            r.ts.iter()
+                .zip(&r.vals)
+                .filter(|(_, v)| !is_stale(**v))
+                .unzip();
+        r.ts = ts;
+        r.vals = vals;
+    }
+}
+
 fn nonempty(series: Vec<Series>) -> Vec<Series> {
     series
         .into_iter()
@@ -228,7 +241,7 @@ fn nonempty(series: Vec<Series>) -> Vec<Series> {
         .collect()
 }
 
-fn strip_parens(e: &Expr) -> &Expr {
+pub(crate) fn strip_parens(e: &Expr) -> &Expr {
     match e {
         Expr::Paren(p) => strip_parens(&p.expr),
         e => e,
@@ -473,36 +486,17 @@ impl<'a> Evaluator<'a> {
         match e {
             Expr::Paren(p) => self.range_arg(&p.expr, g),
             Expr::MatrixSelector(ms) => {
-                let at = self.at_time(&ms.vs.at);
-                let offset = offset_ms(&ms.vs.offset);
-                let range = ms.range.as_millis() as i64;
-                let (tmin, tmax) = at.map(|a| (a, a)).unwrap_or((g.start, g.last()));
-                let matchers = selector_matchers(&ms.vs)?;
-                let mut raws = fetch(
+                let (mut arg, matchers, span) = self.matrix_spec(ms, g)?;
+                arg.raws = fetch(
                     self.storage,
                     self.tenant,
                     &matchers,
-                    (tmin - offset - range, tmax - offset),
+                    span,
                     &mut self.budget,
                     self.cfg.threads,
                 )?;
-                for r in &mut raws {
-                    if r.vals.iter().any(|v| is_stale(*v)) {
-                        let (ts, vals): (Vec<i64>, Vec<f64>) =
-                            r.ts.iter()
-                                .zip(&r.vals)
-                                .filter(|(_, v)| !is_stale(**v))
-                                .unzip();
-                        r.ts = ts;
-                        r.vals = vals;
-                    }
-                }
-                Ok(RangeArg {
-                    raws,
-                    range,
-                    offset,
-                    at,
-                })
+                arg.raws.iter_mut().for_each(drop_stale);
+                Ok(arg)
             }
             Expr::Subquery(sq) => self.subquery(sq, g),
             other => Err(PromError::BadData(format!(
@@ -510,6 +504,30 @@ impl<'a> Evaluator<'a> {
                 crate::type_name(other.value_type())
             ))),
         }
+    }
+
+    /// A matrix selector's window placement (with no samples yet), its matchers and
+    /// the time span its windows over grid `g` need.
+    pub fn matrix_spec(
+        &self,
+        ms: &MatrixSelector,
+        g: &Grid,
+    ) -> Result<(RangeArg, Vec<PMatcher>, (i64, i64))> {
+        let at = self.at_time(&ms.vs.at);
+        let offset = offset_ms(&ms.vs.offset);
+        let range = ms.range.as_millis() as i64;
+        let (tmin, tmax) = at.map(|a| (a, a)).unwrap_or((g.start, g.last()));
+        let arg = RangeArg {
+            raws: Vec::new(),
+            range,
+            offset,
+            at,
+        };
+        Ok((
+            arg,
+            selector_matchers(&ms.vs)?,
+            (tmin - offset - range, tmax - offset),
+        ))
     }
 
     fn subquery(&mut self, sq: &SubqueryExpr, g: &Grid) -> Result<RangeArg> {

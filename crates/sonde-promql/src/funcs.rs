@@ -6,8 +6,12 @@ use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 use sonde_types::NAME_LABEL;
 
-use crate::eval::{Evaluator, Grid, Metric, Series, Val, drop_name, get, merge_same, set_label};
+use crate::eval::{
+    Evaluator, Grid, Metric, RangeArg, Raw, Series, Val, drop_name, drop_stale, get, merge_same,
+    set_label, strip_parens,
+};
 use crate::format::format_float;
+use crate::select::fetch_map;
 use crate::{PromError, Result};
 
 pub(crate) fn is_comparison(op: &str) -> bool {
@@ -347,8 +351,6 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
     if let Some(v) = crate::rollup::try_range_function(ev, name, range_expr, g)? {
         return Ok(v);
     }
-    let mut arg = ev.range_arg(range_expr, g)?;
-    let range_s = arg.range as f64 / 1000.0;
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
         Rate,
@@ -365,72 +367,94 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
         _ => Kind::OverTime,
     };
     let keep_name = name == "last_over_time";
-    let mut raws = std::mem::take(&mut arg.raws);
-    // Dropping `__name__` can make two series equal only when their names differ.
-    let one_name = raws
-        .windows(2)
-        .all(|w| get(&w[0].metric, NAME_LABEL) == get(&w[1].metric, NAME_LABEL));
     let deadline = ev.deadline();
-    let arg = &arg;
-    // Series are independent: contiguous parts are evaluated on their own threads.
-    let parts = sonde_storage::par::map_parts(
-        &mut raws,
-        ev.cfg.threads,
-        crate::select::PARALLEL_MIN_SERIES,
-        |part| -> Result<Vec<Series>> {
-            let mut out = Vec::with_capacity(part.len());
-            for (ri, raw) in part.iter_mut().enumerate() {
-                if ri % 1024 == 0 && std::time::Instant::now() > deadline {
-                    return Err(PromError::Timeout("range function"));
-                }
-                let counter = matches!(kind, Kind::Rate | Kind::Increase) && !raw.delta;
-                let resets = if counter {
-                    reset_prefix(&raw.vals)
-                } else {
-                    None
-                };
-                let vals = arg.windows(raw, g, |step, lo, ts, vals, ws, we| {
-                    let window_resets = resets.as_deref().map(|r| &r[lo..lo + vals.len()]);
-                    match kind {
-                        Kind::Rate | Kind::Increase | Kind::Delta if raw.delta => {
-                            let s = delta_sum(ts, vals, ws)?;
-                            Some(if kind == Kind::Rate { s / range_s } else { s })
-                        }
-                        Kind::Rate | Kind::Increase => extrapolated(
-                            ts,
-                            vals,
-                            true,
-                            window_resets,
-                            ws,
-                            we,
-                            kind == Kind::Rate,
-                            range_s,
-                        ),
-                        Kind::Delta => extrapolated(ts, vals, false, None, ws, we, false, range_s),
-                        Kind::PredictLinear => {
-                            if vals.len() < 2 {
-                                return None;
-                            }
-                            let (slope, intercept) = linear_regression(ts, vals, we + arg.offset);
-                            Some(slope * param[step] + intercept)
-                        }
-                        Kind::OverTime => over_time(name, ts, vals, param[step]),
-                    }
-                });
-                if vals.iter().any(Option::is_some) {
-                    let mut metric = std::mem::take(&mut raw.metric);
-                    if !keep_name {
-                        drop_name(&mut metric);
-                    }
-                    out.push(Series { metric, vals });
-                }
+    // One part of the series: each is independent of the others.
+    let eval_part = |arg: &RangeArg, part: &mut [Raw]| -> Result<Vec<Series>> {
+        let range_s = arg.range as f64 / 1000.0;
+        let mut out = Vec::with_capacity(part.len());
+        for (ri, raw) in part.iter_mut().enumerate() {
+            if ri % 1024 == 0 && std::time::Instant::now() > deadline {
+                return Err(PromError::Timeout("range function"));
             }
-            Ok(out)
-        },
-    );
-    let mut out = Vec::with_capacity(raws.len());
+            let counter = matches!(kind, Kind::Rate | Kind::Increase) && !raw.delta;
+            let resets = if counter {
+                reset_prefix(&raw.vals)
+            } else {
+                None
+            };
+            let vals = arg.windows(raw, g, |step, lo, ts, vals, ws, we| {
+                let window_resets = resets.as_deref().map(|r| &r[lo..lo + vals.len()]);
+                match kind {
+                    Kind::Rate | Kind::Increase | Kind::Delta if raw.delta => {
+                        let s = delta_sum(ts, vals, ws)?;
+                        Some(if kind == Kind::Rate { s / range_s } else { s })
+                    }
+                    Kind::Rate | Kind::Increase => extrapolated(
+                        ts,
+                        vals,
+                        true,
+                        window_resets,
+                        ws,
+                        we,
+                        kind == Kind::Rate,
+                        range_s,
+                    ),
+                    Kind::Delta => extrapolated(ts, vals, false, None, ws, we, false, range_s),
+                    Kind::PredictLinear => {
+                        if vals.len() < 2 {
+                            return None;
+                        }
+                        let (slope, intercept) = linear_regression(ts, vals, we + arg.offset);
+                        Some(slope * param[step] + intercept)
+                    }
+                    Kind::OverTime => over_time(name, ts, vals, param[step]),
+                }
+            });
+            if vals.iter().any(Option::is_some) {
+                let mut metric = std::mem::take(&mut raw.metric);
+                if !keep_name {
+                    drop_name(&mut metric);
+                }
+                out.push(Series { metric, vals });
+            }
+        }
+        Ok(out)
+    };
+    let (parts, one_name) = if let Expr::MatrixSelector(ms) = strip_parens(range_expr) {
+        // A plain selector streams: each part of the selection is read, evaluated and
+        // dropped, so the whole selection is never decoded at once.
+        let (arg, matchers, span) = ev.matrix_spec(ms, g)?;
+        let (parts, names) = fetch_map(
+            ev.storage,
+            ev.tenant,
+            &matchers,
+            span,
+            &mut ev.budget,
+            ev.cfg.threads,
+            |mut raws| {
+                raws.iter_mut().for_each(drop_stale);
+                eval_part(&arg, &mut raws)
+            },
+        )?;
+        (parts, names <= 1)
+    } else {
+        let mut arg = ev.range_arg(range_expr, g)?;
+        let mut raws = std::mem::take(&mut arg.raws);
+        // Dropping `__name__` can make two series equal only when their names differ.
+        let one_name = raws
+            .windows(2)
+            .all(|w| get(&w[0].metric, NAME_LABEL) == get(&w[1].metric, NAME_LABEL));
+        let parts = sonde_storage::par::map_parts(
+            &mut raws,
+            ev.cfg.threads,
+            crate::select::PARALLEL_MIN_SERIES,
+            |part| eval_part(&arg, part),
+        );
+        (parts.into_iter().collect::<Result<Vec<_>>>()?, one_name)
+    };
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     for part in parts {
-        out.extend(part?);
+        out.extend(part);
     }
     Ok(Val::Vector(if one_name || keep_name {
         out

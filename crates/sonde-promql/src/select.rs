@@ -145,10 +145,7 @@ pub(crate) fn fetch(
         let mut scan = storage.scan(tenant, &req)?;
         let n: usize = scan.series.iter().map(|(_, d)| d.ts.len()).sum();
         if n > *budget {
-            return Err(PromError::Execution(
-                "query processing would load too many samples into memory in query execution"
-                    .into(),
-            ));
+            return Err(too_many_samples());
         }
         *budget -= n;
         let delta = r.kind == MetricKind::DeltaSum;
@@ -161,6 +158,57 @@ pub(crate) fn fetch(
         out.extend(parts.into_iter().flatten());
     }
     Ok(out)
+}
+
+/// [`fetch`] streamed: each part of each metric's selection is handed to `f` as
+/// [`Raw`]s as soon as it is read (see [`Storage::scan_map`]), so a large selection is
+/// never held whole. Returns `f`'s results in order and how many metric names were
+/// read. The sample budget is checked as parts arrive.
+pub(crate) fn fetch_map<U: Send>(
+    storage: &Storage,
+    tenant: &str,
+    matchers: &[PMatcher],
+    (mint, maxt): (i64, i64),
+    budget: &mut usize,
+    threads: usize,
+    f: impl Fn(Vec<Raw>) -> Result<U> + Sync,
+) -> Result<(Vec<U>, usize)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (names, rest) = split(matchers);
+    let refs = resolve(storage, tenant, &names);
+    let label_matchers = storage_matchers(&rest)?;
+    let loaded = AtomicUsize::new(0);
+    let limit = *budget;
+    let mut out = Vec::new();
+    for r in &refs {
+        let mut req = ScanRequest::new(&r.table, mint, maxt)
+            .with_fields(vec![r.field.clone()])
+            .with_threads(threads);
+        req.matchers = label_matchers.clone();
+        let delta = r.kind == MetricKind::DeltaSum;
+        let (parts, _) = storage.scan_map(tenant, &req, |part| -> Result<U> {
+            let n: usize = part.iter().map(|(_, d)| d.ts.len()).sum();
+            if loaded.fetch_add(n, Ordering::Relaxed) + n > limit {
+                return Err(too_many_samples());
+            }
+            let raws = part
+                .iter_mut()
+                .filter_map(|(labels, data)| to_raw(&r.name, labels, data, delta))
+                .collect();
+            f(raws)
+        })?;
+        for p in parts {
+            out.push(p?);
+        }
+    }
+    *budget -= loaded.into_inner();
+    Ok((out, refs.len()))
+}
+
+fn too_many_samples() -> PromError {
+    PromError::Execution(
+        "query processing would load too many samples into memory in query execution".into(),
+    )
 }
 
 /// One scanned series as a [`Raw`] (its columns moved out when every value is

@@ -9,25 +9,46 @@ use sonde_storage::{Config, FsyncPolicy, Storage};
 
 const START: i64 = 1_700_000_000_000;
 
-#[test]
-fn parallel_answers_equal_serial_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path());
+fn open(dir: &std::path::Path) -> Storage {
+    let mut config = Config::new(dir);
     config.retention.raw = None;
     config.fsync = FsyncPolicy::Interval(Duration::from_millis(50));
     config.background_flush = false;
     config.compaction.enabled = false;
-    let storage = Storage::open(config).unwrap();
-    // 3,000 series × 60 samples: the first 40 samples in a segment, the rest in the
-    // head, so every series is merged from two sources.
+    Storage::open(config).unwrap()
+}
+
+const QUERIES: [&str; 8] = [
+    "rate(llm_tokens_total[5m])",
+    "sum by (model) (rate(llm_tokens_total[5m]))",
+    "histogram_quantile(0.9, sum by (le, model) (rate(llm_request_duration_seconds_bucket[5m])))",
+    "increase(llm_cost_usd_total[10m])",
+    "max_over_time(llm_ttft_seconds[2m])",
+    "last_over_time(llm_ttft_seconds[1m])",
+    "llm_ttft_seconds",
+    "topk(3, sum by (tenant) (increase(llm_tokens_total{token_type=\"output\"}[10m])))",
+];
+
+#[test]
+fn parallel_and_streamed_answers_equal_serial_answers() {
+    // The same 3,000 series × 60 samples in two layouts: all in one segment (range
+    // functions stream it in parts), and the first 40 samples in a segment with the
+    // rest in the head (every series merged from two sources).
     let batches: Vec<_> = Generator::new(DatasetConfig::sized(3000, 60, START)).collect();
+    let (one_dir, two_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one = open(one_dir.path());
+    for b in &batches {
+        one.write("t", b.clone()).unwrap();
+    }
+    one.flush().unwrap();
+    let two = open(two_dir.path());
     let (old, new) = batches.split_at(40);
     for b in old {
-        storage.write("t", b.clone()).unwrap();
+        two.write("t", b.clone()).unwrap();
     }
-    storage.flush().unwrap();
+    two.flush().unwrap();
     for b in new {
-        storage.write("t", b.clone()).unwrap();
+        two.write("t", b.clone()).unwrap();
     }
     let serial = PromConfig {
         threads: 1,
@@ -39,33 +60,48 @@ fn parallel_answers_equal_serial_answers() {
         ..serial.clone()
     };
     let (start, end) = (START + 300_000, START + 60 * 15_000);
-    let query = |cfg: &PromConfig, q: &str| range_query(&storage, "t", cfg, q, start, end, 30_000);
-    for q in [
-        "rate(llm_tokens_total[5m])",
-        "sum by (model) (rate(llm_tokens_total[5m]))",
-        "histogram_quantile(0.9, sum by (le, model) (rate(llm_request_duration_seconds_bucket[5m])))",
-        "increase(llm_cost_usd_total[10m])",
-        "max_over_time(llm_ttft_seconds[2m])",
-        "last_over_time(llm_ttft_seconds[1m])",
-        "llm_ttft_seconds",
-        "topk(3, sum by (tenant) (increase(llm_tokens_total{token_type=\"output\"}[10m])))",
-    ] {
-        let a = query(&serial, q).unwrap();
-        let b = query(&parallel, q).unwrap();
-        let QueryValue::Matrix(series) = &a else {
+    let query =
+        |s: &Storage, cfg: &PromConfig, q: &str| range_query(s, "t", cfg, q, start, end, 30_000);
+    for q in QUERIES {
+        let reference = query(&two, &serial, q).unwrap();
+        let QueryValue::Matrix(series) = &reference else {
             panic!("{q}: not a matrix")
         };
         assert!(!series.is_empty(), "{q}: no series");
-        assert_eq!(a, b, "{q}");
+        assert_eq!(
+            query(&two, &parallel, q).unwrap(),
+            reference,
+            "{q}: merged, parallel"
+        );
+        assert_eq!(
+            query(&one, &serial, q).unwrap(),
+            reference,
+            "{q}: streamed, serial"
+        );
+        assert_eq!(
+            query(&one, &parallel, q).unwrap(),
+            reference,
+            "{q}: streamed, parallel"
+        );
     }
     // Two metric names under one selector: once `rate` drops `__name__`, `_sum` and
-    // `_count` share label sets, which Prometheus refuses; so must every part.
-    for cfg in [&serial, &parallel] {
-        let err = query(
-            cfg,
-            "rate({__name__=~\"llm_request_duration_seconds_(sum|count)\"}[5m])",
-        )
-        .expect_err("same label sets");
-        assert!(err.to_string().contains("same labelset"), "{err}");
+    // `_count` share label sets, which Prometheus refuses; so must every path.
+    for s in [&one, &two] {
+        for cfg in [&serial, &parallel] {
+            let err = query(
+                s,
+                cfg,
+                "rate({__name__=~\"llm_request_duration_seconds_(sum|count)\"}[5m])",
+            )
+            .expect_err("same label sets");
+            assert!(err.to_string().contains("same labelset"), "{err}");
+        }
     }
+    // The sample budget holds on the streamed path too.
+    let tight = PromConfig {
+        max_samples: 1000,
+        ..parallel.clone()
+    };
+    let err = query(&one, &tight, QUERIES[0]).expect_err("over budget");
+    assert!(err.to_string().contains("too many samples"), "{err}");
 }

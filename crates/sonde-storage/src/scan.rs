@@ -160,10 +160,108 @@ pub struct ScanOutput {
     pub stats: ScanStats,
 }
 
+/// One segment's part of a scan: the series its index selected, not yet read.
+struct SegmentRead {
+    path: std::path::PathBuf,
+    index: Arc<SegmentIndex>,
+    ordinals: Vec<u32>,
+}
+
+/// What a scan will read: the head rows (taken at the snapshot) and the segments
+/// with matching series, oldest first.
+struct ScanPlan {
+    schema: TableSchema,
+    stats: ScanStats,
+    segments: Vec<SegmentRead>,
+    /// Frozen heads' then the active head's rows (possibly empty).
+    heads: Vec<Vec<(Labels, SeriesData)>>,
+}
+
+/// Series of one segment read as one part of a streamed scan (bounds what a part
+/// holds decoded at once).
+const STREAM_PART_SERIES: usize = 4096;
+
 impl Storage {
     /// Reads the series of `req.table` matching `req.matchers` in `[start, end]`.
     /// An unknown table gives an empty result.
     pub fn scan(&self, tenant: &str, req: &ScanRequest) -> Result<ScanOutput> {
+        let Some(plan) = self.plan_scan(tenant, req)? else {
+            return Ok(empty_output());
+        };
+        self.read_plan(plan, req)
+    }
+
+    /// [`Storage::scan`] handed to `f` in contiguous parts of its series (in label
+    /// order) on up to `req.threads` threads; returns `f`'s results in order and the
+    /// scan's statistics. When one segment holds every matching row (the common case
+    /// for anything older than the head), each part is read, mapped and dropped, so
+    /// the whole selection is never decoded at once; otherwise the merged scan is
+    /// split.
+    pub fn scan_map<U: Send>(
+        &self,
+        tenant: &str,
+        req: &ScanRequest,
+        f: impl Fn(&mut [(Labels, SeriesData)]) -> U + Sync,
+    ) -> Result<(Vec<U>, ScanStats)> {
+        let Some(mut plan) = self.plan_scan(tenant, req)? else {
+            return Ok((Vec::new(), ScanStats::default()));
+        };
+        if plan.segments.len() != 1 || plan.heads.iter().any(|h| !h.is_empty()) {
+            let mut out = self.read_plan(plan, req)?;
+            let parts =
+                crate::par::map_parts(&mut out.series, req.threads, PARALLEL_MIN_SERIES, &f);
+            return Ok((parts, out.stats));
+        }
+        let seg = plan.segments.pop().expect("one segment");
+        let it = seg
+            .index
+            .table(&req.table)
+            .expect("selected from this table");
+        let bytes = std::sync::atomic::AtomicU64::new(0);
+        let rows = std::sync::atomic::AtomicUsize::new(0);
+        let series = std::sync::atomic::AtomicUsize::new(0);
+        let part = |ordinals: &[u32]| -> Result<U> {
+            let (mut part, b) = read_series(
+                self.inner.vfs.as_ref(),
+                &SeriesRead {
+                    path: seg.path.clone(),
+                    table: it,
+                    ordinals,
+                    fields: &plan.schema.fields,
+                    start: req.start,
+                    end: req.end,
+                },
+            )?;
+            use std::sync::atomic::Ordering::Relaxed;
+            bytes.fetch_add(b, Relaxed);
+            rows.fetch_add(part.iter().map(|(_, d)| d.len()).sum(), Relaxed);
+            series.fetch_add(part.len(), Relaxed);
+            Ok(f(&mut part))
+        };
+        // Parts small enough to bound memory, and at least one per thread.
+        let size = seg
+            .ordinals
+            .len()
+            .div_ceil(req.threads.max(1))
+            .clamp(PARALLEL_MIN_SERIES, STREAM_PART_SERIES);
+        let chunks: Vec<&[u32]> = seg.ordinals.chunks(size).collect();
+        let results: Vec<Result<U>> = if req.threads > 1 && chunks.len() > 1 {
+            use rayon::prelude::*;
+            chunks.into_par_iter().map(&part).collect()
+        } else {
+            chunks.into_iter().map(&part).collect()
+        };
+        let out = results.into_iter().collect::<Result<Vec<U>>>()?;
+        plan.stats.segments_read += 1;
+        plan.stats.bytes_read += bytes.into_inner();
+        plan.stats.rows = rows.into_inner();
+        plan.stats.series = series.into_inner();
+        Ok((out, plan.stats))
+    }
+
+    /// Snapshots the table's sources: head rows, and per segment the series its index
+    /// selects. `None` for an unknown table.
+    fn plan_scan(&self, tenant: &str, req: &ScanRequest) -> Result<Option<ScanPlan>> {
         let inner = &self.inner;
         let Some(mut schema) = inner
             .schemas
@@ -172,15 +270,7 @@ impl Storage {
             .and_then(|t| t.get(&req.table))
             .cloned()
         else {
-            return Ok(ScanOutput {
-                schema: TableSchema {
-                    kind: sonde_types::MetricKind::Gauge,
-                    fields: Vec::new(),
-                    tags: Default::default(),
-                },
-                series: Vec::new(),
-                stats: ScanStats::default(),
-            });
+            return Ok(None);
         };
         if let Some(wanted) = &req.fields {
             schema.fields.retain(|f| wanted.contains(&f.name));
@@ -194,8 +284,7 @@ impl Storage {
             let rows = head_rows(active.table(tenant, &req.table), req, &schema.fields);
             (st.manifest.clone(), st.frozen.clone(), rows)
         };
-        // Each source's rows; segments give theirs sorted by labels.
-        let mut sources: Vec<(bool, Vec<(Labels, SeriesData)>)> = Vec::new();
+        let mut segments = Vec::new();
         for seg in &manifest.segments {
             if seg.tenant != tenant {
                 continue;
@@ -208,25 +297,61 @@ impl Storage {
                 stats.segments_pruned_by_time += 1;
                 continue;
             }
-            let index = self
-                .inner
-                .table_index(seg.id, &seg.index_path, &req.table)?;
+            let index = inner.table_index(seg.id, &seg.index_path, &req.table)?;
             let Some(it) = index.table(&req.table) else {
                 continue;
             };
-            let mut ordinals = it.select(&req.matchers, req.start, req.end);
+            let ordinals = it.select(&req.matchers, req.start, req.end);
             if ordinals.is_empty() {
                 stats.segments_pruned_by_index += 1;
                 continue;
             }
-            let path = inner.dir.join(&seg.path);
+            stats.segment_bytes += seg.bytes;
+            segments.push(SegmentRead {
+                path: inner.dir.join(&seg.path),
+                index,
+                ordinals,
+            });
+        }
+        let mut heads: Vec<_> = frozen
+            .iter()
+            .map(|f| head_rows(f.head.table(tenant, &req.table), req, &schema.fields))
+            .collect();
+        heads.push(active_rows);
+        Ok(Some(ScanPlan {
+            schema,
+            stats,
+            segments,
+            heads,
+        }))
+    }
+
+    /// Reads every source of `plan` and merges them.
+    fn read_plan(&self, plan: ScanPlan, req: &ScanRequest) -> Result<ScanOutput> {
+        let inner = &self.inner;
+        let ScanPlan {
+            schema,
+            mut stats,
+            segments,
+            heads,
+        } = plan;
+        // Each source's rows; segments give theirs sorted by labels.
+        let mut sources: Vec<(bool, Vec<(Labels, SeriesData)>)> = Vec::new();
+        for mut seg in segments {
+            let it = seg
+                .index
+                .table(&req.table)
+                .expect("selected from this table");
             // Large selections are read in contiguous parts of the series, in parallel.
-            let parts =
-                crate::par::map_parts(&mut ordinals, req.threads, PARALLEL_MIN_SERIES, |part| {
+            let parts = crate::par::map_parts(
+                &mut seg.ordinals,
+                req.threads,
+                PARALLEL_MIN_SERIES,
+                |part| {
                     read_series(
                         inner.vfs.as_ref(),
                         &SeriesRead {
-                            path: path.clone(),
+                            path: seg.path.clone(),
                             table: it,
                             ordinals: part,
                             fields: &schema.fields,
@@ -234,28 +359,28 @@ impl Storage {
                             end: req.end,
                         },
                     )
-                });
-            let mut rows = Vec::with_capacity(ordinals.len());
+                },
+            );
+            let mut rows = Vec::with_capacity(seg.ordinals.len());
             for part in parts {
                 let (part_rows, bytes) = part?;
                 rows.extend(part_rows);
                 stats.bytes_read += bytes;
             }
             stats.segments_read += 1;
-            stats.segment_bytes += seg.bytes;
             sources.push((true, rows));
         }
-        for f in &frozen {
-            sources.push((
-                false,
-                head_rows(f.head.table(tenant, &req.table), req, &schema.fields),
-            ));
-        }
-        sources.push((false, active_rows));
+        sources.extend(heads.into_iter().map(|rows| (false, rows)));
         sources.retain(|(_, rows)| !rows.is_empty());
-        if sources.len() == 1 {
+        if sources.len() <= 1 {
             // One source (e.g. everything flushed): nothing to merge.
-            let (sorted, mut series) = sources.pop().expect("one source");
+            let Some((sorted, mut series)) = sources.pop() else {
+                return Ok(ScanOutput {
+                    schema,
+                    series: Vec::new(),
+                    stats,
+                });
+            };
             if !sorted {
                 series.sort_by(|a, b| a.0.cmp(&b.0));
             }
@@ -298,6 +423,19 @@ impl Storage {
             series,
             stats,
         })
+    }
+}
+
+/// The answer for an unknown table.
+fn empty_output() -> ScanOutput {
+    ScanOutput {
+        schema: TableSchema {
+            kind: sonde_types::MetricKind::Gauge,
+            fields: Vec::new(),
+            tags: Default::default(),
+        },
+        series: Vec::new(),
+        stats: ScanStats::default(),
     }
 }
 
