@@ -13,7 +13,7 @@ use sonde_storage::Storage;
 use sonde_types::NAME_LABEL;
 
 use crate::funcs;
-use crate::select::{STALE_NAN_BITS, fetch};
+use crate::select::{STALE_NAN_BITS, fetch, fetch_map};
 use crate::{PromConfig, PromError, Result};
 
 /// A label set, sorted by name; `__name__` is one of the labels.
@@ -440,44 +440,48 @@ impl<'a> Evaluator<'a> {
         let off = offset_ms(&vs.offset);
         let lookback = self.cfg.lookback_delta.as_millis() as i64;
         let matchers = selector_matchers(vs)?;
-        let raws = fetch(
+        // Streamed: each part of the selection becomes step values and is dropped.
+        let (parts, _) = fetch_map(
             self.storage,
             self.tenant,
             &matchers,
             (g.start - off - lookback, g.last() - off),
             &mut self.budget,
             self.cfg.threads,
-        )?;
-        self.check_deadline("reading series")?;
-        let mut out = Vec::with_capacity(raws.len());
-        for r in raws {
-            let mut vals = vec![None; g.n];
-            let n = r.ts.len();
-            let mut j = 0;
-            for (i, o) in vals.iter_mut().enumerate() {
-                let te = g.t(i) - off;
-                while j < n && r.ts[j] <= te {
-                    j += 1;
-                }
-                if j > 0 {
-                    let k = j - 1;
-                    if r.ts[k] >= te - lookback && !is_stale(r.vals[k]) {
-                        *o = Some(if timestamps {
-                            r.ts[k] as f64 / 1000.0
-                        } else {
-                            r.vals[k]
+            |raws| {
+                let mut out = Vec::with_capacity(raws.len());
+                for r in raws {
+                    let mut vals = vec![None; g.n];
+                    let n = r.ts.len();
+                    let mut j = 0;
+                    for (i, o) in vals.iter_mut().enumerate() {
+                        let te = g.t(i) - off;
+                        while j < n && r.ts[j] <= te {
+                            j += 1;
+                        }
+                        if j > 0 {
+                            let k = j - 1;
+                            if r.ts[k] >= te - lookback && !is_stale(r.vals[k]) {
+                                *o = Some(if timestamps {
+                                    r.ts[k] as f64 / 1000.0
+                                } else {
+                                    r.vals[k]
+                                });
+                            }
+                        }
+                    }
+                    if vals.iter().any(Option::is_some) {
+                        out.push(Series {
+                            metric: r.metric,
+                            vals,
                         });
                     }
                 }
-            }
-            if vals.iter().any(Option::is_some) {
-                out.push(Series {
-                    metric: r.metric,
-                    vals,
-                });
-            }
-        }
-        Ok(out)
+                Ok(out)
+            },
+        )?;
+        self.check_deadline("reading series")?;
+        Ok(parts.into_iter().flatten().collect())
     }
 
     /// The samples of a range-vector expression (matrix selector or subquery) that

@@ -16,6 +16,7 @@
 //! promql_timeout_secs = 120     # per PromQL query
 //! promql_max_samples = 50000000 # samples one PromQL query may load
 //! promql_lookback_secs = 300    # lookback window of instant selectors
+//! promql_threads = 2            # parallelism of one PromQL query (default: CPUs)
 //! retention = "15d"             # raw data; "forever" keeps everything
 //!
 //! [retention_overrides]         # per tenant, per table ("table" or "tenant/table")
@@ -92,6 +93,7 @@ pub struct FileConfig {
     promql_timeout_secs: Option<u64>,
     promql_max_samples: Option<usize>,
     promql_lookback_secs: Option<u64>,
+    promql_threads: Option<usize>,
     retention: Option<String>,
     #[serde(default)]
     retention_overrides: RetentionOverrides,
@@ -509,6 +511,11 @@ impl Settings {
                         .promql_lookback_secs
                         .or(file.promql_lookback_secs)
                         .map_or(d.lookback_delta, std::time::Duration::from_secs),
+                    threads: args
+                        .promql_threads
+                        .or(file.promql_threads)
+                        .unwrap_or(d.threads)
+                        .max(1),
                     ..d
                 }
             },

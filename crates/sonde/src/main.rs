@@ -125,6 +125,10 @@ struct ServeArgs {
     /// How far back an instant selector looks for a sample, seconds. Default 300.
     #[arg(long, env = "SONDE_PROMQL_LOOKBACK_SECS")]
     promql_lookback_secs: Option<u64>,
+    /// Threads one PromQL query may use to read and evaluate series. Default: the
+    /// number of CPUs.
+    #[arg(long, env = "SONDE_PROMQL_THREADS")]
+    promql_threads: Option<usize>,
     /// Alerting/recording rule files of the default tenant (repeat the flag; `*` in
     /// the file name allowed). More in the config file's `[alerting]` section.
     #[arg(long = "rule-file", env = "SONDE_RULE_FILES", value_delimiter = ',')]
