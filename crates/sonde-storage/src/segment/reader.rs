@@ -330,6 +330,32 @@ fn append_rows(
         let m = batch.column(pos_of(m)).as_primitive::<Int64Type>();
         let s = batch.column(pos_of(s)).as_primitive::<Int8Type>();
         let fl = batch.column(pos_of(fl)).as_primitive::<Float64Type>();
+        if m.null_count() == 0 {
+            // Every value a decimal (the common case): no validity to track.
+            let pairs = m.values()[range.clone()]
+                .iter()
+                .zip(&s.values()[range.clone()]);
+            let values = match f.ty {
+                FieldType::I64 => Values::I64(
+                    pairs
+                        .map(|(&mm, &ss)| decimal::resolve(mm, ss, acc).0)
+                        .collect(),
+                ),
+                _ => Values::F64(
+                    pairs
+                        .map(|(&mm, &ss)| {
+                            let (mant, scale) = decimal::resolve(mm, ss, acc);
+                            decimal::from_mantissa(mant, scale)
+                        })
+                        .collect(),
+                ),
+            };
+            chunk.cols.push(Some(Column {
+                values,
+                valid: None,
+            }));
+            continue;
+        }
         let mut valid = Vec::with_capacity(n);
         let mut f64s = Vec::new();
         let mut i64s = Vec::new();
