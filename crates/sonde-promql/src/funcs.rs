@@ -121,7 +121,13 @@ fn linear_regression(ts: &[i64], vals: &[f64], intercept_time: i64) -> (f64, f64
 /// `j ≤ i` with `v[j] < v[j-1]`, so a window's correction is a difference. `None`
 /// when the counter never resets (the common case: no corrections to carry).
 fn reset_prefix(vals: &[f64]) -> Option<Vec<f64>> {
-    if !vals.windows(2).any(|w| w[1] < w[0]) {
+    // A fold over two offset slices, not `any` over windows: it vectorizes.
+    let drops = vals
+        .iter()
+        .skip(1)
+        .zip(vals)
+        .fold(false, |seen, (next, prev)| seen | (next < prev));
+    if !drops {
         return None;
     }
     let mut out = Vec::with_capacity(vals.len());
@@ -369,20 +375,21 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
     let keep_name = name == "last_over_time";
     let deadline = ev.deadline();
     // One part of the series: each is independent of the others.
-    let eval_part = |arg: &RangeArg, part: &mut [Raw]| -> Result<Vec<Series>> {
+    let eval_part = |arg: &RangeArg, raws: &mut dyn Iterator<Item = Raw>| -> Result<Vec<Series>> {
         let range_s = arg.range as f64 / 1000.0;
-        let mut out = Vec::with_capacity(part.len());
-        for (ri, raw) in part.iter_mut().enumerate() {
+        let mut out = Vec::new();
+        for (ri, mut raw) in raws.enumerate() {
             if ri % 1024 == 0 && std::time::Instant::now() > deadline {
                 return Err(PromError::Timeout("range function"));
             }
+            drop_stale(&mut raw);
             let counter = matches!(kind, Kind::Rate | Kind::Increase) && !raw.delta;
             let resets = if counter {
                 reset_prefix(&raw.vals)
             } else {
                 None
             };
-            let vals = arg.windows(raw, g, |step, lo, ts, vals, ws, we| {
+            let vals = arg.windows(&raw, g, |step, lo, ts, vals, ws, we| {
                 let window_resets = resets.as_deref().map(|r| &r[lo..lo + vals.len()]);
                 match kind {
                     Kind::Rate | Kind::Increase | Kind::Delta if raw.delta => {
@@ -411,7 +418,7 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
                 }
             });
             if vals.iter().any(Option::is_some) {
-                let mut metric = std::mem::take(&mut raw.metric);
+                let mut metric = raw.metric;
                 if !keep_name {
                     drop_name(&mut metric);
                 }
@@ -431,10 +438,7 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
             span,
             &mut ev.budget,
             ev.cfg.threads,
-            |mut raws| {
-                raws.iter_mut().for_each(drop_stale);
-                eval_part(&arg, &mut raws)
-            },
+            |raws| eval_part(&arg, raws),
         )?;
         (parts, names <= 1)
     } else {
@@ -448,7 +452,7 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
             &mut raws,
             ev.cfg.threads,
             crate::select::PARALLEL_MIN_SERIES,
-            |part| eval_part(&arg, part),
+            |part| eval_part(&arg, &mut part.iter_mut().map(std::mem::take)),
         );
         (parts.into_iter().collect::<Result<Vec<_>>>()?, one_name)
     };

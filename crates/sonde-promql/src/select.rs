@@ -160,8 +160,8 @@ pub(crate) fn fetch(
     Ok(out)
 }
 
-/// [`fetch`] streamed: each part of each metric's selection is handed to `f` as
-/// [`Raw`]s as soon as it is read (see [`Storage::scan_map`]), so a large selection is
+/// [`fetch`] streamed: each part of each metric's selection is handed to `f` as an
+/// iterator of [`Raw`]s as soon as it is read (see [`Storage::scan_map`]), so a large selection is
 /// never held whole. Returns `f`'s results in order and how many metric names were
 /// read. The sample budget is checked as parts arrive.
 pub(crate) fn fetch_map<U: Send>(
@@ -171,7 +171,7 @@ pub(crate) fn fetch_map<U: Send>(
     (mint, maxt): (i64, i64),
     budget: &mut usize,
     threads: usize,
-    f: impl Fn(Vec<Raw>) -> Result<U> + Sync,
+    f: impl Fn(&mut dyn Iterator<Item = Raw>) -> Result<U> + Sync,
 ) -> Result<(Vec<U>, usize)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (names, rest) = split(matchers);
@@ -191,11 +191,11 @@ pub(crate) fn fetch_map<U: Send>(
             if loaded.fetch_add(n, Ordering::Relaxed) + n > limit {
                 return Err(too_many_samples());
             }
-            let raws = part
+            // Converted one at a time as `f` asks: a series stays in cache from its
+            // conversion through its evaluation.
+            f(&mut part
                 .iter_mut()
-                .filter_map(|(labels, data)| to_raw(&r.name, labels, data, delta))
-                .collect();
-            f(raws)
+                .filter_map(|(labels, data)| to_raw(&r.name, labels, data, delta)))
         })?;
         for p in parts {
             out.push(p?);
