@@ -129,40 +129,19 @@ pub(crate) fn fetch(
     storage: &Storage,
     tenant: &str,
     matchers: &[PMatcher],
-    (mint, maxt): (i64, i64),
+    span: (i64, i64),
     budget: &mut usize,
     threads: usize,
 ) -> Result<Vec<Raw>> {
-    let (names, rest) = split(matchers);
-    let refs = resolve(storage, tenant, &names);
-    let label_matchers = storage_matchers(&rest)?;
-    let mut out = Vec::new();
-    for r in refs {
-        let mut req = ScanRequest::new(&r.table, mint, maxt)
-            .with_fields(vec![r.field.clone()])
-            .with_threads(threads);
-        req.matchers = label_matchers.clone();
-        let mut scan = storage.scan(tenant, &req)?;
-        let n: usize = scan.series.iter().map(|(_, d)| d.ts.len()).sum();
-        if n > *budget {
-            return Err(too_many_samples());
-        }
-        *budget -= n;
-        let delta = r.kind == MetricKind::DeltaSum;
-        let parts =
-            sonde_storage::par::map_parts(&mut scan.series, threads, PARALLEL_MIN_SERIES, |part| {
-                part.iter_mut()
-                    .filter_map(|(labels, data)| to_raw(&r.name, labels, data, delta))
-                    .collect::<Vec<_>>()
-            });
-        out.extend(parts.into_iter().flatten());
-    }
-    Ok(out)
+    let (parts, _) = fetch_map(storage, tenant, matchers, span, budget, threads, |raws| {
+        Ok(raws.collect::<Vec<_>>())
+    })?;
+    Ok(parts.into_iter().flatten().collect())
 }
 
 /// [`fetch`] streamed: each part of each metric's selection is handed to `f` as an
-/// iterator of [`Raw`]s as soon as it is read (see [`Storage::scan_map`]), so a large selection is
-/// never held whole. Returns `f`'s results in order and how many metric names were
+/// iterator of [`Raw`]s as soon as it is read (see [`Storage::scan_map`]), so a large
+/// selection is never held whole. Returns `f`'s results in order and how many metric names were
 /// read. The sample budget is checked as parts arrive.
 pub(crate) fn fetch_map<U: Send>(
     storage: &Storage,
