@@ -223,8 +223,38 @@ pub fn encode_batch(tenant: &str, batch: &WriteBatch, keys: &RecordKeys) -> Vec<
     e.0
 }
 
-/// Decodes what [`encode_batch`] wrote.
+/// Payload format of a zstd-compressed encoded batch: `u8 3 | zstd frame` whose
+/// content is a format-2 payload.
+pub const COMPRESSED_FORMAT: u8 = 3;
+
+/// zstd level of WAL payloads: the fastest setting that still shares the repeated
+/// label strings of a remote-write request (they make up most of its bytes).
+const WAL_ZSTD_LEVEL: i32 = 1;
+
+/// [`encode_batch`] compressed (format 3) when that saves at least an eighth; small
+/// payloads, which seldom shrink, stay as they are.
+pub fn encode_batch_compressed(tenant: &str, batch: &WriteBatch, keys: &RecordKeys) -> Vec<u8> {
+    let raw = encode_batch(tenant, batch, keys);
+    if raw.len() < 1024 {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(raw.len() / 4 + 16);
+    out.push(COMPRESSED_FORMAT);
+    match zstd::stream::copy_encode(raw.as_slice(), &mut out, WAL_ZSTD_LEVEL) {
+        Ok(()) if out.len() < raw.len() - raw.len() / 8 => out,
+        _ => raw,
+    }
+}
+
+/// Decodes what [`encode_batch`] or [`encode_batch_compressed`] wrote.
 pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch, RecordKeys), DecodeError> {
+    if buf.first() == Some(&COMPRESSED_FORMAT) {
+        let raw = zstd::stream::decode_all(&buf[1..]).map_err(|_| bad("compressed payload"))?;
+        if raw.first() == Some(&COMPRESSED_FORMAT) {
+            return Err(bad("batch format version"));
+        }
+        return decode_batch(&raw);
+    }
     let mut d = Dec::new(buf);
     let format = d.u8("batch format")?;
     if format != 1 && format != 2 {
@@ -335,5 +365,46 @@ mod tests {
         for cut in 0..enc.len() {
             assert!(decode_batch(&enc[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn compressed_batch_roundtrip() {
+        // A remote-write-like batch: many series, long repeated label values.
+        let mut t = TableBatch::single("llm_tokens_total", MetricKind::Counter, FieldType::I64);
+        for i in 0..200 {
+            let labels = Labels::new([
+                ("model", format!("model-{}", i % 8)),
+                ("tenant", format!("tenant-{}", i % 50)),
+                ("user_id", format!("user-{i:06}")),
+            ])
+            .unwrap();
+            t.series.push(SeriesBatch::i64(
+                labels,
+                vec![1_700_000_000_000 + i],
+                vec![i * 37],
+            ));
+        }
+        let b = WriteBatch { tables: vec![t] };
+        let keys = RecordKeys {
+            written_ms: 7,
+            keys: vec!["k".into()],
+        };
+        let raw = encode_batch("acme", &b, &keys);
+        let enc = encode_batch_compressed("acme", &b, &keys);
+        assert_eq!(enc[0], COMPRESSED_FORMAT);
+        assert!(enc.len() * 3 < raw.len(), "{} vs {}", enc.len(), raw.len());
+        let (tenant, got, got_keys) = decode_batch(&enc).unwrap();
+        assert_eq!((tenant.as_str(), &got_keys), ("acme", &keys));
+        assert_eq!(format!("{got:?}"), format!("{b:?}"));
+        // Damage inside the compressed frame is an error, never a panic.
+        for cut in [1, 2, enc.len() / 2, enc.len() - 1] {
+            assert!(decode_batch(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flipped = enc.clone();
+        flipped[enc.len() / 2] ^= 0x5a;
+        let _ = decode_batch(&flipped);
+        // A tiny batch stays uncompressed (format 2).
+        let small = WriteBatch { tables: Vec::new() };
+        assert_eq!(encode_batch_compressed("a", &small, &keys)[0], BATCH_FORMAT);
     }
 }

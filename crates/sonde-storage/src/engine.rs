@@ -544,7 +544,7 @@ impl Storage {
             written_ms: now,
             keys,
         };
-        let payload = codec::encode_batch(tenant, &batch, &keys);
+        let payload = codec::encode_batch_compressed(tenant, &batch, &keys);
         let (reply, rx) = mpsc::sync_channel(1);
         self.send(WalMsg::Append {
             tenant: tenant.to_string(),
