@@ -139,6 +139,11 @@ impl Labels {
         (0..self.len()).map(move |i| self.pair(i))
     }
 
+    /// The label names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.iter().map(|(k, _)| k)
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len() / 2
     }

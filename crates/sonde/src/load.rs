@@ -67,6 +67,72 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Generate and encode every request before the clock starts (held in memory:
+    /// ~25 bytes a sample for remote_write), so the measured rate is the server's, not
+    /// this generator's, on a machine both share.
+    #[arg(long)]
+    pregenerate: bool,
+    /// Send nothing: decode the pregenerated remote_write payloads (snappy +
+    /// protobuf, with the server's own decoder, on every CPU) and report that rate —
+    /// the ceiling an ingest path with no storage at all would reach.
+    #[arg(long, requires = "pregenerate")]
+    decode_only: bool,
+}
+
+/// Decodes the remote_write payloads on every CPU with the server's decoder (no
+/// storage) and prints the rate: the ceiling of remote_write ingest on this machine.
+fn decode_ceiling(items: &[(usize, Payload, u64)]) -> anyhow::Result<()> {
+    let bodies: Vec<(&[u8], u64)> = items
+        .iter()
+        .filter_map(|(_, p, n)| match p {
+            Payload::RemoteWrite(body) => Some((body.as_slice(), *n)),
+            _ => None,
+        })
+        .collect();
+    if bodies.is_empty() {
+        bail!("--decode-only measures remote_write payloads: use --protocol remote-write");
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let decoded: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<u64> {
+                    let mut samples = 0;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((body, _)) = bodies.get(i) else {
+                            return Ok(samples);
+                        };
+                        let raw = snap::raw::Decoder::new().decompress_vec(body)?;
+                        let (tables, _) = sonde_server::remote_write::decode(&raw, |_| None)
+                            .map_err(|e| anyhow::anyhow!(e))?;
+                        samples += tables
+                            .iter()
+                            .flatten()
+                            .map(|t| t.sample_count() as u64)
+                            .sum::<u64>();
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("decoder thread"))
+            .sum::<anyhow::Result<u64>>()
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let expected: u64 = bodies.iter().map(|(_, n)| n).sum();
+    if decoded != expected {
+        bail!("decoded {decoded} samples, sent batches hold {expected}");
+    }
+    println!(
+        "protocol=RemoteWrite decode_only threads={threads} samples={decoded} requests={} seconds={secs:.2} samples_per_sec={:.0}",
+        bodies.len(),
+        decoded as f64 / secs
+    );
+    Ok(())
 }
 
 enum Payload {
@@ -226,41 +292,58 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         .map(|_| tokio::sync::mpsc::channel::<(Payload, u64)>(4))
         .unzip();
     let batch = args.batch;
-    let producer = std::thread::spawn(move || {
-        for (shard, b) in batches {
-            if protocol == Protocol::Otlp {
-                for (i, (req, samples)) in otlp_chunks(&b, batch).into_iter().enumerate() {
-                    if txs[i % txs.len()]
-                        .blocking_send((Payload::Otlp(req), samples))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                continue;
+    // One generated batch as the requests it becomes, each with its shard.
+    let encode = move |shard: usize, b: WriteBatch| -> Vec<(usize, Payload, u64)> {
+        if protocol == Protocol::Otlp {
+            return otlp_chunks(&b, batch)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (req, samples))| (i, Payload::Otlp(req), samples))
+                .collect();
+        }
+        let samples = b.sample_count() as u64;
+        let payload = match protocol {
+            Protocol::Sonde if is_calls => Payload::Sonde(calls_request(&b)),
+            Protocol::Sonde => Payload::Sonde(sonde_proto::to_v1(&b)),
+            Protocol::Otlp => unreachable!("encoded above"),
+            Protocol::RemoteWrite => {
+                let raw = sonde_proto::to_remote_write(&b).encode_to_vec();
+                Payload::RemoteWrite(
+                    snap::raw::Encoder::new()
+                        .compress_vec(&raw)
+                        .expect("snappy compresses into memory"),
+                )
             }
-            let samples = b.sample_count() as u64;
-            let payload = match protocol {
-                Protocol::Sonde if is_calls => Payload::Sonde(calls_request(&b)),
-                Protocol::Sonde => Payload::Sonde(sonde_proto::to_v1(&b)),
-                Protocol::Otlp => unreachable!("sent above"),
-                Protocol::RemoteWrite => {
-                    let raw = sonde_proto::to_remote_write(&b).encode_to_vec();
-                    Payload::RemoteWrite(
-                        snap::raw::Encoder::new()
-                            .compress_vec(&raw)
-                            .expect("snappy compresses into memory"),
-                    )
-                }
-            };
+        };
+        vec![(shard, payload, samples)]
+    };
+    let send = move |items: &mut dyn Iterator<Item = (usize, Payload, u64)>| {
+        for (shard, payload, samples) in items {
             if txs[shard % txs.len()]
                 .blocking_send((payload, samples))
                 .is_err()
             {
-                break;
+                return;
             }
         }
-    });
+    };
+    let producer = if args.pregenerate {
+        let t = Instant::now();
+        let all: Vec<_> = batches.flat_map(|(shard, b)| encode(shard, b)).collect();
+        eprintln!(
+            "pregenerated {} requests in {:.1} s",
+            all.len(),
+            t.elapsed().as_secs_f64()
+        );
+        if args.decode_only {
+            return decode_ceiling(&all);
+        }
+        std::thread::spawn(move || send(&mut all.into_iter()))
+    } else {
+        std::thread::spawn(move || {
+            send(&mut batches.flat_map(|(shard, b)| encode(shard, b)));
+        })
+    };
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
