@@ -3,8 +3,11 @@
 dataset (first version of issue 8's harness).
 
 For each system, on loopback with a fresh data directory:
-  - ingest with `sonde load --protocol remote-write` (Sonde also over sonde.v1 and
-    OTLP, and under fsync `interval` = 100 ms): samples/s and p99 request latency;
+  - ingest with `sonde load --protocol remote-write --pregenerate` (every request
+    encoded before the clock starts; Sonde also over sonde.v1 and OTLP, and under
+    fsync `interval` = 100 ms): samples/s and p99 request latency;
+  - the decode ceiling: the same remote_write payloads decoded (snappy + protobuf,
+    Sonde's decoder, every CPU) with no storage, and each system's share of it;
   - bytes per sample on disk once persisted: Sonde after `POST /api/v1/admin/flush`
     (segments + indexes + catalog; the WAL is deleted below the watermark),
     VictoriaMetrics after `/internal/force_flush` and `/internal/force_merge` (its
@@ -64,11 +67,21 @@ def du(path):
 def load(sonde, protocol, target, series, samples, start_ms):
     out = subprocess.run(
         [sonde, "load", "--protocol", protocol, "--target", target, "--series", str(series),
-         "--samples", str(samples), "--start-ms", str(start_ms)],
+         "--samples", str(samples), "--start-ms", str(start_ms), "--pregenerate", "--quiet"],
         check=True, capture_output=True, text=True).stdout
     field = lambda k: float(re.search(rf"{k}=([0-9.]+)", out).group(1))
     return {"samples": int(field("samples")), "samples_per_sec": field("samples_per_sec"),
             "p99_ms": field("p99_ms"), "errors": int(field("errors"))}
+
+
+def decode_ceiling(sonde, series, samples, start_ms):
+    """Samples/s of decoding the same remote_write payloads (snappy + protobuf, the
+    server's decoder, every CPU) with no storage: the ceiling of any ingest path."""
+    out = subprocess.run(
+        [sonde, "load", "--protocol", "remote-write", "--series", str(series), "--samples",
+         str(samples), "--start-ms", str(start_ms), "--pregenerate", "--decode-only", "--quiet"],
+        check=True, capture_output=True, text=True).stdout
+    return float(re.search(r"samples_per_sec=([0-9.]+)", out).group(1))
 
 
 def queries(base, q_start, q_end, runs):
@@ -135,10 +148,12 @@ def compare(args, sonde, work):
                                     "--storage.tsdb.retention.time=100y"],
         "http://127.0.0.1:49090", "/-/ready", d, None, sonde, "remote-write",
         "http://127.0.0.1:49090/api/v1/write", args, start_ms))
-    return systems
+    return {"systems": systems,
+            "decode_ceiling": decode_ceiling(sonde, args.series, args.samples, start_ms)}
 
 
-def report(series, samples, systems):
+def report(series, samples, result):
+    systems = result["systems"]
     print(f"\n### {series} series x {samples} samples (15 s)\n")
     print("| system | ingest samples/s | p99 ms | bytes/sample on disk | peak RSS MiB, load + flush | peak RSS MiB, whole run |")
     print("|---|---|---|---|---|---|")
@@ -146,6 +161,12 @@ def report(series, samples, systems):
         i = s["ingest"]
         print(f"| {s['system']} | {i['samples_per_sec']:.0f} | {i['p99_ms']:.1f} | "
               f"{s['bytes_per_sample']:.3f} | {s['load_rss_mib']} | {s['peak_rss_mib']} |")
+    ceiling = result["decode_ceiling"]
+    shares = ", ".join(f"{s['system']} {100 * s['ingest']['samples_per_sec'] / ceiling:.0f} %"
+                       for s in systems if s["system"].startswith(("Sonde remote-write", "Victoria")))
+    print(f"\nDecode ceiling (the same remote_write payloads: snappy + protobuf with Sonde's "
+          f"decoder on every CPU, no storage): {ceiling:.0f} samples/s; share of it: {shares}. "
+          f"Every load is pregenerated (`sonde load --pregenerate`), so the rates are the servers'.")
     with_q = [s for s in systems if s["queries"]]
     prom = next(s for s in with_q if s["system"].startswith("Prometheus"))
     print("\n| query | " + " | ".join(f"{s['system']} ms" for s in with_q) + " |")
@@ -194,11 +215,11 @@ def main():
         args.series = series
         work = tempfile.mkdtemp()
         try:
-            systems = compare(args, sonde, work)
+            result = compare(args, sonde, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        results[series] = systems
-        bad += report(series, args.samples, systems)
+        results[series] = result
+        bad += report(series, args.samples, result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
