@@ -750,31 +750,20 @@ fn cardinality(
 ) -> Result<()> {
     for t in &batch.tables {
         let cap = vol.cap(&t.table, limits.max_series_per_table) + usize::from(vol.overflow);
-        let existing = head.table(tenant, &t.table).map_or(0, |th| th.series.len());
+        let th = head.table(tenant, &t.table);
+        let existing = th.map_or(0, |th| th.series.len());
         if existing + t.series.len() <= cap {
             // Even if every series were new the cap would hold: no lookups (they
             // were a tenth of remote-write ingest CPU).
             continue;
         }
-        let (existing, new) = match head.table(tenant, &t.table) {
-            Some(th) => (
-                th.series.len(),
-                t.series
-                    .iter()
-                    .filter(|s| !th.contains(&s.labels))
-                    .map(|s| &s.labels)
-                    .collect::<std::collections::HashSet<_>>()
-                    .len(),
-            ),
-            None => (
-                0,
-                t.series
-                    .iter()
-                    .map(|s| &s.labels)
-                    .collect::<std::collections::HashSet<_>>()
-                    .len(),
-            ),
-        };
+        let new = t
+            .series
+            .iter()
+            .filter(|s| th.is_none_or(|th| !th.contains(&s.labels)))
+            .map(|s| &s.labels)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
         if new > 0 && existing + new > cap {
             return Err(Error::Invalid(sonde_types::Error::limit(
                 format!("table {:?} active series", t.table),

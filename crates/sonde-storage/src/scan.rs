@@ -213,50 +213,77 @@ impl Storage {
             return Ok((parts, out.stats));
         }
         let seg = plan.segments.pop().expect("one segment");
+        let (parts, bytes) = self.read_segment(
+            &seg,
+            req,
+            &plan.schema.fields,
+            STREAM_PART_SERIES,
+            |mut rows| {
+                let n: usize = rows.iter().map(|(_, d)| d.len()).sum();
+                (f(&mut rows), n, rows.len())
+            },
+        )?;
+        plan.stats.segments_read += 1;
+        plan.stats.bytes_read += bytes;
+        let mut out = Vec::with_capacity(parts.len());
+        for (u, rows, series) in parts {
+            out.push(u);
+            plan.stats.rows += rows;
+            plan.stats.series += series;
+        }
+        Ok((out, plan.stats))
+    }
+
+    /// Reads `seg`'s selected series in contiguous parts — one per thread when there
+    /// are enough series, none larger than `max_part` — on up to `req.threads`
+    /// threads, mapping each part with `f` as soon as it is read. Returns the results
+    /// in order and the bytes read.
+    fn read_segment<U: Send>(
+        &self,
+        seg: &SegmentRead,
+        req: &ScanRequest,
+        fields: &[FieldDef],
+        max_part: usize,
+        f: impl Fn(Vec<(Labels, SeriesData)>) -> U + Sync,
+    ) -> Result<(Vec<U>, u64)> {
         let it = seg
             .index
             .table(&req.table)
             .expect("selected from this table");
-        let bytes = std::sync::atomic::AtomicU64::new(0);
-        let rows = std::sync::atomic::AtomicUsize::new(0);
-        let series = std::sync::atomic::AtomicUsize::new(0);
-        let part = |ordinals: &[u32]| -> Result<U> {
-            let (mut part, b) = read_series(
+        let read = |ordinals: &[u32]| -> Result<(U, u64)> {
+            let (rows, bytes) = read_series(
                 self.inner.vfs.as_ref(),
                 &SeriesRead {
                     path: seg.path.clone(),
                     table: it,
                     ordinals,
-                    fields: &plan.schema.fields,
+                    fields,
                     start: req.start,
                     end: req.end,
                 },
             )?;
-            use std::sync::atomic::Ordering::Relaxed;
-            bytes.fetch_add(b, Relaxed);
-            rows.fetch_add(part.iter().map(|(_, d)| d.len()).sum(), Relaxed);
-            series.fetch_add(part.len(), Relaxed);
-            Ok(f(&mut part))
+            Ok((f(rows), bytes))
         };
-        // Parts small enough to bound memory, and at least one per thread.
         let size = seg
             .ordinals
             .len()
             .div_ceil(req.threads.max(1))
-            .clamp(PARALLEL_MIN_SERIES, STREAM_PART_SERIES);
+            .clamp(PARALLEL_MIN_SERIES, max_part.max(PARALLEL_MIN_SERIES));
         let chunks: Vec<&[u32]> = seg.ordinals.chunks(size).collect();
-        let results: Vec<Result<U>> = if req.threads > 1 && chunks.len() > 1 {
+        let results: Vec<Result<(U, u64)>> = if req.threads > 1 && chunks.len() > 1 {
             use rayon::prelude::*;
-            chunks.into_par_iter().map(&part).collect()
+            chunks.into_par_iter().map(&read).collect()
         } else {
-            chunks.into_iter().map(&part).collect()
+            chunks.into_iter().map(&read).collect()
         };
-        let out = results.into_iter().collect::<Result<Vec<U>>>()?;
-        plan.stats.segments_read += 1;
-        plan.stats.bytes_read += bytes.into_inner();
-        plan.stats.rows = rows.into_inner();
-        plan.stats.series = series.into_inner();
-        Ok((out, plan.stats))
+        let mut out = Vec::with_capacity(results.len());
+        let mut bytes = 0;
+        for r in results {
+            let (u, b) = r?;
+            out.push(u);
+            bytes += b;
+        }
+        Ok((out, bytes))
     }
 
     /// Snapshots the table's sources: head rows, and per segment the series its index
@@ -328,7 +355,6 @@ impl Storage {
 
     /// Reads every source of `plan` and merges them.
     fn read_plan(&self, plan: ScanPlan, req: &ScanRequest) -> Result<ScanOutput> {
-        let inner = &self.inner;
         let ScanPlan {
             schema,
             mut stats,
@@ -337,38 +363,12 @@ impl Storage {
         } = plan;
         // Each source's rows; segments give theirs sorted by labels.
         let mut sources: Vec<(bool, Vec<(Labels, SeriesData)>)> = Vec::new();
-        for mut seg in segments {
-            let it = seg
-                .index
-                .table(&req.table)
-                .expect("selected from this table");
-            // Large selections are read in contiguous parts of the series, in parallel.
-            let parts = crate::par::map_parts(
-                &mut seg.ordinals,
-                req.threads,
-                PARALLEL_MIN_SERIES,
-                |part| {
-                    read_series(
-                        inner.vfs.as_ref(),
-                        &SeriesRead {
-                            path: seg.path.clone(),
-                            table: it,
-                            ordinals: part,
-                            fields: &schema.fields,
-                            start: req.start,
-                            end: req.end,
-                        },
-                    )
-                },
-            );
-            let mut rows = Vec::with_capacity(seg.ordinals.len());
-            for part in parts {
-                let (part_rows, bytes) = part?;
-                rows.extend(part_rows);
-                stats.bytes_read += bytes;
-            }
+        for seg in segments {
+            let (parts, bytes) =
+                self.read_segment(&seg, req, &schema.fields, usize::MAX, |rows| rows)?;
+            stats.bytes_read += bytes;
             stats.segments_read += 1;
-            sources.push((true, rows));
+            sources.push((true, parts.into_iter().flatten().collect()));
         }
         sources.extend(heads.into_iter().map(|rows| (false, rows)));
         sources.retain(|(_, rows)| !rows.is_empty());

@@ -286,10 +286,16 @@ pub fn encode_segment_to(
             tag_keys.extend(labels.iter().map(|(k, _)| k.to_string()));
         }
     }
-    let mut w = SegmentWriter::new(&tag_keys, &field_names, opts)?;
-    if let Some((f, path)) = file {
-        w = w.into_file(f, path)?;
-    }
+    let sink = match file {
+        Some((file, path)) => Sink::File {
+            file,
+            path,
+            len: 0,
+            buf: Vec::with_capacity(SINK_BUFFER),
+        },
+        None => Sink::Memory(Vec::new()),
+    };
+    let mut w = SegmentWriter::with_sink(&tag_keys, &field_names, &BTreeSet::new(), opts, sink)?;
     // About a byte a row is what metric tables take: reserving it up front spares a
     // large flush the output buffer's doubling (up to 1.5x the file held twice).
     let rows: usize = tables
@@ -352,7 +358,6 @@ impl std::io::Write for Sink {
 /// list goes into the Parquet metadata when the writer finishes.
 pub struct SegmentWriter {
     opts: WriteOptions,
-    props: WriterProperties,
     writer: ArrowWriter<Sink>,
     builder: BatchBuilder,
     index: SegmentIndex,
@@ -387,17 +392,29 @@ impl SegmentWriter {
         bytes_fields: &BTreeSet<String>,
         opts: &WriteOptions,
     ) -> Result<Self> {
+        Self::with_sink(
+            tag_keys,
+            field_names,
+            bytes_fields,
+            opts,
+            Sink::Memory(Vec::new()),
+        )
+    }
+
+    /// A writer putting the Parquet bytes into `sink`.
+    fn with_sink(
+        tag_keys: &BTreeSet<String>,
+        field_names: &BTreeSet<String>,
+        bytes_fields: &BTreeSet<String>,
+        opts: &WriteOptions,
+        sink: Sink,
+    ) -> Result<Self> {
         let schema = physical_schema(tag_keys, field_names, bytes_fields);
         let props = writer_properties(opts, field_names);
-        let writer = ArrowWriter::try_new(
-            Sink::Memory(Vec::new()),
-            schema.clone(),
-            Some(props.clone()),
-        )
-        .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
+            .map_err(|e| Error::parquet(std::path::Path::new("<segment>"), e))?;
         Ok(SegmentWriter {
             opts: opts.clone(),
-            props,
             writer,
             builder: BatchBuilder::new(schema, tag_keys, field_names, bytes_fields),
             index: SegmentIndex::default(),
@@ -405,30 +422,6 @@ impl SegmentWriter {
             row: 0,
             cur: None,
         })
-    }
-
-    /// Writes the Parquet bytes to `file` (at `path`) instead of memory, so a large
-    /// flush does not hold the whole file. Call before anything is written.
-    pub fn into_file(
-        mut self,
-        file: Box<dyn AppendFile>,
-        path: std::path::PathBuf,
-    ) -> Result<Self> {
-        let err = |e| Error::parquet(std::path::Path::new("<segment>"), e);
-        let schema = self.builder.schema.clone();
-        let props = self.props.clone();
-        self.writer = ArrowWriter::try_new(
-            Sink::File {
-                file,
-                path,
-                len: 0,
-                buf: Vec::with_capacity(SINK_BUFFER),
-            },
-            schema,
-            Some(props),
-        )
-        .map_err(err)?;
-        Ok(self)
     }
 
     /// Starts the next table (names must ascend).
