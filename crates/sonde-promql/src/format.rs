@@ -1,5 +1,7 @@
 //! Prometheus' JSON result encoding.
 
+use std::io::Write;
+
 use serde_json::{Value, json};
 
 use crate::eval::{Metric, QueryValue};
@@ -7,14 +9,21 @@ use crate::eval::{Metric, QueryValue};
 /// A sample value as Prometheus writes it: shortest round-trip decimal without an
 /// exponent, `NaN`, `+Inf`, `-Inf`.
 pub fn format_float(v: f64) -> String {
+    let mut out = Vec::new();
+    write_float(&mut out, v);
+    String::from_utf8(out).expect("a float is ASCII")
+}
+
+/// [`format_float`] appended to `out`.
+fn write_float(out: &mut Vec<u8>, v: f64) {
     if v.is_nan() {
-        "NaN".into()
+        out.extend_from_slice(b"NaN");
     } else if v == f64::INFINITY {
-        "+Inf".into()
+        out.extend_from_slice(b"+Inf");
     } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
+        out.extend_from_slice(b"-Inf");
     } else {
-        format!("{v}")
+        write!(out, "{v}").expect("writing to memory");
     }
 }
 
@@ -27,18 +36,103 @@ pub fn format_time(ms: i64) -> Value {
     }
 }
 
-fn metric_json(m: &Metric) -> Value {
-    let map: serde_json::Map<String, Value> = m
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    Value::Object(map)
+impl QueryValue {
+    /// The `data` object of a query response as JSON text, written directly: a matrix
+    /// of many points does not become a tree of `Value`s (one allocation per point).
+    pub fn json_text(&self) -> String {
+        let mut out = Vec::with_capacity(256);
+        match self {
+            QueryValue::Scalar(t, v) => {
+                out.extend_from_slice(br#"{"resultType":"scalar","result":"#);
+                write_point(&mut out, *t, *v);
+                out.push(b'}');
+            }
+            QueryValue::String(t, s) => {
+                out.extend_from_slice(br#"{"resultType":"string","result":["#);
+                write_json(&mut out, &format_time(*t));
+                out.push(b',');
+                write_json(&mut out, s);
+                out.extend_from_slice(b"]}");
+            }
+            QueryValue::Vector(samples) => {
+                out.extend_from_slice(br#"{"resultType":"vector","result":["#);
+                for (i, (m, t, v)) in samples.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(br#"{"metric":"#);
+                    write_metric(&mut out, m);
+                    out.extend_from_slice(br#","value":"#);
+                    write_point(&mut out, *t, *v);
+                    out.push(b'}');
+                }
+                out.extend_from_slice(b"]}");
+            }
+            QueryValue::Matrix(series) => {
+                out.extend_from_slice(br#"{"resultType":"matrix","result":["#);
+                for (i, s) in series.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(br#"{"metric":"#);
+                    write_metric(&mut out, &s.metric);
+                    out.extend_from_slice(br#","values":["#);
+                    for (j, (t, v)) in s.ts.iter().zip(&s.vals).enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        write_point(&mut out, *t, *v);
+                    }
+                    out.extend_from_slice(b"]}");
+                }
+                out.extend_from_slice(b"]}");
+            }
+        }
+        String::from_utf8(out).expect("JSON text is UTF-8")
+    }
 }
 
-impl QueryValue {
-    /// The `data` object of a query response.
-    pub fn to_json(&self) -> Value {
-        match self {
+fn write_json(out: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
+    serde_json::to_writer(&mut *out, v).expect("writing to memory");
+}
+
+fn write_metric(out: &mut Vec<u8>, m: &Metric) {
+    out.push(b'{');
+    for (i, (k, v)) in m.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(out, k);
+        out.push(b':');
+        write_json(out, v);
+    }
+    out.push(b'}');
+}
+
+/// `[time, "value"]`, as [`format_time`] and [`format_float`] write them.
+fn write_point(out: &mut Vec<u8>, t: i64, v: f64) {
+    out.push(b'[');
+    write_json(out, &format_time(t));
+    out.extend_from_slice(b",\"");
+    write_float(out, v);
+    out.extend_from_slice(b"\"]");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encoding as `serde_json` values (what the server answered with before
+    /// `json_text`): the reference the text must parse to.
+    fn reference_json(v: &QueryValue) -> Value {
+        let metric_json = |m: &Metric| -> Value {
+            Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            )
+        };
+        match v {
             QueryValue::Scalar(t, v) => json!({
                 "resultType": "scalar",
                 "result": [format_time(*t), format_float(*v)],
@@ -65,90 +159,6 @@ impl QueryValue {
             }),
         }
     }
-}
-
-impl QueryValue {
-    /// [`QueryValue::to_json`] as JSON text, written directly: a matrix of many points
-    /// does not become a tree of `Value`s (one allocation per point) first.
-    pub fn json_text(&self) -> String {
-        let mut out = Vec::with_capacity(256);
-        match self {
-            QueryValue::Scalar(..) | QueryValue::String(..) => return self.to_json().to_string(),
-            QueryValue::Vector(samples) => {
-                out.extend_from_slice(br#"{"resultType":"vector","result":["#);
-                for (i, (m, t, v)) in samples.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(br#"{"metric":"#);
-                    write_metric(&mut out, m);
-                    out.extend_from_slice(br#","value":"#);
-                    write_point(&mut out, *t, *v);
-                    out.push(b'}');
-                }
-            }
-            QueryValue::Matrix(series) => {
-                out.extend_from_slice(br#"{"resultType":"matrix","result":["#);
-                for (i, s) in series.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(br#"{"metric":"#);
-                    write_metric(&mut out, &s.metric);
-                    out.extend_from_slice(br#","values":["#);
-                    for (j, (t, v)) in s.ts.iter().zip(&s.vals).enumerate() {
-                        if j > 0 {
-                            out.push(b',');
-                        }
-                        write_point(&mut out, *t, *v);
-                    }
-                    out.extend_from_slice(b"]}");
-                }
-            }
-        }
-        out.extend_from_slice(b"]}");
-        String::from_utf8(out).expect("JSON text is UTF-8")
-    }
-}
-
-fn write_metric(out: &mut Vec<u8>, m: &Metric) {
-    out.push(b'{');
-    for (i, (k, v)) in m.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut *out, k).expect("writing to memory");
-        out.push(b':');
-        serde_json::to_writer(&mut *out, v).expect("writing to memory");
-    }
-    out.push(b'}');
-}
-
-/// `[time, "value"]`, as [`format_time`] and [`format_float`] write them.
-fn write_point(out: &mut Vec<u8>, t: i64, v: f64) {
-    use std::io::Write;
-    out.push(b'[');
-    if t % 1000 == 0 {
-        write!(out, "{}", t / 1000).expect("writing to memory");
-    } else {
-        serde_json::to_writer(&mut *out, &(t as f64 / 1000.0)).expect("writing to memory");
-    }
-    out.extend_from_slice(b",\"");
-    if v.is_nan() {
-        out.extend_from_slice(b"NaN");
-    } else if v == f64::INFINITY {
-        out.extend_from_slice(b"+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.extend_from_slice(b"-Inf");
-    } else {
-        write!(out, "{v}").expect("writing to memory");
-    }
-    out.extend_from_slice(b"\"]");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn json_text_is_the_json_value() {
@@ -195,7 +205,7 @@ mod tests {
         ];
         for v in values {
             let parsed: Value = serde_json::from_str(&v.json_text()).unwrap();
-            assert_eq!(parsed, v.to_json(), "{v:?}");
+            assert_eq!(parsed, reference_json(&v), "{v:?}");
         }
     }
 
