@@ -221,6 +221,16 @@ pub(crate) fn merge_same(series: Vec<Series>) -> Result<Vec<Series>> {
     Ok(out)
 }
 
+/// A timeout error naming `stage` once `deadline` has passed (for work that runs
+/// away from the [`Evaluator`], e.g. on the worker pool).
+pub(crate) fn within(deadline: Instant, stage: &'static str) -> Result<()> {
+    if Instant::now() > deadline {
+        Err(PromError::Timeout(stage))
+    } else {
+        Ok(())
+    }
+}
+
 /// Removes stale markers: range functions never see them.
 pub(crate) fn drop_stale(r: &mut Raw) {
     // A fold, not `any`: without the early exit the scan vectorizes.
@@ -287,11 +297,7 @@ impl<'a> Evaluator<'a> {
     }
 
     pub fn check_deadline(&self, stage: &'static str) -> Result<()> {
-        if Instant::now() > self.deadline {
-            Err(PromError::Timeout(stage))
-        } else {
-            Ok(())
-        }
+        within(self.deadline, stage)
     }
 
     /// Evaluates `expr` at `n` steps from `start` (`step` 0 for an instant query).

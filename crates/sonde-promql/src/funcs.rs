@@ -8,7 +8,7 @@ use sonde_types::NAME_LABEL;
 
 use crate::eval::{
     Evaluator, Grid, Metric, RangeArg, Raw, Series, Val, drop_name, drop_stale, get, merge_same,
-    set_label, strip_parens,
+    set_label, strip_parens, within,
 };
 use crate::format::format_float;
 use crate::select::fetch_map;
@@ -379,8 +379,8 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
         let range_s = arg.range as f64 / 1000.0;
         let mut out = Vec::new();
         for (ri, mut raw) in raws.enumerate() {
-            if ri % 1024 == 0 && std::time::Instant::now() > deadline {
-                return Err(PromError::Timeout("range function"));
+            if ri % 1024 == 0 {
+                within(deadline, "range function")?;
             }
             drop_stale(&mut raw);
             let counter = matches!(kind, Kind::Rate | Kind::Increase) && !raw.delta;
@@ -451,7 +451,7 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
         let parts = sonde_storage::par::map_parts(
             &mut raws,
             ev.cfg.threads,
-            crate::select::PARALLEL_MIN_SERIES,
+            sonde_storage::par::PARALLEL_MIN_SERIES,
             |part| eval_part(&arg, &mut part.iter_mut().map(std::mem::take)),
         );
         (parts.into_iter().collect::<Result<Vec<_>>>()?, one_name)

@@ -118,9 +118,6 @@ pub(crate) fn split(matchers: &[PMatcher]) -> (Vec<&PMatcher>, Vec<&PMatcher>) {
     matchers.iter().partition(|m| m.name == NAME_LABEL)
 }
 
-/// Fewest series worth a thread of their own when converting or evaluating.
-pub(crate) const PARALLEL_MIN_SERIES: usize = 256;
-
 /// All samples in `[mint, maxt]` of the series matching `matchers`. Each series is
 /// sorted by time; `__name__` is among its labels. `budget` is decreased by the
 /// samples loaded and the call fails once it would go below zero. Segment reads and

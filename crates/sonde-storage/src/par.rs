@@ -4,6 +4,9 @@
 
 use rayon::prelude::*;
 
+/// Fewest series worth a thread of their own (reading, converting, evaluating).
+pub const PARALLEL_MIN_SERIES: usize = 256;
+
 /// The machine's cores (1 when unknown): the default parallelism of one query.
 pub fn available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -19,6 +19,7 @@ use sonde_types::{FieldDef, FieldType, Labels, TIME_COLUMN, TimestampMs};
 
 use crate::engine::TableSchema;
 use crate::head::TableHead;
+use crate::par::PARALLEL_MIN_SERIES;
 use crate::postings::Matcher;
 use crate::segment::index::SegmentIndex;
 use crate::segment::reader::{SeriesRead, read_series};
@@ -147,9 +148,6 @@ pub struct ScanStats {
     pub series: usize,
     pub rows: usize,
 }
-
-/// Fewest series of one segment worth a thread of their own.
-const PARALLEL_MIN_SERIES: usize = 256;
 
 /// The merged result of a scan.
 #[derive(Debug)]

@@ -82,7 +82,7 @@ pub struct LoadArgs {
 /// Decodes the remote_write payloads on every CPU with the server's decoder (no
 /// storage) and prints the rate: the ceiling of remote_write ingest on this machine.
 fn decode_ceiling(items: &[(usize, Payload, u64)]) -> anyhow::Result<()> {
-    let bodies: Vec<(&[u8], u64)> = items
+    let mut bodies: Vec<(&[u8], u64)> = items
         .iter()
         .filter_map(|(_, p, n)| match p {
             Payload::RemoteWrite(body) => Some((body.as_slice(), *n)),
@@ -92,36 +92,24 @@ fn decode_ceiling(items: &[(usize, Payload, u64)]) -> anyhow::Result<()> {
     if bodies.is_empty() {
         bail!("--decode-only measures remote_write payloads: use --protocol remote-write");
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = sonde_storage::par::available();
     let started = Instant::now();
-    let decoded: u64 = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> anyhow::Result<u64> {
-                    let mut samples = 0;
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((body, _)) = bodies.get(i) else {
-                            return Ok(samples);
-                        };
-                        let raw = snap::raw::Decoder::new().decompress_vec(body)?;
-                        let (tables, _) = sonde_server::remote_write::decode(&raw, |_| None)
-                            .map_err(|e| anyhow::anyhow!(e))?;
-                        samples += tables
-                            .iter()
-                            .flatten()
-                            .map(|t| t.sample_count() as u64)
-                            .sum::<u64>();
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("decoder thread"))
-            .sum::<anyhow::Result<u64>>()
-    })?;
+    let decoded: u64 = sonde_storage::par::map_parts(&mut bodies, threads, 1, |part| {
+        let mut samples = 0u64;
+        for (body, _) in part.iter() {
+            let raw = snap::raw::Decoder::new().decompress_vec(body)?;
+            let (tables, _) = sonde_server::remote_write::decode(&raw, |_| None)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            samples += tables
+                .iter()
+                .flatten()
+                .map(|t| t.sample_count() as u64)
+                .sum::<u64>();
+        }
+        anyhow::Ok(samples)
+    })
+    .into_iter()
+    .sum::<anyhow::Result<u64>>()?;
     let secs = started.elapsed().as_secs_f64();
     let expected: u64 = bodies.iter().map(|(_, n)| n).sum();
     if decoded != expected {
