@@ -21,6 +21,7 @@ pub mod pricing;
 pub mod prom_api;
 pub mod remote_write;
 pub mod rules;
+pub mod series_cache;
 pub mod sql;
 
 use std::net::SocketAddr;
@@ -109,6 +110,8 @@ pub struct AppState {
     pub promql: sonde_promql::PromConfig,
     /// Alerting and recording rules, when configured (set once the runtime runs).
     pub rules: std::sync::OnceLock<sonde_rules::Manager>,
+    /// Label sets remote_write already decoded, by their wire bytes.
+    pub series_cache: series_cache::SeriesCache,
 }
 
 /// Failures starting or running the servers.

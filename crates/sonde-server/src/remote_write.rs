@@ -14,7 +14,7 @@
 //! request's metadata when present; else from the name: `_total` → counter,
 //! `_bucket`, `_sum`, `_count` → histogram series, otherwise gauge.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -27,6 +27,7 @@ use sonde_types::{FieldType, Labels, MetricKind, NAME_LABEL, SeriesBatch, TableB
 
 use crate::AppState;
 use crate::ingest::{Rejected, ingest};
+use crate::series_cache::Lookups;
 
 /// Largest compressed body accepted.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -68,7 +69,18 @@ pub async fn write(
             return plain(StatusCode::BAD_REQUEST, format!("snappy: {e}"));
         }
     };
-    let decoded = decode(&raw, |t| state.storage.table_kind(&tenant, t));
+    let decoded = {
+        let cache = state.series_cache.lookups();
+        let decoded = decode(
+            &raw,
+            |t| state.storage.table_kind(&tenant, t),
+            cache.as_ref(),
+        );
+        if let Some(c) = cache {
+            c.finish();
+        }
+        decoded
+    };
     let (tables, metadata) = match decoded {
         Ok(d) => d,
         Err(e) => {
@@ -127,9 +139,14 @@ pub type Decoded = (Vec<Result<TableBatch, Rejected>>, Vec<MetricMetadata>);
 /// into generated structs first was the largest cost of remote_write ingest). Series
 /// are grouped by metric name; series Sonde cannot take are returned as
 /// rejections. Also returns the request's metadata.
+///
+/// With `cache`, a series whose label bytes were decoded before (same tenant, same
+/// bytes) reuses that label set and table name instead of decoding its labels again
+/// (see [`crate::series_cache`]); the result is the same either way.
 pub fn decode(
     raw: &[u8],
     existing_kind: impl Fn(&str) -> Option<MetricKind>,
+    cache: Option<&Lookups<'_>>,
 ) -> Result<Decoded, String> {
     let mut series_msgs = Vec::new();
     let mut metadata = Vec::new();
@@ -146,89 +163,163 @@ pub fn decode(
         .iter()
         .map(|m| (m.metric_family_name.as_str(), m.r#type()))
         .collect();
-    let mut tables: BTreeMap<&str, TableBatch> = BTreeMap::new();
+    // Tables in order of first appearance, found by name; consecutive series of one
+    // metric (the usual order) skip the search.
+    let mut tables: Vec<(Arc<str>, TableBatch)> = Vec::new();
+    let mut by_name: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut last: Option<usize> = None;
     let mut out = Vec::new();
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     for msg in series_msgs {
-        pairs.clear();
-        let mut name: Option<&str> = None;
-        let (mut ts, mut vals) = (Vec::new(), Vec::new());
-        let mut histograms = 0u64;
-        let mut r = Reader(msg);
-        while let Some((field, wire)) = r.key()? {
-            match (field, wire) {
-                (1, LEN) => {
-                    let (mut n, mut v) = ("", "");
-                    let mut l = Reader(r.bytes()?);
-                    while let Some((f, w)) = l.key()? {
-                        match (f, w) {
-                            (1, LEN) => n = l.str()?,
-                            (2, LEN) => v = l.str()?,
-                            _ => l.skip(w)?,
-                        }
-                    }
+        let series = scan_series(msg)?;
+        let samples = series.timestamps.len() as u64;
+        let key = match (cache, series.label_span) {
+            (Some(c), Some(wire)) => Some(c.key(wire)),
+            _ => None,
+        };
+        let hit = match (cache, key, series.label_span) {
+            (Some(c), Some(k), Some(wire)) => c.get(k, wire),
+            _ => None,
+        };
+        let (name, labels): (&str, Labels) = match hit {
+            Some(e) => (&e.table, e.labels.clone()),
+            None => {
+                let mut name: Option<&str> = None;
+                pairs.clear();
+                let mut l = Reader(series.label_fields);
+                while let Some((n, v)) = l.label()? {
+                    let (n, v) = (utf8(n)?, utf8(v)?);
                     if n == NAME_LABEL {
                         name = Some(v);
                     } else {
                         pairs.push((n, v));
                     }
                 }
-                (2, LEN) => {
-                    let (mut value, mut t) = (0.0, 0i64);
-                    let mut smp = Reader(r.bytes()?);
-                    while let Some((f, w)) = smp.key()? {
-                        match (f, w) {
-                            (1, I64) => value = f64::from_bits(smp.fixed64()?),
-                            (2, VARINT) => t = smp.varint()? as i64,
-                            _ => smp.skip(w)?,
-                        }
+                let Some(name) = name else {
+                    out.push(Err(Rejected {
+                        table: String::new(),
+                        reason: "series without a __name__ label".into(),
+                        samples,
+                    }));
+                    continue;
+                };
+                if series.histograms > 0 {
+                    out.push(Err(Rejected {
+                        table: name.to_string(),
+                        reason: "native histograms are not supported; send classic buckets".into(),
+                        samples: series.histograms,
+                    }));
+                    continue;
+                }
+                match Labels::from_strs(&mut pairs) {
+                    Ok(l) => (name, l),
+                    Err(e) => {
+                        out.push(Err(Rejected {
+                            table: name.to_string(),
+                            reason: e.to_string(),
+                            samples,
+                        }));
+                        continue;
                     }
-                    ts.push(t);
-                    vals.push(value);
                 }
-                (4, LEN) => {
-                    r.bytes()?;
-                    histograms += 1;
-                }
-                _ => r.skip(wire)?,
-            }
-        }
-        let samples = ts.len() as u64;
-        let Some(name) = name else {
-            out.push(Err(Rejected {
-                table: String::new(),
-                reason: "series without a __name__ label".into(),
-                samples,
-            }));
-            continue;
-        };
-        if histograms > 0 {
-            out.push(Err(Rejected {
-                table: name.to_string(),
-                reason: "native histograms are not supported; send classic buckets".into(),
-                samples: histograms,
-            }));
-            continue;
-        }
-        let labels = match Labels::from_strs(&mut pairs) {
-            Ok(l) => l,
-            Err(e) => {
-                out.push(Err(Rejected {
-                    table: name.to_string(),
-                    reason: e.to_string(),
-                    samples,
-                }));
-                continue;
             }
         };
-        let table = tables.entry(name).or_insert_with(|| {
-            let kind = existing_kind(name).unwrap_or_else(|| kind_of(name, &meta));
-            TableBatch::single(name, kind, FieldType::F64)
-        });
-        table.series.push(SeriesBatch::f64(labels, ts, vals));
+        let idx = match last.filter(|&i| *tables[i].0 == *name) {
+            Some(i) => i,
+            None => match by_name.get(name) {
+                Some(&i) => i,
+                None => {
+                    let kind = existing_kind(name).unwrap_or_else(|| kind_of(name, &meta));
+                    let shared: Arc<str> = Arc::from(name);
+                    by_name.insert(shared.clone(), tables.len());
+                    tables.push((shared, TableBatch::single(name, kind, FieldType::F64)));
+                    tables.len() - 1
+                }
+            },
+        };
+        last = Some(idx);
+        if hit.is_none()
+            && let (Some(c), Some(k), Some(wire)) = (cache, key, series.label_span)
+        {
+            c.add(k, wire, tables[idx].0.clone(), labels.clone());
+        }
+        tables[idx]
+            .1
+            .series
+            .push(SeriesBatch::f64(labels, series.timestamps, series.values));
     }
-    out.extend(tables.into_values().map(Ok));
+    out.extend(tables.into_iter().map(|(_, t)| Ok(t)));
     Ok((out, metadata))
+}
+
+/// One `prometheus.TimeSeries`, its labels not yet decoded.
+struct ScannedSeries<'a> {
+    /// The label fields (`Label` messages, with their keys), in wire order.
+    label_fields: &'a [u8],
+    /// The same bytes when nothing else sits between them (the usual layout): the
+    /// series-cache key. `None` if labels and other fields interleave.
+    label_span: Option<&'a [u8]>,
+    timestamps: Vec<i64>,
+    values: Vec<f64>,
+    histograms: u64,
+}
+
+/// Reads a series' samples and finds its label fields.
+fn scan_series(msg: &[u8]) -> Result<ScannedSeries<'_>, String> {
+    let mut r = Reader(msg);
+    let (mut first, mut end, mut contiguous) = (None::<usize>, 0, true);
+    let (mut timestamps, mut values) = (Vec::new(), Vec::new());
+    let mut histograms = 0u64;
+    loop {
+        let at = msg.len() - r.0.len();
+        let Some((field, wire)) = r.key()? else { break };
+        match (field, wire) {
+            (1, LEN) => {
+                r.bytes()?;
+                if first.is_some() && end != at {
+                    contiguous = false;
+                }
+                first.get_or_insert(at);
+                end = msg.len() - r.0.len();
+            }
+            (2, LEN) => {
+                let (mut value, mut t) = (0.0, 0i64);
+                let mut smp = Reader(r.bytes()?);
+                while let Some((f, w)) = smp.key()? {
+                    match (f, w) {
+                        (1, I64) => value = f64::from_bits(smp.fixed64()?),
+                        (2, VARINT) => t = smp.varint()? as i64,
+                        _ => smp.skip(w)?,
+                    }
+                }
+                timestamps.push(t);
+                values.push(value);
+            }
+            (4, LEN) => {
+                r.bytes()?;
+                histograms += 1;
+            }
+            _ => r.skip(wire)?,
+        }
+    }
+    let (label_fields, label_span) = match first {
+        Some(start) if contiguous => (&msg[start..end], Some(&msg[start..end])),
+        // Interleaved: hand the whole message to the label reader, which skips the
+        // other fields.
+        Some(_) => (msg, None),
+        None => (&msg[..0], None),
+    };
+    Ok(ScannedSeries {
+        label_fields,
+        label_span,
+        timestamps,
+        values,
+        histograms,
+    })
+}
+
+fn utf8(b: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(b).map_err(|e| format!("label text: {e}"))
 }
 
 const VARINT: u8 = 0;
@@ -277,8 +368,26 @@ impl<'a> Reader<'a> {
         let n = self.varint()?;
         self.take(usize::try_from(n).map_err(|_| "length overflow".to_string())?)
     }
-    fn str(&mut self) -> Result<&'a str, String> {
-        std::str::from_utf8(self.bytes()?).map_err(|e| format!("label text: {e}"))
+    /// The next `Label` field's name and value bytes, skipping other fields; `None`
+    /// at the end.
+    fn label(&mut self) -> Result<Option<(&'a [u8], &'a [u8])>, String> {
+        while let Some((field, wire)) = self.key()? {
+            if (field, wire) != (1, LEN) {
+                self.skip(wire)?;
+                continue;
+            }
+            let (mut n, mut v): (&[u8], &[u8]) = (b"", b"");
+            let mut l = Reader(self.bytes()?);
+            while let Some((f, w)) = l.key()? {
+                match (f, w) {
+                    (1, LEN) => n = l.bytes()?,
+                    (2, LEN) => v = l.bytes()?,
+                    _ => l.skip(w)?,
+                }
+            }
+            return Ok(Some((n, v)));
+        }
+        Ok(None)
     }
     fn fixed64(&mut self) -> Result<u64, String> {
         let b = self.take(8)?;
@@ -336,7 +445,7 @@ mod tests {
                 unit: String::new(),
             }],
         };
-        let (tables, meta) = decode(&req.encode_to_vec(), |_| None).unwrap();
+        let (tables, meta) = decode(&req.encode_to_vec(), |_| None, None).unwrap();
         assert_eq!(meta.len(), 1);
         let ok: Vec<&TableBatch> = tables.iter().filter_map(|t| t.as_ref().ok()).collect();
         assert_eq!(ok.len(), 1);
@@ -360,7 +469,47 @@ mod tests {
         assert_eq!(errs.len(), 2);
         assert!(errs[0].reason.contains("__name__"));
         assert!(errs[1].reason.contains("more than once"));
-        assert!(decode(&[0x0a, 0xff], |_| None).is_err(), "truncated");
-        assert!(decode(b"\x0b", |_| None).is_err(), "group wire type");
+        assert!(decode(&[0x0a, 0xff], |_| None, None).is_err(), "truncated");
+        assert!(decode(b"\x0b", |_| None, None).is_err(), "group wire type");
+    }
+
+    #[test]
+    fn cache_hits_decode_the_same() {
+        let req = |order: &[(&str, &str)]| {
+            WriteRequest {
+                timeseries: vec![
+                    ts(order, &[(1_000, 1.0)]),
+                    ts(&[("__name__", "b"), ("x", "1")], &[(1_000, 2.0)]),
+                    ts(&[("x", "1")], &[(1, 1.0)]),
+                ],
+                metadata: vec![],
+            }
+            .encode_to_vec()
+        };
+        let cache = crate::series_cache::SeriesCache::new(100);
+        let run = |raw: &[u8]| {
+            let l = cache.lookups().unwrap();
+            let (tables, _) = decode(raw, |_| None, Some(&l)).unwrap();
+            l.finish();
+            tables
+        };
+        let sorted = [("__name__", "a_total"), ("job", "j"), ("zone", "z")];
+        let cold = run(&req(&sorted));
+        assert_eq!(cache.len(), 2, "the two named series; not the rejected one");
+        let warm = run(&req(&sorted));
+        let uncached = decode(&req(&sorted), |_| None, None).unwrap().0;
+        assert_eq!(cold, warm);
+        assert_eq!(cold, uncached);
+        let (c, w) = (cold[1].as_ref().unwrap(), warm[1].as_ref().unwrap());
+        assert_eq!((c.table.as_str(), c.kind), ("a_total", MetricKind::Counter));
+        assert!(
+            c.series[0].labels.same(&w.series[0].labels),
+            "the hit hands out the first decode's shared label set"
+        );
+        // Other bytes for the same set (another label order): decoded in full, equal.
+        let shuffled = run(&req(&[("zone", "z"), ("job", "j"), ("__name__", "a_total")]));
+        assert_eq!(shuffled, cold);
+        assert!(!shuffled[1].as_ref().unwrap().series[0].labels.same(&c.series[0].labels));
+        assert_eq!(cache.len(), 3);
     }
 }

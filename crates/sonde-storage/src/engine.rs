@@ -1170,7 +1170,7 @@ fn partitions(head: &Head) -> BTreeMap<(&str, i64), Vec<TableChunk<'_>>> {
                     by_day
                         .entry(day)
                         .or_default()
-                        .push((labels.as_ref(), SeriesRows::Head { data, day: day_cut }));
+                        .push((labels, SeriesRows::Head { data, day: day_cut }));
                 }
             }
             for (day, series) in by_day {

@@ -35,9 +35,10 @@ pub struct TableHead {
     /// foldhash: SipHash was the largest single cost of ingest at 10k series per
     /// request; foldhash is seeded per process, so crafted label sets cannot
     /// predict collisions.
-    ids: HashMap<Arc<Labels>, u32, foldhash::fast::RandomState>,
-    /// Series by ordinal; the label set is shared with `ids`, not stored twice.
-    pub series: Vec<(Arc<Labels>, HeadSeries)>,
+    ids: HashMap<Labels, u32, foldhash::fast::RandomState>,
+    /// Series by ordinal; the label set is shared with `ids` (and with the batch
+    /// that created it), not stored twice.
+    pub series: Vec<(Labels, HeadSeries)>,
     /// Shared with frozen cuts of this table; copied on write when a new series
     /// arrives while a cut still uses it.
     pub postings: Arc<Postings>,
@@ -151,11 +152,18 @@ impl Head {
                 if s.timestamps.is_empty() {
                     continue;
                 }
-                let id = match th.ids.get(&s.labels) {
-                    Some(&id) => id,
+                // The decoders hand back the shared copy the head stored: its slot
+                // hint, once confirmed, saves the hash lookup.
+                let hinted = s.labels.slot().filter(|&id| {
+                    th.series
+                        .get(id as usize)
+                        .is_some_and(|(l, _)| l.same(&s.labels))
+                });
+                let id = match hinted.or_else(|| th.ids.get(&s.labels).copied()) {
+                    Some(id) => id,
                     None => {
                         let id = th.series.len() as u32;
-                        let labels = Arc::new(s.labels.clone());
+                        let labels = s.labels.clone();
                         th.ids.insert(labels.clone(), id);
                         Arc::make_mut(&mut th.postings).add(id, &s.labels);
                         th.series.push((labels, HeadSeries::new()));
@@ -163,6 +171,9 @@ impl Head {
                         id
                     }
                 };
+                if hinted.is_none() {
+                    s.labels.set_slot(id);
+                }
                 let data = &mut th.series[id as usize].1;
                 let grew = data.append(&s.timestamps, &s.fields, &field_map, &types);
                 self.sample_bytes = self.sample_bytes.saturating_add_signed(grew);
@@ -211,7 +222,7 @@ impl Head {
         for (tenant, tables) in &mut self.tenants {
             let mut out = TenantHead::new();
             for (name, th) in tables.iter_mut() {
-                let series: Vec<(Arc<Labels>, HeadSeries)> = th
+                let series: Vec<(Labels, HeadSeries)> = th
                     .series
                     .iter_mut()
                     .map(|(l, d)| (l.clone(), std::mem::take(d)))
@@ -241,6 +252,7 @@ impl Head {
                         }
                         let id = fresh.series.len() as u32;
                         fresh.ids.insert(labels.clone(), id);
+                        labels.set_slot(id);
                         postings.add(id, labels);
                         fresh.series.push((labels.clone(), HeadSeries::new()));
                     }

@@ -1,6 +1,9 @@
 //! [`Labels`]: a series' tag set, sorted by name, names unique.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::{Error, Limits, Result, validate_identifier};
 
@@ -13,16 +16,34 @@ pub const TIME_COLUMN: &str = "time";
 /// The table name is *not* part of it. Empty values are dropped on construction,
 /// as in Prometheus, where a label with an empty value is the same as no label.
 ///
-/// Stored compactly — all names and values in one string buffer plus end offsets — so
-/// a label set costs two allocations instead of one per string: the head and the
-/// indexes hold one per series, and at 100k series that difference is most of their
-/// memory.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct Labels {
+/// Stored compactly — all names and values in one string buffer plus end offsets —
+/// and shared: a clone is a reference-count increment, so the head, its indexes and
+/// the decoders' series caches hold one copy of each label set. The set's hash is
+/// computed once, when it is built (seeded per process, so crafted label sets cannot
+/// predict collisions), and equality checks identity before content: looking up a
+/// series the head already holds costs neither a hash of its text nor a comparison.
+#[derive(Clone)]
+pub struct Labels(Arc<Packed>);
+
+struct Packed {
+    /// Hash of `buf` and `ends`, seeded per process.
+    hash: u64,
+    /// The label limits this set passed [`Labels::validate`] under, packed by
+    /// [`validated_key`] (0: none yet): validating a set the head already holds
+    /// again, at every write, cost more than storing its sample.
+    validated: AtomicU64,
+    /// Where an index last put this set (see [`Labels::slot`]); `u32::MAX`: nowhere.
+    slot: AtomicU32,
     /// `name0 value0 name1 value1 …` concatenated.
     buf: Box<str>,
     /// End offset in `buf` of each name and value, in order.
     ends: Box<[u32]>,
+}
+
+/// The per-process seed of every label set's hash.
+fn hash_state() -> &'static foldhash::fast::RandomState {
+    static STATE: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
+    STATE.get_or_init(Default::default)
 }
 
 impl Labels {
@@ -80,14 +101,52 @@ impl Labels {
             buf.push_str(v);
             ends.push(buf.len() as u32);
         }
-        Labels {
+        let mut h = hash_state().build_hasher();
+        h.write(buf.as_bytes());
+        for e in &ends {
+            h.write_u32(*e);
+        }
+        Labels(Arc::new(Packed {
+            hash: h.finish(),
+            validated: AtomicU64::new(0),
+            slot: AtomicU32::new(u32::MAX),
             buf: buf.into_boxed_str(),
             ends: ends.into_boxed_slice(),
-        }
+        }))
     }
 
-    /// Checks names, reserved names, count and lengths against `limits`.
+    /// Whether `self` and `other` are the same shared copy (not merely equal).
+    pub fn same(&self, other: &Labels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// A hint an index keeps on the shared copy: the position it last stored this
+    /// set at, so the next write of the same copy can go straight there. Only a
+    /// hint — several indexes may overwrite it, so a reader must confirm the
+    /// position holds [`Labels::same`] set before using it.
+    pub fn slot(&self) -> Option<u32> {
+        let s = self.0.slot.load(Ordering::Relaxed);
+        (s != u32::MAX).then_some(s)
+    }
+
+    /// Sets the hint read by [`Labels::slot`].
+    pub fn set_slot(&self, slot: u32) {
+        self.0.slot.store(slot, Ordering::Relaxed);
+    }
+
+    /// Checks names, reserved names, count and lengths against `limits`. A set that
+    /// passed under the same label limits is not checked again.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
+        let key = validated_key(limits);
+        if key != 0 && self.0.validated.load(Ordering::Relaxed) == key {
+            return Ok(());
+        }
+        self.check(limits)?;
+        self.0.validated.store(key, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn check(&self, limits: &Limits) -> Result<()> {
         if self.len() > limits.max_labels {
             return Err(Error::limit("labels count", self.len(), limits.max_labels));
         }
@@ -110,15 +169,13 @@ impl Labels {
         Ok(())
     }
 
-    fn pair(&self, i: usize) -> (&str, &str) {
-        let start = if i == 0 {
-            0
-        } else {
-            self.ends[2 * i - 1] as usize
-        };
-        let mid = self.ends[2 * i] as usize;
-        let end = self.ends[2 * i + 1] as usize;
-        (&self.buf[start..mid], &self.buf[mid..end])
+    /// The `i`-th pair in name order.
+    pub fn pair(&self, i: usize) -> (&str, &str) {
+        let Packed { buf, ends, .. } = &*self.0;
+        let start = if i == 0 { 0 } else { ends[2 * i - 1] as usize };
+        let mid = ends[2 * i] as usize;
+        let end = ends[2 * i + 1] as usize;
+        (&buf[start..mid], &buf[mid..end])
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -145,11 +202,11 @@ impl Labels {
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len() / 2
+        self.0.ends.len() / 2
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.0.ends.is_empty()
     }
 
     /// The pairs as owned strings.
@@ -161,7 +218,47 @@ impl Labels {
 
     /// Bytes of label text, a proxy for memory use.
     pub fn text_len(&self) -> usize {
-        self.buf.len()
+        self.0.buf.len()
+    }
+}
+
+/// The limits [`Labels::validate`] depends on, packed exactly into one word (bit 63
+/// set so that no key is 0); 0 when they do not fit, which turns the memo off.
+fn validated_key(limits: &Limits) -> u64 {
+    let (a, b, c) = (
+        limits.max_labels as u64,
+        limits.max_name_len as u64,
+        limits.max_label_value_len as u64,
+    );
+    if a >= 1 << 16 || b >= 1 << 16 || c >= 1 << 31 {
+        return 0;
+    }
+    1 << 63 | c << 32 | b << 16 | a
+}
+
+impl Default for Labels {
+    /// The empty set (no labels).
+    fn default() -> Self {
+        Self::pack(std::iter::empty())
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        self.same(other)
+            || (self.0.hash == other.0.hash
+                && self.0.buf == other.0.buf
+                && self.0.ends == other.0.ends)
+    }
+}
+
+impl Eq for Labels {}
+
+/// The hash computed when the set was built: hash maps keyed by label sets hash
+/// eight bytes, not the text.
+impl Hash for Labels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
     }
 }
 
@@ -222,6 +319,53 @@ mod tests {
             c.into_inner(),
             vec![("a".into(), "z".into()), ("b".into(), "1".into())]
         );
+    }
+
+    #[test]
+    fn shared_equal_and_hashed_once() {
+        use std::hash::BuildHasher;
+        let a = Labels::new([("job", "x"), ("host", "h")]).unwrap();
+        let b = Labels::new([("host", "h"), ("job", "x")]).unwrap();
+        let c = a.clone();
+        assert!(a == b && !a.same(&b), "equal content, separate copies");
+        assert!(a.same(&c));
+        let s = std::collections::hash_map::RandomState::new();
+        assert_eq!(s.hash_one(&a), s.hash_one(&b));
+        let ab = Labels::new([("a", "b")]).unwrap();
+        let a_b = Labels::new([("ab", "")]).unwrap();
+        assert_ne!(ab, a_b);
+        assert_ne!(
+            Labels::new([("a", "bc")]).unwrap(),
+            Labels::new([("ab", "c")]).unwrap()
+        );
+        assert_eq!(
+            Labels::default(),
+            Labels::new(Vec::<(String, String)>::new()).unwrap()
+        );
+        assert_eq!(a.slot(), None);
+        c.set_slot(7);
+        assert_eq!(a.slot(), Some(7), "the hint lives on the shared copy");
+        assert_eq!(b.slot(), None);
+    }
+
+    #[test]
+    fn validation_is_remembered_per_limits() {
+        let l = Labels::new([("a", "1"), ("b", "2")]).unwrap();
+        l.validate(&Limits::default()).unwrap();
+        l.validate(&Limits::default()).unwrap();
+        let strict = Limits {
+            max_labels: 1,
+            ..Limits::default()
+        };
+        assert!(l.validate(&strict).is_err(), "other limits: checked again");
+        l.validate(&Limits::default()).unwrap();
+        let huge = Limits {
+            max_label_value_len: usize::MAX,
+            ..Limits::default()
+        };
+        assert_eq!(validated_key(&huge), 0);
+        l.validate(&huge).unwrap();
+        assert!(l.validate(&strict).is_err());
     }
 
     #[test]

@@ -47,6 +47,8 @@
 //! [ingest]                      # data-volume controls, applied to every protocol
 //! overflow = true               # excess series → one otel_metric_overflow="true" series
 //! series_caps = { llm_calls = 100000 }   # per-table active-series caps
+//! series_cache = 500000         # label sets remote_write remembers by their wire
+//!                               # bytes, per generation (2 kept; 0: off)
 //! [[ingest.rules]]              # applied in order
 //! action = "drop"               # drop | keep | labeldrop
 //! table = "go_.*"               # regex on the table (metric) name, anchored
@@ -186,6 +188,8 @@ struct IngestFile {
     series_caps: BTreeMap<String, usize>,
     #[serde(default)]
     rules: Vec<IngestRuleFile>,
+    /// Label sets remote_write remembers by their wire bytes, per generation.
+    series_cache: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +289,8 @@ pub struct Settings {
     pub volume: sonde_storage::volume::VolumeConfig,
     pub rollups: sonde_storage::RollupConfig,
     pub object_store: Option<sonde_storage::ObjectStoreConfig>,
+    /// Entries per generation of remote_write's series cache (0: off).
+    pub series_cache: usize,
 }
 
 impl Settings {
@@ -531,6 +537,10 @@ impl Settings {
             volume,
             rollups,
             object_store,
+            series_cache: file
+                .ingest
+                .series_cache
+                .unwrap_or(sonde_server::series_cache::DEFAULT_CAPACITY),
         })
     }
 }

@@ -98,7 +98,7 @@ fn decode_ceiling(items: &[(usize, Payload, u64)]) -> anyhow::Result<()> {
         let mut samples = 0u64;
         for (body, _) in part.iter() {
             let raw = snap::raw::Decoder::new().decompress_vec(body)?;
-            let (tables, _) = sonde_server::remote_write::decode(&raw, |_| None)
+            let (tables, _) = sonde_server::remote_write::decode(&raw, |_| None, None)
                 .map_err(|e| anyhow::anyhow!(e))?;
             samples += tables
                 .iter()

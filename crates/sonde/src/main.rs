@@ -216,6 +216,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         promql: args.promql.clone(),
         rules: std::sync::OnceLock::new(),
+        series_cache: sonde_server::series_cache::SeriesCache::new(args.series_cache),
     });
     runtime.block_on(async {
         let alerting = &args.alerting;
