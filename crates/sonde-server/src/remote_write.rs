@@ -327,6 +327,9 @@ const I64: u8 = 1;
 const LEN: u8 = 2;
 const I32: u8 = 5;
 
+/// A label's name and value, undecoded.
+type LabelBytes<'a> = (&'a [u8], &'a [u8]);
+
 /// A protobuf wire-format reader over a byte slice.
 struct Reader<'a>(&'a [u8]);
 
@@ -370,7 +373,7 @@ impl<'a> Reader<'a> {
     }
     /// The next `Label` field's name and value bytes, skipping other fields; `None`
     /// at the end.
-    fn label(&mut self) -> Result<Option<(&'a [u8], &'a [u8])>, String> {
+    fn label(&mut self) -> Result<Option<LabelBytes<'a>>, String> {
         while let Some((field, wire)) = self.key()? {
             if (field, wire) != (1, LEN) {
                 self.skip(wire)?;
@@ -507,9 +510,17 @@ mod tests {
             "the hit hands out the first decode's shared label set"
         );
         // Other bytes for the same set (another label order): decoded in full, equal.
-        let shuffled = run(&req(&[("zone", "z"), ("job", "j"), ("__name__", "a_total")]));
+        let shuffled = run(&req(&[
+            ("zone", "z"),
+            ("job", "j"),
+            ("__name__", "a_total"),
+        ]));
         assert_eq!(shuffled, cold);
-        assert!(!shuffled[1].as_ref().unwrap().series[0].labels.same(&c.series[0].labels));
+        assert!(
+            !shuffled[1].as_ref().unwrap().series[0]
+                .labels
+                .same(&c.series[0].labels)
+        );
         assert_eq!(cache.len(), 3);
     }
 }
