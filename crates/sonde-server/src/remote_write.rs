@@ -173,12 +173,8 @@ pub fn decode(
     for msg in series_msgs {
         let series = scan_series(msg)?;
         let samples = series.timestamps.len() as u64;
-        let key = match (cache, series.label_span) {
-            (Some(c), Some(wire)) => Some(c.key(wire)),
-            _ => None,
-        };
-        let hit = match (cache, key, series.label_span) {
-            (Some(c), Some(k), Some(wire)) => c.get(k, wire),
+        let hit = match (cache, series.label_span) {
+            (Some(c), Some(wire)) => c.get(wire),
             _ => None,
         };
         let (name, labels): (&str, Labels) = match hit {
@@ -239,9 +235,9 @@ pub fn decode(
         };
         last = Some(idx);
         if hit.is_none()
-            && let (Some(c), Some(k), Some(wire)) = (cache, key, series.label_span)
+            && let (Some(c), Some(wire)) = (cache, series.label_span)
         {
-            c.add(k, wire, tables[idx].0.clone(), labels.clone());
+            c.add(wire, tables[idx].0.clone(), labels.clone());
         }
         tables[idx]
             .1

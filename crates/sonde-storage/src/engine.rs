@@ -556,10 +556,6 @@ impl Storage {
         let Some(seq) = rx.recv().map_err(|_| self.closed_error())?? else {
             return Ok(None);
         };
-        if self.inner.state.read().active.read().sample_bytes() >= self.inner.config.max_head_bytes
-        {
-            self.inner.wake.notify_one();
-        }
         Ok(Some(WriteReceipt { seq, rows, samples }))
     }
 
@@ -1015,10 +1011,18 @@ fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
                     let now = inner.clock.now_ms();
                     let st = inner.state.read();
                     let mut head = st.active.write();
-                    for (i, (tenant, batch, _, _, reply)) in appends.drain(..).enumerate() {
-                        let seq = first + i as u64;
-                        head.apply(&tenant, &batch, seq, now);
-                        let _ = reply.send(Ok(Some(seq)));
+                    // Writers are answered before their batches are applied, but
+                    // under the head's write lock: a reader that starts after the
+                    // answer waits for the lock, so it still sees the write, and the
+                    // writer's next request is decoded while this one is applied.
+                    for (i, (_, _, _, _, reply)) in appends.iter().enumerate() {
+                        let _ = reply.send(Ok(Some(first + i as u64)));
+                    }
+                    for (i, (tenant, batch, _, _, _)) in appends.drain(..).enumerate() {
+                        head.apply(&tenant, &batch, first + i as u64, now);
+                    }
+                    if head.sample_bytes() >= inner.config.max_head_bytes {
+                        inner.wake.notify_one();
                     }
                     Ok(())
                 }
