@@ -115,7 +115,7 @@ impl SeriesCache {
         self.len() == 0
     }
 
-    fn insert(&self, entries: Vec<(u64, Box<[u8]>, Entry)>) {
+    fn insert(&self, entries: Vec<Pending>) {
         if entries.is_empty() {
             return;
         }
@@ -128,6 +128,9 @@ impl SeriesCache {
         }
     }
 }
+
+/// An entry to add: its key, label bytes and value.
+type Pending = (u64, Box<[u8]>, Entry);
 
 /// One request's view of the cache: lookups under a shared lock, entries to add
 /// collected and written once, at [`Lookups::finish`].
@@ -142,7 +145,7 @@ pub struct Lookups<'a> {
     gens: Option<RwLockReadGuard<'a, Generations>>,
     /// Position in the current generation to try first.
     next: Cell<Option<usize>>,
-    misses: RefCell<Vec<(u64, Box<[u8]>, Entry)>>,
+    misses: RefCell<Vec<Pending>>,
 }
 
 impl std::fmt::Debug for Lookups<'_> {
