@@ -300,7 +300,7 @@ impl Storage {
                     dedup.insert(&tenant, k, keys.written_ms);
                 }
                 register_batch(schemas.entry(tenant.clone()).or_default(), &batch);
-                head.apply(&tenant, &batch, seq, now);
+                head.apply(&tenant, batch, seq, now);
                 Ok(())
             },
         )?;
@@ -480,25 +480,41 @@ impl Storage {
         let mut batch = WriteBatch {
             tables: Vec::with_capacity(tables.len()),
         };
+        // Checks of the table alone first, without locks; then, under the head's
+        // read lock held only that long, the checks against what is stored (the
+        // WAL thread needs the write lock to apply the previous write).
+        let mut one = WriteBatch {
+            tables: Vec::with_capacity(1),
+        };
+        let mut passed = Vec::with_capacity(tables.len());
+        for t in tables {
+            one.tables.push(t);
+            let checked = one
+                .validate(limits, now)
+                .map_err(Error::from)
+                .and_then(|()| self.check_retention(tenant, &one.tables[0], now));
+            let t = one.tables.pop().expect("pushed above");
+            match checked {
+                Ok(()) => passed.push(t),
+                Err(e) => out.rejected.push(TableRejection {
+                    samples: t.sample_count(),
+                    table: t.table,
+                    error: e,
+                }),
+            }
+        }
         {
             let st = self.inner.state.read();
             let head = st.active.read();
             let schemas = self.inner.schemas.read();
             let existing = schemas.get(tenant);
-            let mut one = WriteBatch {
-                tables: Vec::with_capacity(1),
-            };
-            for t in tables {
+            for t in passed {
                 one.tables.push(t);
-                let checked = one
-                    .validate(limits, now)
-                    .map_err(Error::from)
-                    .and_then(|()| self.check_retention(tenant, &one.tables[0], now))
-                    .and_then(|()| match existing {
-                        Some(s) => schema_conflicts(s, &one),
-                        None => Ok(()),
-                    })
-                    .and_then(|()| cardinality(&head, tenant, &one, limits, vol));
+                let checked = match existing {
+                    Some(s) => schema_conflicts(s, &one),
+                    None => Ok(()),
+                }
+                .and_then(|()| cardinality(&head, tenant, &one, limits, vol));
                 let t = one.tables.pop().expect("pushed above");
                 match checked {
                     Ok(()) => batch.tables.push(t),
@@ -1019,7 +1035,7 @@ fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
                         let _ = reply.send(Ok(Some(first + i as u64)));
                     }
                     for (i, (tenant, batch, _, _, _)) in appends.drain(..).enumerate() {
-                        head.apply(&tenant, &batch, first + i as u64, now);
+                        head.apply(&tenant, batch, first + i as u64, now);
                     }
                     if head.sample_bytes() >= inner.config.max_head_bytes {
                         inner.wake.notify_one();

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sonde_types::{FieldDef, FieldType, Labels, MetricKind, TimestampMs, WriteBatch};
+use sonde_types::{FieldDef, FieldType, Labels, MetricKind, TableBatch, TimestampMs, WriteBatch};
 
 use crate::chunk::HeadSeries;
 use crate::postings::{Matcher, Postings};
@@ -59,6 +59,72 @@ impl TableHead {
         }
     }
 
+    /// Adds fields this table does not have yet; widens an i64 field written as f64.
+    fn add_fields(&mut self, fields: &[FieldDef]) {
+        for f in fields {
+            match self.fields.iter_mut().find(|g| g.name == f.name) {
+                Some(g) => {
+                    if g.ty == FieldType::I64 && f.ty == FieldType::F64 {
+                        g.ty = FieldType::F64;
+                    }
+                }
+                None => self.fields.push(f.clone()),
+            }
+        }
+    }
+
+    /// Appends one table's series (its fields already added by `add_fields`).
+    fn append(&mut self, tb: TableBatch) -> Applied {
+        let field_map: Vec<usize> = tb
+            .fields
+            .iter()
+            .map(|f| {
+                self.fields
+                    .iter()
+                    .position(|g| g.name == f.name)
+                    .expect("fields added before appending")
+            })
+            .collect();
+        let types: Vec<FieldType> = self.fields.iter().map(|f| f.ty).collect();
+        let mut out = Applied::default();
+        for s in &tb.series {
+            if s.timestamps.is_empty() {
+                continue;
+            }
+            // The decoders hand back the shared copy the head stored: its slot
+            // hint, once confirmed, saves the hash lookup.
+            let hinted = s.labels.slot().filter(|&id| {
+                self.series
+                    .get(id as usize)
+                    .is_some_and(|(l, _)| l.same(&s.labels))
+            });
+            let id = match hinted.or_else(|| self.ids.get(&s.labels).copied()) {
+                Some(id) => id,
+                None => {
+                    let id = self.series.len() as u32;
+                    let labels = s.labels.clone();
+                    self.ids.insert(labels.clone(), id);
+                    Arc::make_mut(&mut self.postings).add(id, &s.labels);
+                    self.series.push((labels, HeadSeries::new()));
+                    out.series_bytes += SERIES_OVERHEAD + 2 * s.labels.text_len();
+                    id
+                }
+            };
+            if hinted.is_none() {
+                s.labels.set_slot(id);
+            }
+            let data = &mut self.series[id as usize].1;
+            out.sample_bytes += data.append(&s.timestamps, &s.fields, &field_map, &types);
+            // The series tracked its range while appending: no second pass.
+            if let Some((lo, hi)) = data.time_range() {
+                self.min_time = self.min_time.min(lo);
+                self.max_time = self.max_time.max(hi);
+            }
+            out.rows += s.timestamps.len() as u64;
+        }
+        out
+    }
+
     /// Whether the registry already holds this series.
     pub fn contains(&self, labels: &Labels) -> bool {
         self.ids.contains_key(labels)
@@ -97,6 +163,22 @@ impl TableHead {
     }
 }
 
+/// What appending changed, summed into the head's counters.
+#[derive(Debug, Default)]
+struct Applied {
+    sample_bytes: isize,
+    series_bytes: usize,
+    rows: u64,
+}
+
+impl Applied {
+    fn add(&mut self, o: Applied) {
+        self.sample_bytes += o.sample_bytes;
+        self.series_bytes += o.series_bytes;
+        self.rows += o.rows;
+    }
+}
+
 /// All tables of one tenant.
 pub type TenantHead = BTreeMap<String, TableHead>;
 
@@ -116,75 +198,29 @@ pub struct Head {
 }
 
 impl Head {
-    /// Applies a validated batch whose field types were checked against the schema.
-    pub fn apply(&mut self, tenant: &str, batch: &WriteBatch, seq: u64, now_ms: TimestampMs) {
+    /// Applies a validated batch whose field types were checked against the schema,
+    /// consuming it.
+    pub fn apply(&mut self, tenant: &str, batch: WriteBatch, seq: u64, now_ms: TimestampMs) {
         self.first_write_ms.get_or_insert(now_ms);
         self.last_seq = self.last_seq.max(seq);
         let tables = match self.tenants.get_mut(tenant) {
             Some(t) => t,
             None => self.tenants.entry(tenant.to_string()).or_default(),
         };
-        for tb in &batch.tables {
+        let mut out = Applied::default();
+        for tb in batch.tables {
             let th = match tables.get_mut(&tb.table) {
                 Some(t) => t,
                 None => tables
                     .entry(tb.table.clone())
                     .or_insert_with(|| TableHead::new(tb.kind)),
             };
-            let field_map: Vec<usize> = tb
-                .fields
-                .iter()
-                .map(|f| match th.fields.iter().position(|g| g.name == f.name) {
-                    Some(i) => {
-                        if th.fields[i].ty == FieldType::I64 && f.ty == FieldType::F64 {
-                            th.fields[i].ty = FieldType::F64;
-                        }
-                        i
-                    }
-                    None => {
-                        th.fields.push(f.clone());
-                        th.fields.len() - 1
-                    }
-                })
-                .collect();
-            let types: Vec<FieldType> = th.fields.iter().map(|f| f.ty).collect();
-            for s in &tb.series {
-                if s.timestamps.is_empty() {
-                    continue;
-                }
-                // The decoders hand back the shared copy the head stored: its slot
-                // hint, once confirmed, saves the hash lookup.
-                let hinted = s.labels.slot().filter(|&id| {
-                    th.series
-                        .get(id as usize)
-                        .is_some_and(|(l, _)| l.same(&s.labels))
-                });
-                let id = match hinted.or_else(|| th.ids.get(&s.labels).copied()) {
-                    Some(id) => id,
-                    None => {
-                        let id = th.series.len() as u32;
-                        let labels = s.labels.clone();
-                        th.ids.insert(labels.clone(), id);
-                        Arc::make_mut(&mut th.postings).add(id, &s.labels);
-                        th.series.push((labels, HeadSeries::new()));
-                        self.series_bytes += SERIES_OVERHEAD + 2 * s.labels.text_len();
-                        id
-                    }
-                };
-                if hinted.is_none() {
-                    s.labels.set_slot(id);
-                }
-                let data = &mut th.series[id as usize].1;
-                let grew = data.append(&s.timestamps, &s.fields, &field_map, &types);
-                self.sample_bytes = self.sample_bytes.saturating_add_signed(grew);
-                // The series tracked its range while appending: no second pass.
-                if let Some((lo, hi)) = data.time_range() {
-                    th.min_time = th.min_time.min(lo);
-                    th.max_time = th.max_time.max(hi);
-                }
-                self.rows += s.timestamps.len() as u64;
-            }
+            th.add_fields(&tb.fields);
+            out.add(th.append(tb));
         }
+        self.sample_bytes = self.sample_bytes.saturating_add_signed(out.sample_bytes);
+        self.series_bytes += out.series_bytes;
+        self.rows += out.rows;
     }
 
     /// Approximate memory held, in bytes (samples and series registry).
@@ -301,7 +337,7 @@ mod tests {
             ));
         }
         let mut h = Head::default();
-        h.apply("t1", &WriteBatch { tables: vec![t] }, 1, 0);
+        h.apply("t1", WriteBatch { tables: vec![t] }, 1, 0);
         let th = h.table("t1", "m").unwrap();
         let got = th.select("m", &[Matcher::eq("user", "u42")], 0, 1500);
         assert_eq!(got.len(), 1);
@@ -322,7 +358,7 @@ mod tests {
             vec![3000],
             vec![1.0],
         ));
-        h.apply("t1", &WriteBatch { tables: vec![t] }, 2, 0);
+        h.apply("t1", WriteBatch { tables: vec![t] }, 2, 0);
         let second = h.cut();
         assert_eq!(
             second

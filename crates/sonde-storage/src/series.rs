@@ -112,6 +112,32 @@ impl Column {
         let valid = self.valid.get_or_insert_with(|| vec![true; len]);
         valid.resize(len + n, false);
     }
+    /// Appends a written field's values (all valid), in place: the head's
+    /// per-sample path, so no intermediate column.
+    fn extend_field(&mut self, col: &FieldColumn) {
+        let len = self.values.len();
+        let added = match (&mut self.values, col) {
+            (Values::F64(a), FieldColumn::F64(b)) => {
+                a.extend_from_slice(b);
+                b.len()
+            }
+            (Values::I64(a), FieldColumn::I64(b)) => {
+                a.extend_from_slice(b);
+                b.len()
+            }
+            (values, col) => {
+                let src = match col {
+                    FieldColumn::F64(v) => Values::F64(v.clone()),
+                    FieldColumn::I64(v) => Values::I64(v.clone()),
+                };
+                values.extend(&src);
+                src.len()
+            }
+        };
+        if let Some(v) = &mut self.valid {
+            v.resize(len + added, true);
+        }
+    }
     fn extend(&mut self, other: &Column) {
         let len = self.values.len();
         self.values.extend(&other.values);
@@ -198,21 +224,14 @@ impl SeriesData {
         if self.cols.len() < field_types.len() {
             self.cols.resize(field_types.len(), None);
         }
-        let mut written = vec![false; field_types.len()];
         for (col, &j) in columns.iter().zip(field_map) {
-            written[j] = true;
             let c = self.cols[j].get_or_insert_with(|| Column::nulls(field_types[j], old));
-            let src = match col {
-                FieldColumn::F64(v) => Values::F64(v.clone()),
-                FieldColumn::I64(v) => Values::I64(v.clone()),
-            };
-            c.extend(&Column {
-                values: src,
-                valid: None,
-            });
+            c.extend_field(col);
         }
-        for (j, w) in written.iter().enumerate() {
-            if !w && let Some(c) = &mut self.cols[j] {
+        for (j, c) in self.cols.iter_mut().enumerate() {
+            if let Some(c) = c
+                && !field_map.contains(&j)
+            {
                 c.push_nulls(n);
             }
         }
