@@ -199,14 +199,6 @@ pub fn decode(
                     }));
                     continue;
                 };
-                if series.histograms > 0 {
-                    out.push(Err(Rejected {
-                        table: name.to_string(),
-                        reason: "native histograms are not supported; send classic buckets".into(),
-                        samples: series.histograms,
-                    }));
-                    continue;
-                }
                 match Labels::from_strs(&mut pairs) {
                     Ok(l) => (name, l),
                     Err(e) => {
@@ -220,6 +212,16 @@ pub fn decode(
                 }
             }
         };
+        // Checked after the labels, whichever way they were found: a series the
+        // cache knows may come with native histograms this time.
+        if series.histograms > 0 {
+            out.push(Err(Rejected {
+                table: name.to_string(),
+                reason: "native histograms are not supported; send classic buckets".into(),
+                samples: series.histograms,
+            }));
+            continue;
+        }
         let idx = match last.filter(|&i| *tables[i].0 == *name) {
             Some(i) => i,
             None => match by_name.get(name) {
@@ -519,6 +521,18 @@ mod tests {
             ("__name__", "a_total"),
         ]));
         assert_eq!(shuffled, cold);
+        // A known series that now carries a native histogram is still refused.
+        let mut with_hist = ts(&sorted, &[(2_000, 1.0)]);
+        with_hist.histograms = vec![Default::default()];
+        let raw = WriteRequest {
+            timeseries: vec![with_hist],
+            metadata: vec![],
+        }
+        .encode_to_vec();
+        let t = run(&raw);
+        let r = t[0].as_ref().unwrap_err();
+        assert!(r.reason.contains("native histograms"), "{r:?}");
+        assert_eq!(r.table, "a_total");
         assert!(
             !shuffled[1].as_ref().unwrap().series[0]
                 .labels
