@@ -222,7 +222,7 @@ fn json_ok(data: serde_json::Value) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&state.storage)
+        state.metrics.render(&state.storage, &state.series_cache)
             + &state
                 .rules
                 .get()

@@ -41,7 +41,7 @@ impl Metrics {
     }
 
     /// The exposition text, including storage gauges.
-    pub fn render(&self, storage: &Storage) -> String {
+    pub fn render(&self, storage: &Storage, cache: &crate::series_cache::SeriesCache) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -65,6 +65,13 @@ impl Metrics {
             out,
             "# HELP sonde_head_bytes Approximate memory of the in-memory head.\n# TYPE sonde_head_bytes gauge\nsonde_head_bytes {}",
             storage.head_bytes()
+        );
+        let (lookups, hits) = cache.counts();
+        let _ = writeln!(
+            out,
+            "# HELP sonde_remote_write_series_cache_lookups_total Series remote_write looked up in its series cache.\n# TYPE sonde_remote_write_series_cache_lookups_total counter\nsonde_remote_write_series_cache_lookups_total {lookups}\n# HELP sonde_remote_write_series_cache_hits_total Series found there (labels not decoded again).\n# TYPE sonde_remote_write_series_cache_hits_total counter\nsonde_remote_write_series_cache_hits_total {hits}\n# HELP sonde_remote_write_series_cache_entries Entries in the series cache.\n# TYPE sonde_remote_write_series_cache_entries gauge\nsonde_remote_write_series_cache_entries {}\n# HELP sonde_remote_write_series_cache_bytes Memory of the series cache beside the shared label sets.\n# TYPE sonde_remote_write_series_cache_bytes gauge\nsonde_remote_write_series_cache_bytes {}",
+            cache.len(),
+            cache.bytes()
         );
         let _ = writeln!(
             out,

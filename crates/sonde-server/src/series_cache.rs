@@ -21,6 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard};
 use sonde_types::Labels;
@@ -73,6 +74,9 @@ pub struct SeriesCache {
     capacity: usize,
     seed: foldhash::fast::RandomState,
     gens: RwLock<Generations>,
+    /// Series looked up, and found, since start (for `/metrics`).
+    lookups: AtomicU64,
+    hits: AtomicU64,
 }
 
 impl std::fmt::Debug for SeriesCache {
@@ -91,6 +95,8 @@ impl SeriesCache {
             capacity: capacity.min(u32::MAX as usize),
             seed: Default::default(),
             gens: Default::default(),
+            lookups: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
         }
     }
 
@@ -101,8 +107,31 @@ impl SeriesCache {
             cache: self,
             gens: Some(self.gens.read()),
             next: Cell::new(None),
+            counts: Cell::new((0, 0)),
             misses: RefCell::default(),
         })
+    }
+
+    /// Series looked up and series found since start.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.lookups.load(Ordering::Relaxed),
+            self.hits.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes held: entries, their label bytes and the indexes (not the label sets,
+    /// which the head shares).
+    pub fn bytes(&self) -> usize {
+        let g = self.gens.read();
+        [&g.current, &g.previous]
+            .iter()
+            .map(|g| {
+                g.entries.capacity() * std::mem::size_of::<(Entry, std::ops::Range<usize>)>()
+                    + g.bytes.capacity()
+                    + g.index.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+            })
+            .sum()
     }
 
     /// Entries held (both generations).
@@ -145,6 +174,8 @@ pub struct Lookups<'a> {
     gens: Option<RwLockReadGuard<'a, Generations>>,
     /// Position in the current generation to try first.
     next: Cell<Option<usize>>,
+    /// Lookups and hits, added to the cache's totals at the end.
+    counts: Cell<(u64, u64)>,
     misses: RefCell<Vec<Pending>>,
 }
 
@@ -161,6 +192,13 @@ impl Lookups<'_> {
     /// before, if anything. Borrowed, not cloned: the tables' shared names would
     /// otherwise have their counts bumped by every request thread at once.
     pub fn get(&self, wire: &[u8]) -> Option<&Entry> {
+        let found = self.find(wire);
+        let (n, hits) = self.counts.get();
+        self.counts.set((n + 1, hits + u64::from(found.is_some())));
+        found
+    }
+
+    fn find(&self, wire: &[u8]) -> Option<&Entry> {
         let gens = self.gens.as_ref().expect("lookups are open until finish");
         let cur = &gens.current;
         if let Some(at) = self.next.get()
@@ -198,6 +236,9 @@ impl Lookups<'_> {
     /// Releases the shared lock and stores the new entries.
     pub fn finish(mut self) {
         self.gens = None;
+        let (n, hits) = self.counts.get();
+        self.cache.lookups.fetch_add(n, Ordering::Relaxed);
+        self.cache.hits.fetch_add(hits, Ordering::Relaxed);
         let misses = self.misses.take();
         self.cache.insert(misses);
     }
@@ -231,6 +272,8 @@ mod tests {
         assert!(l.get(b"").is_none());
         l.finish();
         assert_eq!(cache.len(), 2);
+        assert_eq!(cache.counts(), (6, 3));
+        assert!(cache.bytes() >= 8);
         assert!(SeriesCache::new(0).lookups().is_none(), "off");
     }
 

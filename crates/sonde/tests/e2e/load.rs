@@ -50,6 +50,15 @@ fn load_over_sonde_and_remote_write() {
         metrics.contains("sonde_ingested_samples_total{protocol=\"remote_write\"} 3000"),
         "{metrics}"
     );
+    // Ten scrapes of the same 300 series: the first decodes them, the other nine
+    // find them in the series cache.
+    for line in [
+        "sonde_remote_write_series_cache_lookups_total 3000",
+        "sonde_remote_write_series_cache_hits_total 2700",
+        "sonde_remote_write_series_cache_entries 300",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
     server.stop();
 
     let mut c = Config::new(dir.path());
