@@ -182,7 +182,7 @@ pub fn decode(
             None => {
                 let mut name: Option<&str> = None;
                 pairs.clear();
-                let mut l = Reader(series.label_fields);
+                let mut l = Reader(series.label_span.unwrap_or(msg));
                 while let Some((n, v)) = l.label()? {
                     let (n, v) = (utf8(n)?, utf8(v)?);
                     if n == NAME_LABEL {
@@ -252,10 +252,10 @@ pub fn decode(
 
 /// One `prometheus.TimeSeries`, its labels not yet decoded.
 struct ScannedSeries<'a> {
-    /// The label fields (`Label` messages, with their keys), in wire order.
-    label_fields: &'a [u8],
-    /// The same bytes when nothing else sits between them (the usual layout): the
-    /// series-cache key. `None` if labels and other fields interleave.
+    /// The label fields (`Label` messages, with their keys) when nothing else sits
+    /// between them (the usual layout): the series-cache key. `None` when there are
+    /// none or they interleave with other fields (the labels are then read from the
+    /// whole message, skipping the rest).
     label_span: Option<&'a [u8]>,
     timestamps: Vec<i64>,
     values: Vec<f64>,
@@ -300,16 +300,8 @@ fn scan_series(msg: &[u8]) -> Result<ScannedSeries<'_>, String> {
             _ => r.skip(wire)?,
         }
     }
-    let (label_fields, label_span) = match first {
-        Some(start) if contiguous => (&msg[start..end], Some(&msg[start..end])),
-        // Interleaved: hand the whole message to the label reader, which skips the
-        // other fields.
-        Some(_) => (msg, None),
-        None => (&msg[..0], None),
-    };
     Ok(ScannedSeries {
-        label_fields,
-        label_span,
+        label_span: first.filter(|_| contiguous).map(|start| &msg[start..end]),
         timestamps,
         values,
         histograms,

@@ -13,7 +13,7 @@
 //! Memoization only: an entry is a function of its bytes alone (so tenants may share
 //! it), a hit yields exactly what a miss would, and storage validates both the same
 //! way. Memory is bounded by two generations of at most `capacity` entries (about
-//! 56 bytes and the label bytes each; the label sets are the head's): when the
+//! 48 bytes and the label bytes each; the label sets are the head's): when the
 //! current generation is full it becomes the previous one, and entries found there
 //! are moved back.
 
@@ -36,18 +36,20 @@ pub struct Entry {
     pub labels: Labels,
 }
 
-/// One generation: entries in the order they were added, their label bytes in one
-/// buffer in the same order, and a map from key to position.
+/// One generation: entries in the order they were added, each with the end of its
+/// label bytes in one buffer filled in the same order (it starts where the previous
+/// entry's end), and a map from key to position.
 #[derive(Default)]
 struct Generation {
-    entries: Vec<(Entry, std::ops::Range<usize>)>,
+    entries: Vec<(Entry, usize)>,
     bytes: Vec<u8>,
     index: HashMap<u64, u32, foldhash::fast::RandomState>,
 }
 
 impl Generation {
     fn wire(&self, at: usize) -> &[u8] {
-        &self.bytes[self.entries[at].1.clone()]
+        let start = at.checked_sub(1).map_or(0, |p| self.entries[p].1);
+        &self.bytes[start..self.entries[at].1]
     }
 
     fn find(&self, key: u64, wire: &[u8]) -> Option<usize> {
@@ -56,10 +58,9 @@ impl Generation {
     }
 
     fn push(&mut self, key: u64, wire: &[u8], entry: Entry) {
-        let start = self.bytes.len();
         self.bytes.extend_from_slice(wire);
         self.index.insert(key, self.entries.len() as u32);
-        self.entries.push((entry, start..self.bytes.len()));
+        self.entries.push((entry, self.bytes.len()));
     }
 }
 
@@ -105,7 +106,7 @@ impl SeriesCache {
     pub fn lookups(&self) -> Option<Lookups<'_>> {
         (self.capacity > 0).then(|| Lookups {
             cache: self,
-            gens: Some(self.gens.read()),
+            gens: self.gens.read(),
             next: Cell::new(None),
             counts: Cell::new((0, 0)),
             misses: RefCell::default(),
@@ -127,7 +128,7 @@ impl SeriesCache {
         [&g.current, &g.previous]
             .iter()
             .map(|g| {
-                g.entries.capacity() * std::mem::size_of::<(Entry, std::ops::Range<usize>)>()
+                g.entries.capacity() * std::mem::size_of::<(Entry, usize)>()
                     + g.bytes.capacity()
                     + g.index.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
             })
@@ -171,7 +172,7 @@ type Pending = (u64, Box<[u8]>, Entry);
 /// lookup's cache misses were most of the cost).
 pub struct Lookups<'a> {
     cache: &'a SeriesCache,
-    gens: Option<RwLockReadGuard<'a, Generations>>,
+    gens: RwLockReadGuard<'a, Generations>,
     /// Position in the current generation to try first.
     next: Cell<Option<usize>>,
     /// Lookups and hits, added to the cache's totals at the end.
@@ -199,8 +200,7 @@ impl Lookups<'_> {
     }
 
     fn find(&self, wire: &[u8]) -> Option<&Entry> {
-        let gens = self.gens.as_ref().expect("lookups are open until finish");
-        let cur = &gens.current;
+        let cur = &self.gens.current;
         if let Some(at) = self.next.get()
             && at < cur.entries.len()
             && cur.wire(at) == wire
@@ -214,7 +214,7 @@ impl Lookups<'_> {
             return Some(&cur.entries[at].0);
         }
         self.next.set(None);
-        let prev = &gens.previous;
+        let prev = &self.gens.previous;
         let at = prev.find(key, wire)?;
         let e = &prev.entries[at].0;
         self.misses.borrow_mut().push((key, wire.into(), e.clone()));
@@ -234,13 +234,19 @@ impl Lookups<'_> {
     }
 
     /// Releases the shared lock and stores the new entries.
-    pub fn finish(mut self) {
-        self.gens = None;
-        let (n, hits) = self.counts.get();
-        self.cache.lookups.fetch_add(n, Ordering::Relaxed);
-        self.cache.hits.fetch_add(hits, Ordering::Relaxed);
-        let misses = self.misses.take();
-        self.cache.insert(misses);
+    pub fn finish(self) {
+        let Lookups {
+            cache,
+            gens,
+            counts,
+            misses,
+            ..
+        } = self;
+        drop(gens);
+        let (n, hits) = counts.get();
+        cache.lookups.fetch_add(n, Ordering::Relaxed);
+        cache.hits.fetch_add(hits, Ordering::Relaxed);
+        cache.insert(misses.into_inner());
     }
 }
 

@@ -169,8 +169,7 @@ impl Labels {
         Ok(())
     }
 
-    /// The `i`-th pair in name order.
-    pub fn pair(&self, i: usize) -> (&str, &str) {
+    fn pair(&self, i: usize) -> (&str, &str) {
         let Packed { buf, ends, .. } = &*self.0;
         let start = if i == 0 { 0 } else { ends[2 * i - 1] as usize };
         let mid = ends[2 * i] as usize;
