@@ -477,47 +477,19 @@ impl Storage {
         let limits = &self.inner.config.limits;
         let vol = &self.inner.config.volume;
         let mut out = TablesOutcome::default();
-        let mut batch = WriteBatch {
-            tables: Vec::with_capacity(tables.len()),
-        };
-        // Checks of the table alone first, without locks; then, under the head's
-        // read lock held only that long, the checks against what is stored (the
-        // WAL thread needs the write lock to apply the previous write).
-        let mut one = WriteBatch {
-            tables: Vec::with_capacity(1),
-        };
-        let mut passed = Vec::with_capacity(tables.len());
-        for t in tables {
-            one.tables.push(t);
-            let checked = one
-                .validate(limits, now)
-                .map_err(Error::from)
-                .and_then(|()| self.check_retention(tenant, &one.tables[0], now));
-            let t = one.tables.pop().expect("pushed above");
-            match checked {
-                Ok(()) => passed.push(t),
-                Err(e) => out.rejected.push(TableRejection {
-                    samples: t.sample_count(),
-                    table: t.table,
-                    error: e,
-                }),
-            }
-        }
-        {
-            let st = self.inner.state.read();
-            let head = st.active.read();
-            let schemas = self.inner.schemas.read();
-            let existing = schemas.get(tenant);
-            for t in passed {
+        // Keeps the tables `check` accepts (each checked as a batch of its own) and
+        // records the others as rejections.
+        let mut screen = |tables: Vec<TableBatch>, check: &dyn Fn(&WriteBatch) -> Result<()>| {
+            let mut one = WriteBatch {
+                tables: Vec::with_capacity(1),
+            };
+            let mut kept = Vec::with_capacity(tables.len());
+            for t in tables {
                 one.tables.push(t);
-                let checked = match existing {
-                    Some(s) => schema_conflicts(s, &one),
-                    None => Ok(()),
-                }
-                .and_then(|()| cardinality(&head, tenant, &one, limits, vol));
+                let checked = check(&one);
                 let t = one.tables.pop().expect("pushed above");
                 match checked {
-                    Ok(()) => batch.tables.push(t),
+                    Ok(()) => kept.push(t),
                     Err(e) => out.rejected.push(TableRejection {
                         samples: t.sample_count(),
                         table: t.table,
@@ -525,7 +497,29 @@ impl Storage {
                     }),
                 }
             }
-        }
+            kept
+        };
+        // Checks of the table alone first, without locks; then, under the head's
+        // read lock held only that long, the checks against what is stored (the
+        // WAL thread needs the write lock to apply the previous write).
+        let passed = screen(tables, &|one| {
+            one.validate(limits, now)?;
+            self.check_retention(tenant, &one.tables[0], now)
+        });
+        let batch = {
+            let st = self.inner.state.read();
+            let head = st.active.read();
+            let schemas = self.inner.schemas.read();
+            let existing = schemas.get(tenant);
+            WriteBatch {
+                tables: screen(passed, &|one| {
+                    if let Some(s) = existing {
+                        schema_conflicts(s, one)?;
+                    }
+                    cardinality(&head, tenant, one, limits, vol)
+                }),
+            }
+        };
         if batch.tables.is_empty() {
             return Ok(out);
         }
