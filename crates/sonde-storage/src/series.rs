@@ -65,24 +65,66 @@ impl Values {
             Values::Bytes(v) => Values::Bytes(v[r].to_vec()),
         }
     }
-    fn extend(&mut self, other: &Values) {
+    fn view(&self) -> ValuesRef<'_> {
+        match self {
+            Values::F64(v) => ValuesRef::F64(v),
+            Values::I64(v) => ValuesRef::I64(v),
+            Values::Bytes(v) => ValuesRef::Bytes(v),
+        }
+    }
+    fn extend(&mut self, other: ValuesRef<'_>) {
         match (self, other) {
-            (Values::F64(a), Values::F64(b)) => a.extend_from_slice(b),
-            (Values::I64(a), Values::I64(b)) => a.extend_from_slice(b),
-            (Values::F64(a), Values::I64(b)) => a.extend(b.iter().map(|&x| x as f64)),
-            (a @ Values::I64(_), Values::F64(b)) => {
+            (Values::F64(a), ValuesRef::F64(b)) => a.extend_from_slice(b),
+            (Values::I64(a), ValuesRef::I64(b)) => a.extend_from_slice(b),
+            (Values::F64(a), ValuesRef::I64(b)) => a.extend(b.iter().map(|&x| x as f64)),
+            (a @ Values::I64(_), ValuesRef::F64(b)) => {
                 // A field widened to f64 in a later write: widen what we have.
                 let Values::I64(old) = a else { unreachable!() };
                 let mut w: Vec<f64> = old.iter().map(|&x| x as f64).collect();
                 w.extend_from_slice(b);
                 *a = Values::F64(w);
             }
-            (Values::Bytes(a), Values::Bytes(b)) => a.extend_from_slice(b),
+            (Values::Bytes(a), ValuesRef::Bytes(b)) => a.extend_from_slice(b),
             (a, b) => panic!(
                 "a bytes field mixed with numbers: {:?}, {:?}",
                 a.ty(),
                 b.ty()
             ),
+        }
+    }
+}
+
+/// Borrowed values of one field, from a column or a write: what
+/// [`Column::extend`] appends without an intermediate copy.
+#[derive(Debug, Clone, Copy)]
+enum ValuesRef<'a> {
+    F64(&'a [f64]),
+    I64(&'a [i64]),
+    Bytes(&'a [Vec<u8>]),
+}
+
+impl ValuesRef<'_> {
+    fn len(&self) -> usize {
+        match self {
+            ValuesRef::F64(v) => v.len(),
+            ValuesRef::I64(v) => v.len(),
+            ValuesRef::Bytes(v) => v.len(),
+        }
+    }
+    fn ty(&self) -> FieldType {
+        match self {
+            ValuesRef::F64(_) => FieldType::F64,
+            ValuesRef::I64(_) => FieldType::I64,
+            ValuesRef::Bytes(_) => FieldType::Bytes,
+        }
+    }
+}
+
+impl<'a> From<&'a FieldColumn> for ValuesRef<'a> {
+    fn from(c: &'a FieldColumn) -> Self {
+        match c {
+            FieldColumn::F64(v) => ValuesRef::F64(v),
+            FieldColumn::I64(v) => ValuesRef::I64(v),
         }
     }
 }
@@ -112,43 +154,19 @@ impl Column {
         let valid = self.valid.get_or_insert_with(|| vec![true; len]);
         valid.resize(len + n, false);
     }
-    /// Appends a written field's values (all valid), in place: the head's
-    /// per-sample path, so no intermediate column.
-    fn extend_field(&mut self, col: &FieldColumn) {
+    /// Appends `values` with their validity (`None`: all valid), in place — a
+    /// write's field goes straight from the batch into the head's column.
+    fn extend(&mut self, values: ValuesRef<'_>, valid: Option<&[bool]>) {
         let len = self.values.len();
-        let added = match (&mut self.values, col) {
-            (Values::F64(a), FieldColumn::F64(b)) => {
-                a.extend_from_slice(b);
-                b.len()
-            }
-            (Values::I64(a), FieldColumn::I64(b)) => {
-                a.extend_from_slice(b);
-                b.len()
-            }
-            (values, col) => {
-                let src = match col {
-                    FieldColumn::F64(v) => Values::F64(v.clone()),
-                    FieldColumn::I64(v) => Values::I64(v.clone()),
-                };
-                values.extend(&src);
-                src.len()
-            }
-        };
-        if let Some(v) = &mut self.valid {
-            v.resize(len + added, true);
-        }
-    }
-    fn extend(&mut self, other: &Column) {
-        let len = self.values.len();
-        self.values.extend(&other.values);
-        match (&mut self.valid, &other.valid) {
+        self.values.extend(values);
+        match (&mut self.valid, valid) {
             (None, None) => {}
-            (Some(a), None) => a.resize(len + other.values.len(), true),
+            (Some(a), None) => a.resize(len + values.len(), true),
             (a, b) => {
                 let a = a.get_or_insert_with(|| vec![true; len]);
                 match b {
                     Some(b) => a.extend_from_slice(b),
-                    None => a.resize(len + other.values.len(), true),
+                    None => a.resize(len + values.len(), true),
                 }
             }
         }
@@ -226,7 +244,7 @@ impl SeriesData {
         }
         for (col, &j) in columns.iter().zip(field_map) {
             let c = self.cols[j].get_or_insert_with(|| Column::nulls(field_types[j], old));
-            c.extend_field(col);
+            c.extend(col.into(), None);
         }
         for (j, c) in self.cols.iter_mut().enumerate() {
             if let Some(c) = c
@@ -254,11 +272,11 @@ impl SeriesData {
                 &mut self.cols[j],
                 other.cols.get(j).and_then(|c| c.as_ref()),
             ) {
-                (Some(a), Some(b)) => a.extend(b),
+                (Some(a), Some(b)) => a.extend(b.values.view(), b.valid.as_deref()),
                 (Some(a), None) => a.push_nulls(other.len()),
                 (a @ None, Some(b)) => {
                     let mut c = Column::nulls(b.values.ty(), old);
-                    c.extend(b);
+                    c.extend(b.values.view(), b.valid.as_deref());
                     *a = Some(c);
                 }
                 (None, None) => {}
