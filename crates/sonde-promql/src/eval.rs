@@ -245,6 +245,38 @@ pub(crate) fn drop_stale(r: &mut Raw) {
     }
 }
 
+/// An instant selector's value at each step of `g` from a series' samples: the
+/// latest sample at or before `t - off`, unless older than `lookback` or stale (the
+/// sample's time in seconds when `timestamps`).
+pub(crate) fn instant_values(
+    r: &Raw,
+    g: &Grid,
+    off: i64,
+    lookback: i64,
+    timestamps: bool,
+) -> Vec<Option<f64>> {
+    let mut vals = vec![None; g.n];
+    let n = r.ts.len();
+    let mut j = 0;
+    for (i, o) in vals.iter_mut().enumerate() {
+        let te = g.t(i) - off;
+        while j < n && r.ts[j] <= te {
+            j += 1;
+        }
+        if j > 0 {
+            let k = j - 1;
+            if r.ts[k] >= te - lookback && !is_stale(r.vals[k]) {
+                *o = Some(if timestamps {
+                    r.ts[k] as f64 / 1000.0
+                } else {
+                    r.vals[k]
+                });
+            }
+        }
+    }
+    vals
+}
+
 fn nonempty(series: Vec<Series>) -> Vec<Series> {
     series
         .into_iter()
@@ -444,42 +476,23 @@ impl<'a> Evaluator<'a> {
                 })
                 .collect());
         }
-        let off = offset_ms(&vs.offset);
-        let lookback = self.cfg.lookback_delta.as_millis() as i64;
+        let (off, lookback, span) = self.instant_spec(vs, g);
         let matchers = selector_matchers(vs)?;
         // Streamed: each part of the selection becomes step values and is dropped.
         let (parts, _) = fetch_map(
             self.storage,
             self.tenant,
             &matchers,
-            (g.start - off - lookback, g.last() - off),
+            span,
             &mut self.budget,
             self.cfg.threads,
-            |raws| {
+            |sel| {
                 let mut out = Vec::new();
-                for r in raws {
-                    let mut vals = vec![None; g.n];
-                    let n = r.ts.len();
-                    let mut j = 0;
-                    for (i, o) in vals.iter_mut().enumerate() {
-                        let te = g.t(i) - off;
-                        while j < n && r.ts[j] <= te {
-                            j += 1;
-                        }
-                        if j > 0 {
-                            let k = j - 1;
-                            if r.ts[k] >= te - lookback && !is_stale(r.vals[k]) {
-                                *o = Some(if timestamps {
-                                    r.ts[k] as f64 / 1000.0
-                                } else {
-                                    r.vals[k]
-                                });
-                            }
-                        }
-                    }
+                for s in sel {
+                    let vals = instant_values(&s.raw, g, off, lookback, timestamps);
                     if vals.iter().any(Option::is_some) {
                         out.push(Series {
-                            metric: r.metric,
+                            metric: s.metric(),
                             vals,
                         });
                     }
@@ -489,6 +502,14 @@ impl<'a> Evaluator<'a> {
         )?;
         self.check_deadline("reading series")?;
         Ok(parts.into_iter().flatten().collect())
+    }
+
+    /// Where an instant selector (without `@`) looks on grid `g`: its offset, the
+    /// lookback, and the span of samples it reads.
+    pub fn instant_spec(&self, vs: &VectorSelector, g: &Grid) -> (i64, i64, (i64, i64)) {
+        let off = offset_ms(&vs.offset);
+        let lookback = self.cfg.lookback_delta.as_millis() as i64;
+        (off, lookback, (g.start - off - lookback, g.last() - off))
     }
 
     /// The samples of a range-vector expression (matrix selector or subquery) that
@@ -632,6 +653,9 @@ impl<'a> Evaluator<'a> {
     }
 
     fn aggregate(&mut self, a: &AggregateExpr, g: &Grid) -> Result<Val> {
+        if let Some(v) = crate::aggregate::try_streamed(self, a, g)? {
+            return Ok(v);
+        }
         let op = a.op.to_string();
         let input = self.vector_arg(&a.expr, g)?;
         let param = match &a.param {
@@ -645,6 +669,15 @@ impl<'a> Evaluator<'a> {
                 modifier => signature(m, modifier),
             }
         };
+        if let Some(op) = crate::aggregate::Op::parse(&op) {
+            let mut groups = crate::aggregate::Groups::new(op, g);
+            for s in &input {
+                let i = groups.group(grouping(&s.metric));
+                groups.add(i, &s.vals);
+            }
+            self.check_deadline("aggregation")?;
+            return Ok(Val::Vector(groups.finish()));
+        }
         let mut groups: Vec<(Metric, Vec<usize>)> = Vec::new();
         let mut index: HashMap<Metric, usize> = HashMap::new();
         for (i, s) in input.iter().enumerate() {
@@ -741,26 +774,40 @@ fn vector_scalar(
 /// `ignoring`/`without` (all but those listed and `__name__`): the matching
 /// signature of vector matching and the group of an aggregation.
 fn signature(m: &Metric, matching: &Option<LabelModifier>) -> Metric {
+    let pairs: Vec<(&str, &str)> = m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    signature_pairs(&pairs, matching)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// [`signature`] of label pairs sorted by name, borrowing from them.
+pub(crate) fn signature_pairs<'m>(
+    pairs: &[(&'m str, &'m str)],
+    matching: &Option<LabelModifier>,
+) -> Vec<(&'m str, &'m str)> {
     match matching {
         Some(LabelModifier::Include(ls)) => {
-            let mut out: Metric = ls
+            let mut out: Vec<(&str, &str)> = ls
                 .labels
                 .iter()
-                .filter_map(|l| {
-                    let v = get(m, l);
-                    (!v.is_empty()).then(|| (l.clone(), v.to_string()))
-                })
+                .filter_map(|l| pairs.iter().find(|(k, _)| k == l).copied())
+                .filter(|(_, v)| !v.is_empty())
                 .collect();
-            out.sort();
+            out.sort_unstable();
             out.dedup();
             out
         }
-        Some(LabelModifier::Exclude(ls)) => m
+        Some(LabelModifier::Exclude(ls)) => pairs
             .iter()
-            .filter(|(k, _)| k != NAME_LABEL && !ls.labels.contains(k))
-            .cloned()
+            .filter(|(k, _)| *k != NAME_LABEL && !ls.labels.iter().any(|l| l == k))
+            .copied()
             .collect(),
-        None => m.iter().filter(|(k, _)| k != NAME_LABEL).cloned().collect(),
+        None => pairs
+            .iter()
+            .filter(|(k, _)| *k != NAME_LABEL)
+            .copied()
+            .collect(),
     }
 }
 

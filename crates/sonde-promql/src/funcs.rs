@@ -11,7 +11,7 @@ use crate::eval::{
     set_label, strip_parens, within,
 };
 use crate::format::format_float;
-use crate::select::fetch_map;
+use crate::select::{Selected, fetch_map, metric};
 use crate::{PromError, Result};
 
 pub(crate) fn is_comparison(op: &str) -> bool {
@@ -341,92 +341,158 @@ const RANGE_FUNCS: &[&str] = &[
     "present_over_time",
 ];
 
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Rate,
+    Increase,
+    Delta,
+    PredictLinear,
+    OverTime,
+}
+
+/// A range function (one of [`RANGE_FUNCS`]) with its scalar parameter evaluated,
+/// applied series by series.
+pub(crate) struct RangeFn {
+    name: &'static str,
+    kind: Kind,
+    param: Vec<f64>,
+}
+
+impl RangeFn {
+    /// The call's function and its range argument; `None` when `c` does not call a
+    /// range function.
+    pub fn of<'c>(
+        ev: &mut Evaluator<'_>,
+        c: &'c Call,
+        g: &Grid,
+    ) -> Result<Option<(Self, &'c Expr)>> {
+        let name = c.func.name;
+        if !RANGE_FUNCS.contains(&name) {
+            return Ok(None);
+        }
+        // The range argument is the last one except for quantile_over_time (second)
+        // and predict_linear (first).
+        let (range_expr, param_expr) = match name {
+            "quantile_over_time" => (&c.args.args[1], Some(&c.args.args[0])),
+            "predict_linear" => (&c.args.args[0], Some(&c.args.args[1])),
+            _ => (&c.args.args[0], None),
+        };
+        let param = match param_expr {
+            Some(p) => ev.scalar_arg(p, g)?,
+            None => vec![0.0; g.n],
+        };
+        let kind = match name {
+            "rate" => Kind::Rate,
+            "increase" => Kind::Increase,
+            "delta" => Kind::Delta,
+            "predict_linear" => Kind::PredictLinear,
+            _ => Kind::OverTime,
+        };
+        Ok(Some((RangeFn { name, kind, param }, range_expr)))
+    }
+
+    /// Whether the result keeps the series' `__name__`.
+    pub fn keeps_name(&self) -> bool {
+        self.name == "last_over_time"
+    }
+
+    /// The function at each step of `g` over `raw`'s windows (stale markers are
+    /// dropped from `raw` first: range functions never see them).
+    pub fn values(&self, arg: &RangeArg, g: &Grid, raw: &mut Raw) -> Vec<Option<f64>> {
+        let range_s = arg.range as f64 / 1000.0;
+        let kind = self.kind;
+        drop_stale(raw);
+        let counter = matches!(kind, Kind::Rate | Kind::Increase) && !raw.delta;
+        let resets = if counter {
+            reset_prefix(&raw.vals)
+        } else {
+            None
+        };
+        arg.windows(raw, g, |step, lo, ts, vals, ws, we| {
+            let window_resets = resets.as_deref().map(|r| &r[lo..lo + vals.len()]);
+            match kind {
+                Kind::Rate | Kind::Increase | Kind::Delta if raw.delta => {
+                    let s = delta_sum(ts, vals, ws)?;
+                    Some(if kind == Kind::Rate { s / range_s } else { s })
+                }
+                Kind::Rate | Kind::Increase => extrapolated(
+                    ts,
+                    vals,
+                    true,
+                    window_resets,
+                    ws,
+                    we,
+                    kind == Kind::Rate,
+                    range_s,
+                ),
+                Kind::Delta => extrapolated(ts, vals, false, None, ws, we, false, range_s),
+                Kind::PredictLinear => {
+                    if vals.len() < 2 {
+                        return None;
+                    }
+                    let (slope, intercept) = linear_regression(ts, vals, we + arg.offset);
+                    Some(slope * self.param[step] + intercept)
+                }
+                Kind::OverTime => over_time(self.name, ts, vals, self.param[step]),
+            }
+        })
+    }
+}
+
+/// A range function call over a plain matrix selector that no rollup tier answers,
+/// ready to be evaluated as its selection streams: the function, its window
+/// placement, the selector's matchers and the span of samples to read.
+pub(crate) type Streamed = (
+    RangeFn,
+    RangeArg,
+    Vec<promql_parser::label::Matcher>,
+    (i64, i64),
+);
+
+pub(crate) fn streamed_call(
+    ev: &mut Evaluator<'_>,
+    c: &Call,
+    g: &Grid,
+) -> Result<Option<Streamed>> {
+    let Some((f, range_expr)) = RangeFn::of(ev, c, g)? else {
+        return Ok(None);
+    };
+    let Expr::MatrixSelector(ms) = strip_parens(range_expr) else {
+        return Ok(None);
+    };
+    if crate::rollup::plan(ev, f.name, range_expr, g)?.is_some() {
+        return Ok(None);
+    }
+    let (arg, matchers, span) = ev.matrix_spec(ms, g)?;
+    Ok(Some((f, arg, matchers, span)))
+}
+
+/// `raw`'s result series under `f`, its metric (from `metric`) built only when the
+/// function has a value at some step.
+fn range_series(
+    f: &RangeFn,
+    arg: &RangeArg,
+    g: &Grid,
+    raw: &mut Raw,
+    metric: impl FnOnce(&mut Raw) -> Metric,
+) -> Option<Series> {
+    let vals = f.values(arg, g, raw);
+    vals.iter().any(Option::is_some).then(|| {
+        let mut metric = metric(raw);
+        if !f.keeps_name() {
+            drop_name(&mut metric);
+        }
+        Series { metric, vals }
+    })
+}
+
 fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
-    let name = c.func.name;
-    // The range argument is the last one except for quantile_over_time (second)
-    // and predict_linear (first).
-    let (range_expr, param_expr) = match name {
-        "quantile_over_time" => (&c.args.args[1], Some(&c.args.args[0])),
-        "predict_linear" => (&c.args.args[0], Some(&c.args.args[1])),
-        _ => (&c.args.args[0], None),
-    };
-    let param = match param_expr {
-        Some(p) => ev.scalar_arg(p, g)?,
-        None => vec![0.0; g.n],
-    };
-    if let Some(v) = crate::rollup::try_range_function(ev, name, range_expr, g)? {
+    let (f, range_expr) = RangeFn::of(ev, c, g)?.expect("called for range functions only");
+    if let Some(v) = crate::rollup::try_range_function(ev, f.name, range_expr, g)? {
         return Ok(v);
     }
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Rate,
-        Increase,
-        Delta,
-        PredictLinear,
-        OverTime,
-    }
-    let kind = match name {
-        "rate" => Kind::Rate,
-        "increase" => Kind::Increase,
-        "delta" => Kind::Delta,
-        "predict_linear" => Kind::PredictLinear,
-        _ => Kind::OverTime,
-    };
-    let keep_name = name == "last_over_time";
     let deadline = ev.deadline();
-    // One part of the series: each is independent of the others.
-    let eval_part = |arg: &RangeArg, raws: &mut dyn Iterator<Item = Raw>| -> Result<Vec<Series>> {
-        let range_s = arg.range as f64 / 1000.0;
-        let mut out = Vec::new();
-        for (ri, mut raw) in raws.enumerate() {
-            if ri % 1024 == 0 {
-                within(deadline, "range function")?;
-            }
-            drop_stale(&mut raw);
-            let counter = matches!(kind, Kind::Rate | Kind::Increase) && !raw.delta;
-            let resets = if counter {
-                reset_prefix(&raw.vals)
-            } else {
-                None
-            };
-            let vals = arg.windows(&raw, g, |step, lo, ts, vals, ws, we| {
-                let window_resets = resets.as_deref().map(|r| &r[lo..lo + vals.len()]);
-                match kind {
-                    Kind::Rate | Kind::Increase | Kind::Delta if raw.delta => {
-                        let s = delta_sum(ts, vals, ws)?;
-                        Some(if kind == Kind::Rate { s / range_s } else { s })
-                    }
-                    Kind::Rate | Kind::Increase => extrapolated(
-                        ts,
-                        vals,
-                        true,
-                        window_resets,
-                        ws,
-                        we,
-                        kind == Kind::Rate,
-                        range_s,
-                    ),
-                    Kind::Delta => extrapolated(ts, vals, false, None, ws, we, false, range_s),
-                    Kind::PredictLinear => {
-                        if vals.len() < 2 {
-                            return None;
-                        }
-                        let (slope, intercept) = linear_regression(ts, vals, we + arg.offset);
-                        Some(slope * param[step] + intercept)
-                    }
-                    Kind::OverTime => over_time(name, ts, vals, param[step]),
-                }
-            });
-            if vals.iter().any(Option::is_some) {
-                let mut metric = raw.metric;
-                if !keep_name {
-                    drop_name(&mut metric);
-                }
-                out.push(Series { metric, vals });
-            }
-        }
-        Ok(out)
-    };
+    // Series are independent of each other: evaluated in parts on the worker pool.
     let (parts, one_name) = if let Expr::MatrixSelector(ms) = strip_parens(range_expr) {
         // A plain selector streams: each part of the selection is read, evaluated and
         // dropped, so the whole selection is never decoded at once.
@@ -438,7 +504,23 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
             span,
             &mut ev.budget,
             ev.cfg.threads,
-            |raws| eval_part(&arg, raws),
+            |sel| {
+                let mut out = Vec::new();
+                for (i, s) in sel.enumerate() {
+                    if i % 1024 == 0 {
+                        within(deadline, "range function")?;
+                    }
+                    let Selected {
+                        name,
+                        labels,
+                        mut raw,
+                    } = s;
+                    out.extend(range_series(&f, &arg, g, &mut raw, |_| {
+                        metric(name, labels)
+                    }));
+                }
+                Ok(out)
+            },
         )?;
         (parts, names <= 1)
     } else {
@@ -452,7 +534,18 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
             &mut raws,
             ev.cfg.threads,
             sonde_storage::par::PARALLEL_MIN_SERIES,
-            |part| eval_part(&arg, &mut part.iter_mut().map(std::mem::take)),
+            |part| {
+                let mut out = Vec::new();
+                for (i, raw) in part.iter_mut().enumerate() {
+                    if i % 1024 == 0 {
+                        within(deadline, "range function")?;
+                    }
+                    out.extend(range_series(&f, &arg, g, raw, |r| {
+                        std::mem::take(&mut r.metric)
+                    }));
+                }
+                Ok(out)
+            },
         );
         (parts.into_iter().collect::<Result<Vec<_>>>()?, one_name)
     };
@@ -460,7 +553,7 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
     for part in parts {
         out.extend(part);
     }
-    Ok(Val::Vector(if one_name || keep_name {
+    Ok(Val::Vector(if one_name || f.keeps_name() {
         out
     } else {
         merge_same(out)?
@@ -1061,54 +1154,15 @@ pub(crate) fn aggregate(
     }
 }
 
+/// The aggregations that are not a fold over a step's values (see
+/// [`crate::aggregate::Op`] for those): `quantile`.
 fn aggregate_values(op: &str, vals: &mut [f64], q: Option<f64>) -> Result<f64> {
-    Ok(match op {
-        "sum" => vals.iter().sum(),
-        "count" => vals.len() as f64,
-        "group" => 1.0,
-        "min" => vals
-            .iter()
-            .copied()
-            .fold(vals[0], |m, v| if m > v || m.is_nan() { v } else { m }),
-        "max" => vals
-            .iter()
-            .copied()
-            .fold(vals[0], |m, v| if m < v || m.is_nan() { v } else { m }),
-        "avg" => {
-            let mut mean = vals[0];
-            let mut count = 1.0;
-            for &v in &vals[1..] {
-                count += 1.0;
-                if mean.is_infinite() {
-                    if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
-                        continue;
-                    }
-                    if !v.is_infinite() && !v.is_nan() {
-                        continue;
-                    }
-                }
-                mean += v / count - mean / count;
-            }
-            mean
-        }
-        "stddev" | "stdvar" => {
-            let (mut count, mut mean, mut value) = (0.0, 0.0, 0.0);
-            for &v in vals.iter() {
-                count += 1.0;
-                let delta = v - mean;
-                mean += delta / count;
-                value += delta * (v - mean);
-            }
-            let var = value / count;
-            if op == "stddev" { var.sqrt() } else { var }
-        }
-        "quantile" => quantile(q.unwrap_or(f64::NAN), vals),
-        other => {
-            return Err(PromError::BadData(format!(
-                "aggregation \"{other}\" is not supported"
-            )));
-        }
-    })
+    match op {
+        "quantile" => Ok(quantile(q.unwrap_or(f64::NAN), vals)),
+        other => Err(PromError::BadData(format!(
+            "aggregation \"{other}\" is not supported"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! give `increase`/`rate`/`delta` as the sum of the deltas in the window (divided by
 //! the range for `rate`), not Prometheus' extrapolation of a cumulative counter.
 
+mod aggregate;
 mod eval;
 mod format;
 mod funcs;

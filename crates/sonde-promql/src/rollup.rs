@@ -16,6 +16,7 @@
 //! tier only while the tier is current for it and buckets raw data on the fly for
 //! the other days, so the answer never depends on which path served it.
 
+use promql_parser::label::Matcher as PMatcher;
 use promql_parser::parser::{Expr, MatrixSelector};
 use sonde_storage::{Buckets, ScanRequest};
 use sonde_types::{MetricKind, NAME_LABEL};
@@ -67,13 +68,23 @@ fn strip(e: &Expr) -> &Expr {
     }
 }
 
-/// `Some` when the call was answered from a tier.
-pub(crate) fn try_range_function(
-    ev: &mut Evaluator<'_>,
+/// A call a tier answers: the tier, the call's range and offset, the metrics it
+/// reads and the label matchers.
+pub(crate) struct Plan {
+    tier: i64,
+    range: i64,
+    offset: i64,
+    refs: Vec<crate::select::MetricRef>,
+    rest: Vec<PMatcher>,
+}
+
+/// `Some` when a rollup tier answers `name(range_expr)` on grid `g`.
+pub(crate) fn plan(
+    ev: &Evaluator<'_>,
     name: &str,
     range_expr: &Expr,
     g: &Grid,
-) -> Result<Option<Val>> {
+) -> Result<Option<Plan>> {
     if !ev.cfg.use_rollups || !FUNCS.contains(&name) {
         return Ok(None);
     }
@@ -103,6 +114,36 @@ pub(crate) fn try_range_function(
     {
         return Ok(None);
     }
+    let rest = rest.into_iter().cloned().collect();
+    Ok(Some(Plan {
+        tier,
+        range,
+        offset,
+        refs,
+        rest,
+    }))
+}
+
+/// `Some` when the call was answered from a tier.
+pub(crate) fn try_range_function(
+    ev: &mut Evaluator<'_>,
+    name: &str,
+    range_expr: &Expr,
+    g: &Grid,
+) -> Result<Option<Val>> {
+    let Some(Plan {
+        tier,
+        range,
+        offset,
+        refs,
+        rest,
+        ..
+    }) = plan(ev, name, range_expr, g)?
+    else {
+        return Ok(None);
+    };
+    let rest: Vec<&PMatcher> = rest.iter().collect();
+    let (lo, hi) = (g.start - offset - range, g.last() - offset);
     let label_matchers = storage_matchers(&rest)?;
     let range_s = range as f64 / 1000.0;
     let mut out = Vec::new();

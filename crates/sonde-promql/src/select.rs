@@ -5,7 +5,7 @@
 use promql_parser::label::{MatchOp as PMatchOp, Matcher as PMatcher};
 use sonde_storage::series::Values;
 use sonde_storage::{Matcher, ScanRequest, Storage};
-use sonde_types::{MetricKind, NAME_LABEL};
+use sonde_types::{Labels, MetricKind, NAME_LABEL};
 
 use crate::eval::{Metric, Raw};
 use crate::{PromError, Result};
@@ -130,16 +130,56 @@ pub(crate) fn fetch(
     budget: &mut usize,
     threads: usize,
 ) -> Result<Vec<Raw>> {
-    let (parts, _) = fetch_map(storage, tenant, matchers, span, budget, threads, |raws| {
-        Ok(raws.collect::<Vec<_>>())
+    let (parts, _) = fetch_map(storage, tenant, matchers, span, budget, threads, |sel| {
+        Ok(sel.map(Selected::into_raw).collect::<Vec<_>>())
     })?;
     Ok(parts.into_iter().flatten().collect())
 }
 
+/// A series as [`fetch_map`] hands it over: its samples (`raw.metric` left empty)
+/// and the label set naming it, turned into a [`Metric`] only when asked — an
+/// aggregation needs just its group's labels.
+pub(crate) struct Selected<'a> {
+    pub name: &'a str,
+    pub labels: &'a Labels,
+    pub raw: Raw,
+}
+
+impl<'a> Selected<'a> {
+    /// The series' labels with `__name__`, sorted.
+    pub fn metric(&self) -> Metric {
+        metric(self.name, self.labels)
+    }
+
+    /// The label pairs, with `__name__` when `with_name`, sorted by name.
+    pub fn pairs(&self, with_name: bool) -> Vec<(&'a str, &'a str)> {
+        let mut pairs: Vec<(&str, &str)> = self.labels.iter().collect();
+        if with_name {
+            pairs.push((NAME_LABEL, self.name));
+            pairs.sort_unstable();
+        }
+        pairs
+    }
+
+    pub fn into_raw(self) -> Raw {
+        let metric = self.metric();
+        Raw { metric, ..self.raw }
+    }
+}
+
+/// `labels` with `__name__` = `name`, sorted.
+pub(crate) fn metric(name: &str, labels: &Labels) -> Metric {
+    let mut metric: Metric = Vec::with_capacity(labels.len() + 1);
+    metric.push((NAME_LABEL.to_string(), name.to_string()));
+    metric.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    metric.sort();
+    metric
+}
+
 /// [`fetch`] streamed: each part of each metric's selection is handed to `f` as an
-/// iterator of [`Raw`]s as soon as it is read (see [`Storage::scan_map`]), so a large
-/// selection is never held whole. Returns `f`'s results in order and how many metric names were
-/// read. The sample budget is checked as parts arrive.
+/// iterator of [`Selected`] series as soon as it is read (see [`Storage::scan_map`]),
+/// so a large selection is never held whole. Returns `f`'s results in order and how
+/// many metric names were read. The sample budget is checked as parts arrive.
 pub(crate) fn fetch_map<U: Send>(
     storage: &Storage,
     tenant: &str,
@@ -147,7 +187,7 @@ pub(crate) fn fetch_map<U: Send>(
     (mint, maxt): (i64, i64),
     budget: &mut usize,
     threads: usize,
-    f: impl Fn(&mut dyn Iterator<Item = Raw>) -> Result<U> + Sync,
+    f: impl for<'s> Fn(&mut dyn Iterator<Item = Selected<'s>>) -> Result<U> + Sync,
 ) -> Result<(Vec<U>, usize)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (names, rest) = split(matchers);
@@ -169,9 +209,13 @@ pub(crate) fn fetch_map<U: Send>(
             }
             // Converted one at a time as `f` asks: a series stays in cache from its
             // conversion through its evaluation.
-            f(&mut part
-                .iter_mut()
-                .filter_map(|(labels, data)| to_raw(&r.name, labels, data, delta)))
+            f(&mut part.iter_mut().filter_map(|(labels, data)| {
+                Some(Selected {
+                    name: &r.name,
+                    labels,
+                    raw: to_raw(data, delta)?,
+                })
+            }))
         })?;
         for p in parts {
             out.push(p?);
@@ -187,14 +231,10 @@ fn too_many_samples() -> PromError {
     )
 }
 
-/// One scanned series as a [`Raw`] (its columns moved out when every value is
-/// valid, the common case); `None` when it has no valid sample.
-fn to_raw(
-    name: &str,
-    labels: &sonde_types::Labels,
-    data: &mut sonde_storage::series::SeriesData,
-    delta: bool,
-) -> Option<Raw> {
+/// One scanned series' samples as a [`Raw`] without its metric (its columns moved
+/// out when every value is valid, the common case); `None` when it has no valid
+/// sample.
+fn to_raw(data: &mut sonde_storage::series::SeriesData, delta: bool) -> Option<Raw> {
     let col = data.cols.pop()??;
     let n = data.ts.len();
     let (ts, vals) = match (col.valid, col.values) {
@@ -222,12 +262,8 @@ fn to_raw(
     if ts.is_empty() {
         return None;
     }
-    let mut metric: Metric = Vec::with_capacity(labels.len() + 1);
-    metric.push((NAME_LABEL.to_string(), name.to_string()));
-    metric.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    metric.sort();
     Some(Raw {
-        metric,
+        metric: Vec::new(),
         ts,
         vals,
         delta,

@@ -95,6 +95,47 @@ fn parallel_and_streamed_answers_equal_serial_answers() {
             )
             .expect_err("same label sets");
             assert!(err.to_string().contains("same labelset"), "{err}");
+            // Aggregated, the error stays (the aggregation does not hide it).
+            let err = query(
+                s,
+                cfg,
+                "sum(rate({__name__=~\"llm_request_duration_seconds_(sum|count)\"}[5m]))",
+            )
+            .expect_err("same label sets");
+            assert!(err.to_string().contains("same labelset"), "{err}");
+        }
+    }
+    // An aggregation of a selector or range function folds each part of the selection
+    // as it streams; `* 1` makes the argument an expression evaluated first, then
+    // aggregated: the answers must be identical, bit for bit.
+    for (streamed, whole) in [
+        (
+            "sum by (model) (rate(llm_tokens_total[5m]))",
+            "sum by (model) (rate(llm_tokens_total[5m]) * 1)",
+        ),
+        (
+            "avg by (model, tenant) (increase(llm_cost_usd_total[10m]))",
+            "avg by (model, tenant) (increase(llm_cost_usd_total[10m]) * 1)",
+        ),
+        (
+            "stddev without (user_id) (llm_ttft_seconds)",
+            "stddev without (user_id) (llm_ttft_seconds * 1)",
+        ),
+        (
+            "max by (le) (rate(llm_request_duration_seconds_bucket[5m]))",
+            "max by (le) (rate(llm_request_duration_seconds_bucket[5m]) * 1)",
+        ),
+        ("count(llm_ttft_seconds)", "count(llm_ttft_seconds * 1)"),
+    ] {
+        for s in [&one, &two] {
+            for cfg in [&serial, &parallel] {
+                let a = query(s, cfg, streamed).unwrap();
+                let QueryValue::Matrix(series) = &a else {
+                    panic!("{streamed}: not a matrix")
+                };
+                assert!(!series.is_empty(), "{streamed}: no series");
+                assert_eq!(a, query(s, cfg, whole).unwrap(), "{streamed}");
+            }
         }
     }
     // The sample budget holds on the streamed path too.

@@ -448,6 +448,12 @@ const QUERIES: &[&str] = &[
     "count_values(\"value\", job_up)",
     "count_values by (instance) (\"v\", ceil(node_temp_celsius / 10))",
     "group by (instance) (http_requests_total)",
+    "max by (zone) (max_over_time(node_temp_celsius[5m]))",
+    "sum by (__name__, zone) (node_temp_celsius)",
+    "count without (instance) (last_over_time(node_temp_celsius[5m]))",
+    "avg without (instance) (rate(http_requests_total[5m] offset 5m))",
+    "stddev by (instance) (delta(node_temp_celsius[5m]))",
+    "sum(rate({__name__=~\"http_requests_total|job_up\"}[5m]))",
     // binary operators and vector matching
     "http_requests_total{code=\"500\"} / ignoring(code) http_requests_total{code=\"200\"}",
     "sum by (instance, method) (rate(http_requests_total{code=\"500\"}[5m])) / on(instance, method) sum by (instance, method) (rate(http_requests_total[5m]))",
