@@ -233,8 +233,12 @@ pub(crate) fn within(deadline: Instant, stage: &'static str) -> Result<()> {
 
 /// Removes stale markers: range functions never see them.
 pub(crate) fn drop_stale(r: &mut Raw) {
-    // A fold, not `any`: without the early exit the scan vectorizes.
-    if r.vals.iter().fold(false, |seen, v| seen | is_stale(*v)) {
+    // Folds, not `any`: without the early exit the scan vectorizes; a NaN test
+    // vectorizes on every x86-64 (a 64-bit equality needs SSE4.1), so the exact
+    // bit pattern is looked for only when there is a NaN.
+    if r.vals.iter().fold(false, |seen, v| seen | v.is_nan())
+        && r.vals.iter().fold(false, |seen, v| seen | is_stale(*v))
+    {
         let (ts, vals): (Vec<i64>, Vec<f64>) =
             r.ts.iter()
                 .zip(&r.vals)
