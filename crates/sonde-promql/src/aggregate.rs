@@ -15,10 +15,11 @@ use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use crate::Result;
 use crate::eval::{
-    Evaluator, Grid, Metric, Raw, Series, Val, instant_values, selector_matchers, signature_pairs,
+    Evaluator, Grid, Metric, Raw, Series, Val, instant_values, selector_matchers, signature_with,
     strip_parens, within,
 };
 use crate::select::{Selected, fetch_map};
+use sonde_types::NAME_LABEL;
 
 /// An aggregation whose value at a step is a fold over the step's values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -275,7 +276,17 @@ fn evaluate_part(
         // Without `by` or `without` every series is in one group.
         let key = match modifier {
             None => Vec::new(),
-            modifier => signature_pairs(&s.pairs(with_name), modifier),
+            modifier => signature_with(
+                modifier,
+                |l| {
+                    if l == NAME_LABEL {
+                        with_name.then_some(s.name)
+                    } else {
+                        s.labels.get(l)
+                    }
+                },
+                || s.pairs(with_name),
+            ),
         };
         let id = match index.get(&key) {
             Some(&id) => id,

@@ -169,10 +169,11 @@ pub(crate) fn drop_name(m: &mut Metric) {
 }
 
 pub(crate) fn get<'m>(m: &'m Metric, name: &str) -> &'m str {
-    m.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
+    get_opt(m, name).unwrap_or("")
+}
+
+fn get_opt<'m>(m: &'m Metric, name: &str) -> Option<&'m str> {
+    m.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 pub(crate) fn set_label(m: &mut Metric, name: &str, value: &str) {
@@ -778,39 +779,43 @@ fn vector_scalar(
 /// `ignoring`/`without` (all but those listed and `__name__`): the matching
 /// signature of vector matching and the group of an aggregation.
 fn signature(m: &Metric, matching: &Option<LabelModifier>) -> Metric {
-    let pairs: Vec<(&str, &str)> = m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    signature_pairs(&pairs, matching)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    signature_with(
+        matching,
+        |l| get_opt(m, l),
+        || m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    )
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
-/// [`signature`] of label pairs sorted by name, borrowing from them.
-pub(crate) fn signature_pairs<'m>(
-    pairs: &[(&'m str, &'m str)],
-    matching: &Option<LabelModifier>,
-) -> Vec<(&'m str, &'m str)> {
+/// [`signature`] of a label set given by a lookup (`get`, used for `on`/`by`) and
+/// its pairs sorted by name (`pairs`, asked for only by `ignoring`/`without`),
+/// borrowing from them.
+pub(crate) fn signature_with<'a>(
+    matching: &'a Option<LabelModifier>,
+    get: impl Fn(&str) -> Option<&'a str>,
+    pairs: impl FnOnce() -> Vec<(&'a str, &'a str)>,
+) -> Vec<(&'a str, &'a str)> {
     match matching {
         Some(LabelModifier::Include(ls)) => {
             let mut out: Vec<(&str, &str)> = ls
                 .labels
                 .iter()
-                .filter_map(|l| pairs.iter().find(|(k, _)| k == l).copied())
+                .filter_map(|l| Some((l.as_str(), get(l)?)))
                 .filter(|(_, v)| !v.is_empty())
                 .collect();
             out.sort_unstable();
             out.dedup();
             out
         }
-        Some(LabelModifier::Exclude(ls)) => pairs
-            .iter()
+        Some(LabelModifier::Exclude(ls)) => pairs()
+            .into_iter()
             .filter(|(k, _)| *k != NAME_LABEL && !ls.labels.iter().any(|l| l == k))
-            .copied()
             .collect(),
-        None => pairs
-            .iter()
+        None => pairs()
+            .into_iter()
             .filter(|(k, _)| *k != NAME_LABEL)
-            .copied()
             .collect(),
     }
 }

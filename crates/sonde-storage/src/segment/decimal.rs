@@ -83,6 +83,51 @@ pub fn from_mantissa(m: i64, scale: i8) -> f64 {
     m as f64 / POW10[scale.clamp(0, MAX_SCALE as i8) as usize]
 }
 
+/// Appends the absolute mantissas of rows stored as `(mantissa, scale)` (all
+/// non-null, one series) to `out`; `acc` as in [`resolve`]. Returns the rows' scale
+/// when they share one — as the writer stores every series — in which case the
+/// loop has no per-row branch; `None` (mixed scales) resolves row by row.
+pub fn resolve_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<i64>) -> Option<i8> {
+    let first = *scales.first()?;
+    if !scales.iter().all(|&s| s == first) {
+        out.extend(
+            mants
+                .iter()
+                .zip(scales)
+                .map(|(&m, &s)| resolve(m, s, acc).0),
+        );
+        return None;
+    }
+    if first < 0 {
+        out.extend(mants.iter().map(|&m| {
+            *acc = acc.wrapping_add(m);
+            *acc
+        }));
+        Some(-(first + 1))
+    } else {
+        out.extend_from_slice(mants);
+        Some(first)
+    }
+}
+
+/// [`resolve_rows`] as values: appends `m / 10^scale` for each row to `out` (no
+/// division at scale 0, where it would change nothing).
+pub fn decode_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<f64>) {
+    let mut abs = Vec::with_capacity(mants.len());
+    match resolve_rows(mants, scales, acc, &mut abs) {
+        Some(0) => out.extend(abs.iter().map(|&m| m as f64)),
+        Some(s) => {
+            let p = POW10[s.clamp(0, MAX_SCALE as i8) as usize];
+            out.extend(abs.iter().map(|&m| m as f64 / p));
+        }
+        None => out.extend(
+            abs.iter()
+                .zip(scales)
+                .map(|(&m, &s)| from_mantissa(m, if s < 0 { -(s + 1) } else { s })),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +149,36 @@ mod tests {
         assert!(prefers_delta(&counter));
         let gauge: Vec<Option<i64>> = (0..100).map(|i| Some(5000 + (i * 7919) % 1000)).collect();
         assert!(!prefers_delta(&gauge));
+    }
+
+    #[test]
+    fn rows_decode_like_single_values() {
+        // A delta series at scale 2, a plain one at scale 0, and mixed scales.
+        let cases: [(&[i64], &[i8]); 3] = [
+            (&[150, 25, 0, 7], &[-3, -3, -3, -3]),
+            (&[4, 5, 6], &[0, 0, 0]),
+            (&[12, 3, 40], &[1, 0, -2]),
+        ];
+        for (mants, scales) in cases {
+            let mut acc = 0;
+            let want: Vec<f64> = mants
+                .iter()
+                .zip(scales)
+                .map(|(&m, &s)| {
+                    let (m, s) = resolve(m, s, &mut acc);
+                    from_mantissa(m, s)
+                })
+                .collect();
+            let (mut acc, mut got) = (0, Vec::new());
+            decode_rows(mants, scales, &mut acc, &mut got);
+            assert_eq!(got, want, "{mants:?} {scales:?}");
+        }
+        let mut abs = Vec::new();
+        assert_eq!(
+            resolve_rows(&[150, 25], &[-3, -3], &mut 0, &mut abs),
+            Some(2)
+        );
+        assert_eq!(abs, [150, 175]);
     }
 
     proptest! {

@@ -129,31 +129,6 @@ pub fn read_series(
     let meta = footer.metadata().clone();
     let arrow_schema = footer.schema().clone();
 
-    // Columns: time, then per requested field the three physical columns if present.
-    let col = |name: &str| arrow_schema.index_of(name).ok();
-    let time_idx = col(sonde_types::TIME_COLUMN)
-        .ok_or_else(|| Error::format(path, "segment has no time column"))?;
-    let mut wanted = vec![time_idx];
-    let field_cols: Vec<Option<[usize; 3]>> = req
-        .fields
-        .iter()
-        .map(|f| {
-            if f.ty == FieldType::Bytes {
-                // One column; marked by repeating its position.
-                let b = col(&format!("{}{BYTES}", f.name))?;
-                wanted.push(b);
-                return Some([b, b, b]);
-            }
-            let m = col(&format!("{}{MANTISSA}", f.name))?;
-            let s = col(&format!("{}{SCALE}", f.name))?;
-            let fl = col(&format!("{}{FLOAT}", f.name))?;
-            wanted.extend([m, s, fl]);
-            Some([m, s, fl])
-        })
-        .collect();
-    wanted.sort_unstable();
-    let pos_of = |i: usize| wanted.binary_search(&i).unwrap();
-
     // Row ranges → row groups → selection over the chosen row groups.
     let ranges: Vec<(u64, u64)> = req
         .ordinals
@@ -183,6 +158,46 @@ pub fn read_series(
         }
         g_start = g_end;
     }
+    // Columns: time, then per requested field its physical columns if present. A
+    // double column without a value in the row groups read (every value a decimal,
+    // the usual case) is not read at all.
+    let col = |name: &str| arrow_schema.index_of(name).ok();
+    let time_idx = col(sonde_types::TIME_COLUMN)
+        .ok_or_else(|| Error::format(path, "segment has no time column"))?;
+    let all_null = |c: usize| {
+        groups.iter().all(|&g| {
+            let chunk = meta.row_group(g).column(c);
+            chunk.statistics().and_then(|s| s.null_count_opt()) == Some(chunk.num_values() as u64)
+        })
+    };
+    let mut wanted = vec![time_idx];
+    let field_cols: Vec<FieldCols> = req
+        .fields
+        .iter()
+        .map(|f| {
+            if f.ty == FieldType::Bytes {
+                let Some(b) = col(&format!("{}{BYTES}", f.name)) else {
+                    return FieldCols::Absent;
+                };
+                wanted.push(b);
+                return FieldCols::Bytes(b);
+            }
+            let (Some(m), Some(s), Some(fl)) = (
+                col(&format!("{}{MANTISSA}", f.name)),
+                col(&format!("{}{SCALE}", f.name)),
+                col(&format!("{}{FLOAT}", f.name)),
+            ) else {
+                return FieldCols::Absent;
+            };
+            let fl = (!all_null(fl)).then_some(fl);
+            wanted.extend([m, s]);
+            wanted.extend(fl);
+            FieldCols::Decimal { m, s, fl }
+        })
+        .collect();
+    wanted.sort_unstable();
+    let pos_of = |i: usize| wanted.binary_search(&i).unwrap();
+
     let selection = ranges_to_selection(&local, concat);
     let mask = ProjectionMask::roots(meta.file_metadata().schema_descr(), wanted.iter().copied());
     let with_index = match load_offset_index(&file, &meta, &groups, &wanted, path)? {
@@ -201,7 +216,7 @@ pub fn read_series(
         .with_projection(mask)
         .with_row_groups(groups)
         .with_row_selection(selection)
-        .with_batch_size(64 * 1024)
+        .with_batch_size(8 * 1024)
         .build()
         .map_err(|e| Error::parquet(path, e))?;
 
@@ -286,6 +301,21 @@ fn load_offset_index(
     Ok(Some(oi))
 }
 
+/// Where a requested field's physical columns are in the file.
+#[derive(Debug, Clone, Copy)]
+enum FieldCols {
+    /// Not in this file: the field's values are missing.
+    Absent,
+    Bytes(usize),
+    /// Mantissa and scale, and the double column unless it holds no value in the
+    /// row groups read.
+    Decimal {
+        m: usize,
+        s: usize,
+        fl: Option<usize>,
+    },
+}
+
 /// Decodes rows `range` of `batch` (all of one series) and appends them to `data`.
 /// `acc` carries each field's running mantissa for series stored as deltas.
 #[allow(clippy::too_many_arguments)]
@@ -294,7 +324,7 @@ fn append_rows(
     batch: &arrow::array::RecordBatch,
     ts: &arrow::array::TimestampMillisecondArray,
     range: std::ops::Range<usize>,
-    field_cols: &[Option<[usize; 3]>],
+    field_cols: &[FieldCols],
     fields: &[FieldDef],
     pos_of: &dyn Fn(usize) -> usize,
     acc: &mut [i64],
@@ -303,52 +333,50 @@ fn append_rows(
     let mut chunk = SeriesData::new();
     chunk.ts.extend_from_slice(&ts.values()[range.clone()]);
     for ((f, cols), acc) in fields.iter().zip(field_cols).zip(acc.iter_mut()) {
-        let Some([m, s, fl]) = *cols else {
-            chunk.cols.push(None);
-            continue;
+        let (m, s, fl) = match *cols {
+            FieldCols::Absent => {
+                chunk.cols.push(None);
+                continue;
+            }
+            FieldCols::Bytes(b) => {
+                let b = batch.column(pos_of(b)).as_binary::<i32>();
+                let values = range
+                    .clone()
+                    .map(|i| {
+                        if b.is_valid(i) {
+                            b.value(i).to_vec()
+                        } else {
+                            Vec::new()
+                        }
+                    })
+                    .collect();
+                let valid: Vec<bool> = range.clone().map(|i| b.is_valid(i)).collect();
+                let valid = (!valid.iter().all(|&v| v)).then_some(valid);
+                chunk.cols.push(Some(Column {
+                    values: Values::Bytes(values),
+                    valid,
+                }));
+                continue;
+            }
+            FieldCols::Decimal { m, s, fl } => (m, s, fl),
         };
-        if f.ty == FieldType::Bytes {
-            let b = batch.column(pos_of(m)).as_binary::<i32>();
-            let values = range
-                .clone()
-                .map(|i| {
-                    if b.is_valid(i) {
-                        b.value(i).to_vec()
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect();
-            let valid: Vec<bool> = range.clone().map(|i| b.is_valid(i)).collect();
-            let valid = (!valid.iter().all(|&v| v)).then_some(valid);
-            chunk.cols.push(Some(Column {
-                values: Values::Bytes(values),
-                valid,
-            }));
-            continue;
-        }
         let m = batch.column(pos_of(m)).as_primitive::<Int64Type>();
         let s = batch.column(pos_of(s)).as_primitive::<Int8Type>();
-        let fl = batch.column(pos_of(fl)).as_primitive::<Float64Type>();
+        let fl = fl.map(|fl| batch.column(pos_of(fl)).as_primitive::<Float64Type>());
         if m.null_count() == 0 {
             // Every value a decimal (the common case): no validity to track.
-            let pairs = m.values()[range.clone()]
-                .iter()
-                .zip(&s.values()[range.clone()]);
+            let (mants, scales) = (&m.values()[range.clone()], &s.values()[range.clone()]);
             let values = match f.ty {
-                FieldType::I64 => Values::I64(
-                    pairs
-                        .map(|(&mm, &ss)| decimal::resolve(mm, ss, acc).0)
-                        .collect(),
-                ),
-                _ => Values::F64(
-                    pairs
-                        .map(|(&mm, &ss)| {
-                            let (mant, scale) = decimal::resolve(mm, ss, acc);
-                            decimal::from_mantissa(mant, scale)
-                        })
-                        .collect(),
-                ),
+                FieldType::I64 => {
+                    let mut out = Vec::with_capacity(n);
+                    decimal::resolve_rows(mants, scales, acc, &mut out);
+                    Values::I64(out)
+                }
+                _ => {
+                    let mut out = Vec::with_capacity(n);
+                    decimal::decode_rows(mants, scales, acc, &mut out);
+                    Values::F64(out)
+                }
             };
             chunk.cols.push(Some(Column {
                 values,
@@ -368,10 +396,11 @@ fn append_rows(
                     _ => f64s.push(decimal::from_mantissa(mant, scale)),
                 }
             } else {
-                valid.push(f.ty == FieldType::F64 && fl.is_valid(i));
+                let double = fl.filter(|fl| fl.is_valid(i)).map(|fl| fl.value(i));
+                valid.push(f.ty == FieldType::F64 && double.is_some());
                 match f.ty {
                     FieldType::I64 => i64s.push(0),
-                    _ => f64s.push(fl.value(i)),
+                    _ => f64s.push(double.unwrap_or(0.0)),
                 }
             }
         }
