@@ -361,26 +361,28 @@ pub(crate) struct RangeFn {
     param: Vec<f64>,
 }
 
+/// A range function call's range argument and scalar parameter (the range argument
+/// is the last one except for quantile_over_time's, second, and predict_linear's,
+/// first); `None` when `c` does not call a range function.
+fn range_call_args(c: &Call) -> Option<(&Expr, Option<&Expr>)> {
+    let args = &c.args.args;
+    match c.func.name {
+        name if !RANGE_FUNCS.contains(&name) => None,
+        "quantile_over_time" => Some((&args[1], Some(&args[0]))),
+        "predict_linear" => Some((&args[0], Some(&args[1]))),
+        _ => Some((&args[0], None)),
+    }
+}
+
 impl RangeFn {
-    /// The call's function and its range argument; `None` when `c` does not call a
-    /// range function.
-    pub fn of<'c>(
+    /// The range function `name` with its parameter (if it takes one) evaluated.
+    fn new(
         ev: &mut Evaluator<'_>,
-        c: &'c Call,
+        name: &'static str,
+        param: Option<&Expr>,
         g: &Grid,
-    ) -> Result<Option<(Self, &'c Expr)>> {
-        let name = c.func.name;
-        if !RANGE_FUNCS.contains(&name) {
-            return Ok(None);
-        }
-        // The range argument is the last one except for quantile_over_time (second)
-        // and predict_linear (first).
-        let (range_expr, param_expr) = match name {
-            "quantile_over_time" => (&c.args.args[1], Some(&c.args.args[0])),
-            "predict_linear" => (&c.args.args[0], Some(&c.args.args[1])),
-            _ => (&c.args.args[0], None),
-        };
-        let param = match param_expr {
+    ) -> Result<Self> {
+        let param = match param {
             Some(p) => ev.scalar_arg(p, g)?,
             None => vec![0.0; g.n],
         };
@@ -391,7 +393,7 @@ impl RangeFn {
             "predict_linear" => Kind::PredictLinear,
             _ => Kind::OverTime,
         };
-        Ok(Some((RangeFn { name, kind, param }, range_expr)))
+        Ok(RangeFn { name, kind, param })
     }
 
     /// Whether the result keeps the series' `__name__`.
@@ -457,15 +459,16 @@ pub(crate) fn streamed_call(
     c: &Call,
     g: &Grid,
 ) -> Result<Option<Streamed>> {
-    let Some((f, range_expr)) = RangeFn::of(ev, c, g)? else {
+    let Some((range_expr, param)) = range_call_args(c) else {
         return Ok(None);
     };
     let Expr::MatrixSelector(ms) = strip_parens(range_expr) else {
         return Ok(None);
     };
-    if crate::rollup::plan(ev, f.name, range_expr, g)?.is_some() {
+    if crate::rollup::plan(ev, c.func.name, range_expr, g)?.is_some() {
         return Ok(None);
     }
+    let f = RangeFn::new(ev, c.func.name, param, g)?;
     let (arg, matchers, span) = ev.matrix_spec(ms, g)?;
     Ok(Some((f, arg, matchers, span)))
 }
@@ -490,7 +493,8 @@ fn range_series(
 }
 
 fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
-    let (f, range_expr) = RangeFn::of(ev, c, g)?.expect("called for range functions only");
+    let (range_expr, param) = range_call_args(c).expect("called for range functions only");
+    let f = RangeFn::new(ev, c.func.name, param, g)?;
     if let Some(v) = crate::rollup::try_range_function(ev, f.name, range_expr, g)? {
         return Ok(v);
     }

@@ -45,6 +45,10 @@ pub struct PromConfig {
     pub default_subquery_step: Duration,
     /// Answer range functions from rollup tiers where they fit (see [`rollup`]).
     pub use_rollups: bool,
+    /// A fitting tier is used only when the raw samples it replaces are at least
+    /// this many times its rows (a tier row carries a bucket's statistics, several
+    /// columns, so it costs a few raw rows to read); 0 uses every fitting tier.
+    pub rollup_min_saving: u64,
     /// Threads one query may use to read and evaluate series (default: the CPUs).
     pub threads: usize,
 }
@@ -58,6 +62,7 @@ impl Default for PromConfig {
             max_points_per_series: 11_000,
             default_subquery_step: Duration::from_secs(60),
             use_rollups: true,
+            rollup_min_saving: rollup::MIN_SAVING,
             threads: sonde_storage::par::available(),
         }
     }

@@ -36,6 +36,11 @@ pub fn answered_from_tiers() -> u64 {
     ANSWERED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The default [`crate::PromConfig::rollup_min_saving`]. Measured on the standard
+/// dataset (15 s samples, 100k series, 1 h at a 1 m step): the 1 m tier, 4× fewer
+/// rows than raw, answered the dashboard corpus 2–3× slower than raw samples.
+pub const MIN_SAVING: u64 = 8;
+
 const FUNCS: &[&str] = &[
     "rate",
     "increase",
@@ -105,13 +110,16 @@ pub(crate) fn plan(
     let refs = resolve(ev.storage, ev.tenant, &names);
     let (lo, hi) = (g.start - offset - range, g.last() - offset);
     // Worth it only when the tier answers some day of the range for every table
-    // (event tables are never rolled up).
-    if refs.is_empty()
-        || refs.iter().any(|r| {
-            r.kind == MetricKind::Event
-                || ev.storage.rollup_days(ev.tenant, tier, &r.table, lo, hi) == 0
-        })
-    {
+    // (event tables are never rolled up), and, unless only the tier holds some of
+    // those days, reads far fewer rows than the raw samples.
+    let worth = |r: &crate::select::MetricRef| {
+        let c = ev.storage.rollup_cover(ev.tenant, tier, &r.table, lo, hi);
+        r.kind != MetricKind::Event
+            && c.days > 0
+            && (c.expired_days > 0
+                || c.raw_rows >= c.tier_rows.saturating_mul(ev.cfg.rollup_min_saving))
+    };
+    if refs.is_empty() || !refs.iter().all(worth) {
         return Ok(None);
     }
     let rest = rest.into_iter().cloned().collect();

@@ -159,13 +159,15 @@ fn query_config(state: &AppState, p: &Params) -> Result<sonde_promql::PromConfig
         cfg.lookback_delta = parse_duration("lookback_delta", l)?;
     }
     // Sonde's own: `rollups=false` reads raw samples only (to compare, or to rule
-    // the tiers out).
+    // the tiers out); `rollups=always` uses every fitting tier, even one that saves
+    // few rows.
     match p.get("rollups") {
         None | Some("") | Some("true") => {}
         Some("false") => cfg.use_rollups = false,
+        Some("always") => cfg.rollup_min_saving = 0,
         Some(v) => {
             return Err(bad(format!(
-                "invalid parameter \"rollups\": expected true or false, got {v:?}"
+                "invalid parameter \"rollups\": expected true, false or always, got {v:?}"
             )));
         }
     }

@@ -55,5 +55,5 @@ pub use error::{Error, Result};
 pub use maintain::{CompactionConfig, MaintenanceStats, RetentionConfig, max_segments_per_day};
 pub use objstore::ObjectStoreConfig;
 pub use postings::{MatchOp, Matcher};
-pub use rollup::{BucketScan, Buckets, RollupConfig};
+pub use rollup::{BucketScan, Buckets, RollupConfig, RollupCover};
 pub use scan::{ScanOutput, ScanRequest, ScanStats};

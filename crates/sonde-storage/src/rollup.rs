@@ -605,6 +605,19 @@ impl MergeSink for RollupSink {
     }
 }
 
+/// What a rollup tier holds of one table over a span ([`Storage::rollup_cover`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollupCover {
+    /// Days of the span the tier answers.
+    pub days: usize,
+    /// Of those, days whose raw data has expired: only the tier has them.
+    pub expired_days: usize,
+    /// The table's rows in the tier on those days.
+    pub tier_rows: u64,
+    /// The table's rows in the raw segments the tier was built from.
+    pub raw_rows: u64,
+}
+
 /// What [`Storage::scan_buckets`] returns.
 #[derive(Debug, Default)]
 pub struct BucketScan {
@@ -941,18 +954,44 @@ impl Storage {
         }
     }
 
-    /// How many days of `[start, end]` the tier can answer for `table` right now.
-    pub fn rollup_days(
+    /// What the tier holds of `table` over the days of `[start, end]` it can answer
+    /// right now, against the raw segments it was built from.
+    pub fn rollup_cover(
         &self,
         tenant: &str,
         tier_ms: i64,
         table: &str,
         start: TimestampMs,
         end: TimestampMs,
-    ) -> usize {
-        self.inner
-            .current_rollups(tenant, tier_ms, table, start, end)
-            .len()
+    ) -> RollupCover {
+        let rollups = self
+            .inner
+            .current_rollups(tenant, tier_ms, table, start, end);
+        let rows = |seg: &SegmentMeta| {
+            seg.tables
+                .iter()
+                .find(|t| t.name == table)
+                .map_or(0, |t| t.rows)
+        };
+        let st = self.inner.state.read();
+        let mut cover = RollupCover {
+            days: rollups.len(),
+            ..RollupCover::default()
+        };
+        for r in &rollups {
+            cover.tier_rows += rows(&r.segment);
+            if r.sources.is_empty() || r.raw_expired {
+                cover.expired_days += 1;
+            }
+            cover.raw_rows += st
+                .manifest
+                .segments
+                .iter()
+                .filter(|s| r.sources.contains(&s.id))
+                .map(rows)
+                .sum::<u64>();
+        }
+        cover
     }
 
     /// The buckets of `req.table`'s single field `req.fields[0]` over `[start, end]`

@@ -20,7 +20,7 @@ fn query_range(
     start: i64,
     end: i64,
     step: i64,
-    rollups: bool,
+    rollups: &str,
 ) -> Value {
     let secs = |ms: i64| format!("{}", ms as f64 / 1000.0);
     let mut pairs = vec![
@@ -29,9 +29,7 @@ fn query_range(
         ("end", secs(end)),
         ("step", secs(step)),
     ];
-    if !rollups {
-        pairs.push(("rollups", "false".into()));
-    }
+    pairs.push(("rollups", rollups.into()));
     let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let bearer = format!("Bearer {token}");
     let (status, body) = http_request(
@@ -273,10 +271,14 @@ fn promql_from_rollups_equals_raw() {
     ];
     let mut compared = 0;
     for (token, q, start, end, step) in &queries {
-        let raw = series(&query_range(&server, token, q, *start, *end, *step, false));
+        let raw = series(&query_range(
+            &server, token, q, *start, *end, *step, "false",
+        ));
         let c0 = rollup_calls(&server);
         let aligned = *step % 60_000 == 0;
-        let tier = series(&query_range(&server, token, q, *start, *end, *step, true));
+        let tier = series(&query_range(
+            &server, token, q, *start, *end, *step, "always",
+        ));
         let used = rollup_calls(&server) - c0;
         assert!(!raw.is_empty(), "{q}: no data");
         assert_eq!(
@@ -284,6 +286,18 @@ fn promql_from_rollups_equals_raw() {
             f64::from(u8::from(aligned)),
             "{q}: answered from a tier?"
         );
+        // By default a tier is used only when it reads far fewer rows than raw: the
+        // 1 h tier holds a 30th of the 2-minute metric samples; the 1 m tier as many
+        // rows, and the call records (one call per 100 s spread over many series)
+        // have a few per series-hour.
+        let c0 = rollup_calls(&server);
+        let default = series(&query_range(&server, token, q, *start, *end, *step, "true"));
+        assert_eq!(
+            rollup_calls(&server) - c0,
+            f64::from(u8::from(*token == METRICS && aligned && *step % HOUR == 0)),
+            "{q}: answered from a tier by default?"
+        );
+        assert_eq!(default.len(), raw.len(), "{q}: series differ by default");
         assert_eq!(
             raw.iter().map(|s| &s.0).collect::<Vec<_>>(),
             tier.iter().map(|s| &s.0).collect::<Vec<_>>(),
