@@ -9,7 +9,10 @@ For each system, on loopback with a fresh data directory:
   - the decode ceiling: the same remote_write payloads decoded (snappy + protobuf,
     Sonde's decoder, every CPU) with no storage, and each system's share of it;
   - bytes per sample on disk once persisted: Sonde after `POST /api/v1/admin/flush`
-    (segments + indexes + catalog; the WAL is deleted below the watermark),
+    and `POST /api/v1/admin/compact` (which also builds the day's rollup tiers now,
+    so no background pass runs during the queries): segments + indexes + catalog (the
+    WAL is deleted below the watermark), and beside it the whole directory with the
+    rollup tiers,
     VictoriaMetrics after `/internal/force_flush` and `/internal/force_merge` (its
     data directory, once it stops changing for 3 s); Prometheus
     cannot be made to persist its head on demand, so its figure is its data
@@ -53,10 +56,16 @@ from promql_compare import QUERIES, query_range, summary  # noqa: E402
 
 
 
-def du(path):
+ROLLUP_FILE = re.compile(r"-r\d+\.(parquet|sidx)$")
+
+
+def du(path, tiers=True):
+    """Bytes under `path`; without Sonde's rollup tier files unless `tiers`."""
     total = 0
     for dirpath, _, files in os.walk(path):
         for f in files:
+            if not tiers and ROLLUP_FILE.search(f):
+                continue
             try:
                 total += os.path.getsize(os.path.join(dirpath, f))
             except OSError:
@@ -93,15 +102,13 @@ def queries(base, q_start, q_end, runs):
     return rows
 
 
-def run_system(name, cmd, base, health, data_dir, flush, sonde, protocol, target, args, start_ms):
+def run_system(name, cmd, base, health, data_dir, persist, sonde, protocol, target, args, start_ms):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait(base + health)
         ingest = load(sonde, protocol, target, args.series, args.samples, start_ms)
-        if flush:
-            http(base + flush, b"" if "sonde" in name.lower() else None)
-        if name.startswith("VictoriaMetrics"):
-            http(base + "/internal/force_merge")
+        for path in persist:
+            http(base + path, b"" if "sonde" in name.lower() else None)
         # Background flushes and merges: measure once the directory stops changing.
         disk, stable, deadline = du(data_dir), 0, time.time() + 60
         while stable < 3 and time.time() < deadline:
@@ -109,12 +116,14 @@ def run_system(name, cmd, base, health, data_dir, flush, sonde, protocol, target
             now = du(data_dir)
             stable = stable + 1 if now == disk else 0
             disk = now
+        raw_disk = du(data_dir, tiers=False)
         load_rss = peak_rss_mib(proc.pid)  # load + flush/merge, before any query
         q_start = start_ms / 1000 + 300
         q_end = start_ms / 1000 + args.samples * 15
         rows = queries(base, q_start, q_end, args.runs) if protocol == "remote-write" else []
-        return {"system": name, "ingest": ingest, "disk_bytes": disk,
-                "bytes_per_sample": disk / max(1, ingest["samples"]),
+        return {"system": name, "ingest": ingest, "disk_bytes": raw_disk,
+                "bytes_per_sample": raw_disk / max(1, ingest["samples"]),
+                "bytes_per_sample_with_tiers": disk / max(1, ingest["samples"]),
                 "load_rss_mib": load_rss, "peak_rss_mib": peak_rss_mib(proc.pid), "queries": rows}
     finally:
         proc.terminate()
@@ -133,20 +142,22 @@ def compare(args, sonde, work):
         systems.append(run_system(
             label, [sonde, "serve", "--data-dir", d, "--grpc-addr", "127.0.0.1:44317",
                     "--http-addr", "127.0.0.1:44318", "--fsync", fsync],
-            "http://127.0.0.1:44318", "/healthz", d, "/api/v1/admin/flush", sonde, proto, target,
+            "http://127.0.0.1:44318", "/healthz", d, ["/api/v1/admin/flush", "/api/v1/admin/compact"],
+            sonde, proto, target,
             args, start_ms))
     d = os.path.join(work, "vm")
     systems.append(run_system(
         "VictoriaMetrics", ["victoria-metrics", f"-storageDataPath={d}", "-httpListenAddr=127.0.0.1:48428",
                             "-retentionPeriod=100y", "-search.disableCache", "-search.latencyOffset=0s"],
-        "http://127.0.0.1:48428", "/health", d, "/internal/force_flush", sonde, "remote-write",
+        "http://127.0.0.1:48428", "/health", d, ["/internal/force_flush", "/internal/force_merge"],
+        sonde, "remote-write",
         "http://127.0.0.1:48428/api/v1/write", args, start_ms))
     d = os.path.join(work, "prom")
     systems.append(run_system(
         "Prometheus (head + WAL)", ["prometheus", "--config.file=/dev/null", f"--storage.tsdb.path={d}",
                                     "--web.listen-address=127.0.0.1:49090", "--web.enable-remote-write-receiver",
                                     "--storage.tsdb.retention.time=100y"],
-        "http://127.0.0.1:49090", "/-/ready", d, None, sonde, "remote-write",
+        "http://127.0.0.1:49090", "/-/ready", d, [], sonde, "remote-write",
         "http://127.0.0.1:49090/api/v1/write", args, start_ms))
     return {"systems": systems,
             "decode_ceiling": decode_ceiling(sonde, args.series, args.samples, start_ms)}
@@ -155,12 +166,15 @@ def compare(args, sonde, work):
 def report(series, samples, result):
     systems = result["systems"]
     print(f"\n### {series} series x {samples} samples (15 s)\n")
-    print("| system | ingest samples/s | p99 ms | bytes/sample on disk | peak RSS MiB, load + flush | peak RSS MiB, whole run |")
-    print("|---|---|---|---|---|---|")
+    print("| system | ingest samples/s | p99 ms | bytes/sample on disk | with rollup tiers | "
+          "peak RSS MiB, load + flush | peak RSS MiB, whole run |")
+    print("|---|---|---|---|---|---|---|")
     for s in systems:
         i = s["ingest"]
+        tiers = s["bytes_per_sample_with_tiers"]
+        tiers = f"{tiers:.3f}" if tiers != s["bytes_per_sample"] else "—"
         print(f"| {s['system']} | {i['samples_per_sec']:.0f} | {i['p99_ms']:.1f} | "
-              f"{s['bytes_per_sample']:.3f} | {s['load_rss_mib']} | {s['peak_rss_mib']} |")
+              f"{s['bytes_per_sample']:.3f} | {tiers} | {s['load_rss_mib']} | {s['peak_rss_mib']} |")
     ceiling = result["decode_ceiling"]
     shares = ", ".join(f"{s['system']} {100 * s['ingest']['samples_per_sec'] / ceiling:.0f} %"
                        for s in systems if s["system"].startswith(("Sonde remote-write", "Victoria")))
