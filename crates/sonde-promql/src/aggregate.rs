@@ -18,7 +18,7 @@ use crate::eval::{
     Evaluator, Grid, Metric, Raw, Series, Val, instant_values, selector_matchers, signature_with,
     strip_parens, within,
 };
-use crate::select::{Selected, fetch_map};
+use crate::select::Selected;
 use sonde_types::NAME_LABEL;
 
 /// An aggregation whose value at a step is a fold over the step's values.
@@ -199,38 +199,22 @@ pub(crate) fn try_streamed(
         Expr::VectorSelector(vs) if vs.at.is_none() => {
             let (off, lookback, span) = ev.instant_spec(vs, g);
             let matchers = selector_matchers(vs)?;
-            let (parts, _) = fetch_map(
-                ev.storage,
-                ev.tenant,
-                &matchers,
-                span,
-                &mut ev.budget,
-                ev.cfg.threads,
-                |sel| {
-                    evaluate_part(sel, modifier, true, deadline, |raw| {
-                        instant_values(raw, g, off, lookback, false)
-                    })
-                },
-            )?;
+            let (parts, _) = ev.stream(&matchers, span, |sel| {
+                evaluate_part(sel, modifier, true, deadline, |raw| {
+                    instant_values(raw, g, off, lookback, false)
+                })
+            })?;
             parts
         }
         Expr::Call(c) => {
             let Some((f, arg, matchers, span)) = crate::funcs::streamed_call(ev, c, g)? else {
                 return Ok(None);
             };
-            let (parts, names) = fetch_map(
-                ev.storage,
-                ev.tenant,
-                &matchers,
-                span,
-                &mut ev.budget,
-                ev.cfg.threads,
-                |sel| {
-                    evaluate_part(sel, modifier, f.keeps_name(), deadline, |raw| {
-                        f.values(&arg, g, raw)
-                    })
-                },
-            )?;
+            let (parts, names) = ev.stream(&matchers, span, |sel| {
+                evaluate_part(sel, modifier, f.keeps_name(), deadline, |raw| {
+                    f.values(&arg, g, raw)
+                })
+            })?;
             if names > 1 && !f.keeps_name() {
                 // Series of different names may become equal without `__name__`,
                 // which is an error the function itself reports: evaluate it.

@@ -13,7 +13,7 @@ use sonde_storage::Storage;
 use sonde_types::NAME_LABEL;
 
 use crate::funcs;
-use crate::select::{STALE_NAN_BITS, fetch, fetch_map};
+use crate::select::{STALE_NAN_BITS, Selected, fetch_map};
 use crate::{PromConfig, PromError, Result};
 
 /// A label set, sorted by name; `__name__` is one of the labels.
@@ -337,6 +337,26 @@ impl<'a> Evaluator<'a> {
         within(self.deadline, stage)
     }
 
+    /// The series matching `matchers` in `span`, handed to `f` part by part as they
+    /// are read (see [`fetch_map`]), within this query's sample budget and threads.
+    /// Returns `f`'s results in order and how many metric names were read.
+    pub fn stream<U: Send>(
+        &mut self,
+        matchers: &[PMatcher],
+        span: (i64, i64),
+        f: impl for<'s> Fn(&mut dyn Iterator<Item = Selected<'s>>) -> Result<U> + Sync,
+    ) -> Result<(Vec<U>, usize)> {
+        fetch_map(
+            self.storage,
+            self.tenant,
+            matchers,
+            span,
+            &mut self.budget,
+            self.cfg.threads,
+            f,
+        )
+    }
+
     /// Evaluates `expr` at `n` steps from `start` (`step` 0 for an instant query).
     pub fn run(mut self, expr: &Expr, start: i64, step: i64, n: usize) -> Result<QueryValue> {
         let g = Grid { start, step, n };
@@ -484,27 +504,19 @@ impl<'a> Evaluator<'a> {
         let (off, lookback, span) = self.instant_spec(vs, g);
         let matchers = selector_matchers(vs)?;
         // Streamed: each part of the selection becomes step values and is dropped.
-        let (parts, _) = fetch_map(
-            self.storage,
-            self.tenant,
-            &matchers,
-            span,
-            &mut self.budget,
-            self.cfg.threads,
-            |sel| {
-                let mut out = Vec::new();
-                for s in sel {
-                    let vals = instant_values(&s.raw, g, off, lookback, timestamps);
-                    if vals.iter().any(Option::is_some) {
-                        out.push(Series {
-                            metric: s.metric(),
-                            vals,
-                        });
-                    }
+        let (parts, _) = self.stream(&matchers, span, |sel| {
+            let mut out = Vec::new();
+            for s in sel {
+                let vals = instant_values(&s.raw, g, off, lookback, timestamps);
+                if vals.iter().any(Option::is_some) {
+                    out.push(Series {
+                        metric: s.metric(),
+                        vals,
+                    });
                 }
-                Ok(out)
-            },
-        )?;
+            }
+            Ok(out)
+        })?;
         self.check_deadline("reading series")?;
         Ok(parts.into_iter().flatten().collect())
     }
@@ -524,14 +536,10 @@ impl<'a> Evaluator<'a> {
             Expr::Paren(p) => self.range_arg(&p.expr, g),
             Expr::MatrixSelector(ms) => {
                 let (mut arg, matchers, span) = self.matrix_spec(ms, g)?;
-                arg.raws = fetch(
-                    self.storage,
-                    self.tenant,
-                    &matchers,
-                    span,
-                    &mut self.budget,
-                    self.cfg.threads,
-                )?;
+                let (parts, _) = self.stream(&matchers, span, |sel| {
+                    Ok(sel.map(Selected::into_raw).collect::<Vec<_>>())
+                })?;
+                arg.raws = parts.into_iter().flatten().collect();
                 arg.raws.iter_mut().for_each(drop_stale);
                 Ok(arg)
             }

@@ -11,7 +11,7 @@ use crate::eval::{
     set_label, strip_parens, within,
 };
 use crate::format::format_float;
-use crate::select::{Selected, fetch_map, metric};
+use crate::select::{Selected, metric};
 use crate::{PromError, Result};
 
 pub(crate) fn is_comparison(op: &str) -> bool {
@@ -504,31 +504,23 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, g: &Grid) -> Result<Val> {
         // A plain selector streams: each part of the selection is read, evaluated and
         // dropped, so the whole selection is never decoded at once.
         let (arg, matchers, span) = ev.matrix_spec(ms, g)?;
-        let (parts, names) = fetch_map(
-            ev.storage,
-            ev.tenant,
-            &matchers,
-            span,
-            &mut ev.budget,
-            ev.cfg.threads,
-            |sel| {
-                let mut out = Vec::new();
-                for (i, s) in sel.enumerate() {
-                    if i % 1024 == 0 {
-                        within(deadline, "range function")?;
-                    }
-                    let Selected {
-                        name,
-                        labels,
-                        mut raw,
-                    } = s;
-                    out.extend(range_series(&f, &arg, g, &mut raw, |_| {
-                        metric(name, labels)
-                    }));
+        let (parts, names) = ev.stream(&matchers, span, |sel| {
+            let mut out = Vec::new();
+            for (i, s) in sel.enumerate() {
+                if i % 1024 == 0 {
+                    within(deadline, "range function")?;
                 }
-                Ok(out)
-            },
-        )?;
+                let Selected {
+                    name,
+                    labels,
+                    mut raw,
+                } = s;
+                out.extend(range_series(&f, &arg, g, &mut raw, |_| {
+                    metric(name, labels)
+                }));
+            }
+            Ok(out)
+        })?;
         (parts, names <= 1)
     } else {
         let mut arg = ev.range_arg(range_expr, g)?;

@@ -118,24 +118,6 @@ pub(crate) fn split(matchers: &[PMatcher]) -> (Vec<&PMatcher>, Vec<&PMatcher>) {
     matchers.iter().partition(|m| m.name == NAME_LABEL)
 }
 
-/// All samples in `[mint, maxt]` of the series matching `matchers`. Each series is
-/// sorted by time; `__name__` is among its labels. `budget` is decreased by the
-/// samples loaded and the call fails once it would go below zero. Segment reads and
-/// the conversion to [`Raw`] use up to `threads` threads.
-pub(crate) fn fetch(
-    storage: &Storage,
-    tenant: &str,
-    matchers: &[PMatcher],
-    span: (i64, i64),
-    budget: &mut usize,
-    threads: usize,
-) -> Result<Vec<Raw>> {
-    let (parts, _) = fetch_map(storage, tenant, matchers, span, budget, threads, |sel| {
-        Ok(sel.map(Selected::into_raw).collect::<Vec<_>>())
-    })?;
-    Ok(parts.into_iter().flatten().collect())
-}
-
 /// A series as [`fetch_map`] hands it over: its samples (`raw.metric` left empty)
 /// and the label set naming it, turned into a [`Metric`] only when asked — an
 /// aggregation needs just its group's labels.
@@ -176,10 +158,13 @@ pub(crate) fn metric(name: &str, labels: &Labels) -> Metric {
     metric
 }
 
-/// [`fetch`] streamed: each part of each metric's selection is handed to `f` as an
-/// iterator of [`Selected`] series as soon as it is read (see [`Storage::scan_map`]),
-/// so a large selection is never held whole. Returns `f`'s results in order and how
-/// many metric names were read. The sample budget is checked as parts arrive.
+/// The series matching `matchers` with samples in `[mint, maxt]`, each sorted by
+/// time: each part of each metric's selection is handed to `f` as an iterator of
+/// [`Selected`] series as soon as it is read (see [`Storage::scan_map`]), so a large
+/// selection is never held whole; parts are read and mapped on up to `threads`
+/// threads. Returns `f`'s results in order and how many metric names were read.
+/// `budget` is decreased by the samples loaded; the call fails once it would go
+/// below zero (checked as parts arrive).
 pub(crate) fn fetch_map<U: Send>(
     storage: &Storage,
     tenant: &str,
