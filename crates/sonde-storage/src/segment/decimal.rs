@@ -72,7 +72,7 @@ pub fn prefers_delta(mants: &[Option<i64>]) -> bool {
 pub fn resolve(m: i64, stored_scale: i8, acc: &mut i64) -> (i64, i8) {
     if stored_scale < 0 {
         *acc = acc.wrapping_add(m);
-        (*acc, -(stored_scale + 1))
+        (*acc, scale_of(stored_scale))
     } else {
         (m, stored_scale)
     }
@@ -83,48 +83,67 @@ pub fn from_mantissa(m: i64, scale: i8) -> f64 {
     m as f64 / POW10[scale.clamp(0, MAX_SCALE as i8) as usize]
 }
 
+/// The stored scale the rows share — as the writer stores every series — if they do.
+fn shared_scale(scales: &[i8]) -> Option<i8> {
+    let first = *scales.first()?;
+    scales.iter().all(|&s| s == first).then_some(first)
+}
+
+/// Calls `emit` with the absolute mantissa of each row stored at the shared stored
+/// scale `stored` (deltas summed into `acc`, as in [`resolve`]); returns the scale.
+fn each_mantissa(mants: &[i64], stored: i8, acc: &mut i64, mut emit: impl FnMut(i64)) -> i8 {
+    if stored < 0 {
+        for &m in mants {
+            *acc = acc.wrapping_add(m);
+            emit(*acc);
+        }
+    } else {
+        mants.iter().for_each(|&m| emit(m));
+    }
+    scale_of(stored)
+}
+
+/// The scale of a stored scale: `-(s + 1)` marks a series stored as deltas.
+fn scale_of(stored: i8) -> i8 {
+    if stored < 0 { -(stored + 1) } else { stored }
+}
+
 /// Appends the absolute mantissas of rows stored as `(mantissa, scale)` (all
 /// non-null, one series) to `out`; `acc` as in [`resolve`]. Returns the rows' scale
-/// when they share one — as the writer stores every series — in which case the
-/// loop has no per-row branch; `None` (mixed scales) resolves row by row.
+/// when they share one, in which case the loop has no per-row branch; `None`
+/// (mixed scales) resolves row by row.
 pub fn resolve_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<i64>) -> Option<i8> {
-    let first = *scales.first()?;
-    if !scales.iter().all(|&s| s == first) {
-        out.extend(
-            mants
-                .iter()
-                .zip(scales)
-                .map(|(&m, &s)| resolve(m, s, acc).0),
-        );
-        return None;
-    }
-    if first < 0 {
-        out.extend(mants.iter().map(|&m| {
-            *acc = acc.wrapping_add(m);
-            *acc
-        }));
-        Some(-(first + 1))
-    } else {
-        out.extend_from_slice(mants);
-        Some(first)
+    out.reserve(mants.len());
+    match shared_scale(scales) {
+        Some(stored) => Some(each_mantissa(mants, stored, acc, |m| out.push(m))),
+        None => {
+            out.extend(
+                mants
+                    .iter()
+                    .zip(scales)
+                    .map(|(&m, &s)| resolve(m, s, acc).0),
+            );
+            None
+        }
     }
 }
 
 /// [`resolve_rows`] as values: appends `m / 10^scale` for each row to `out` (no
 /// division at scale 0, where it would change nothing).
 pub fn decode_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<f64>) {
-    let mut abs = Vec::with_capacity(mants.len());
-    match resolve_rows(mants, scales, acc, &mut abs) {
-        Some(0) => out.extend(abs.iter().map(|&m| m as f64)),
-        Some(s) => {
-            let p = POW10[s.clamp(0, MAX_SCALE as i8) as usize];
-            out.extend(abs.iter().map(|&m| m as f64 / p));
+    out.reserve(mants.len());
+    match shared_scale(scales) {
+        Some(stored) if scale_of(stored) == 0 => {
+            each_mantissa(mants, stored, acc, |m| out.push(m as f64));
         }
-        None => out.extend(
-            abs.iter()
-                .zip(scales)
-                .map(|(&m, &s)| from_mantissa(m, if s < 0 { -(s + 1) } else { s })),
-        ),
+        Some(stored) => {
+            let p = POW10[scale_of(stored).clamp(0, MAX_SCALE as i8) as usize];
+            each_mantissa(mants, stored, acc, |m| out.push(m as f64 / p));
+        }
+        None => out.extend(mants.iter().zip(scales).map(|(&m, &s)| {
+            let (m, s) = resolve(m, s, acc);
+            from_mantissa(m, s)
+        })),
     }
 }
 
