@@ -687,7 +687,19 @@ impl Inner {
         start: TimestampMs,
         end: TimestampMs,
     ) -> Vec<RollupMeta> {
-        let st = self.state.read();
+        self.current_rollups_in(&self.state.read(), tenant, tier, table, start, end)
+    }
+
+    /// [`Inner::current_rollups`] under a state lock the caller holds.
+    fn current_rollups_in(
+        &self,
+        st: &crate::engine::ReadState,
+        tenant: &str,
+        tier: i64,
+        table: &str,
+        start: TimestampMs,
+        end: TimestampMs,
+    ) -> Vec<RollupMeta> {
         let (first, last) = (day_of(start), day_of(end));
         let mut v: Vec<RollupMeta> = st
             .manifest
@@ -698,7 +710,7 @@ impl Inner {
                     && r.segment.tenant == tenant
                     && (first..=last).contains(&r.segment.day)
             })
-            .filter_map(|r| self.rollup_current(&st, tenant, table, r.segment.day, tier))
+            .filter_map(|r| self.rollup_current(st, tenant, table, r.segment.day, tier))
             .collect();
         v.sort_by_key(|r| r.segment.day);
         v
@@ -964,32 +976,34 @@ impl Storage {
         start: TimestampMs,
         end: TimestampMs,
     ) -> RollupCover {
+        let st = self.inner.state.read();
         let rollups = self
             .inner
-            .current_rollups(tenant, tier_ms, table, start, end);
+            .current_rollups_in(&st, tenant, tier_ms, table, start, end);
         let rows = |seg: &SegmentMeta| {
             seg.tables
                 .iter()
                 .find(|t| t.name == table)
                 .map_or(0, |t| t.rows)
         };
-        let st = self.inner.state.read();
         let mut cover = RollupCover {
             days: rollups.len(),
             ..RollupCover::default()
         };
         for r in &rollups {
             cover.tier_rows += rows(&r.segment);
-            if r.sources.is_empty() || r.raw_expired {
-                cover.expired_days += 1;
-            }
-            cover.raw_rows += st
+            // A current rollup's day holds exactly the raw segments it was built
+            // from, or none once they expired.
+            let raw: Vec<&SegmentMeta> = st
                 .manifest
                 .segments
                 .iter()
-                .filter(|s| r.sources.contains(&s.id))
-                .map(rows)
-                .sum::<u64>();
+                .filter(|s| s.tenant == tenant && s.day == r.segment.day)
+                .collect();
+            if raw.is_empty() {
+                cover.expired_days += 1;
+            }
+            cover.raw_rows += raw.into_iter().map(rows).sum::<u64>();
         }
         cover
     }
