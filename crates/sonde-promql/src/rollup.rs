@@ -19,10 +19,10 @@
 use promql_parser::label::Matcher as PMatcher;
 use promql_parser::parser::{Expr, MatrixSelector};
 use sonde_storage::{Buckets, ScanRequest};
-use sonde_types::{MetricKind, NAME_LABEL};
+use sonde_types::MetricKind;
 
 use crate::eval::{
-    Evaluator, Grid, Metric, Series, Val, drop_name, merge_same, offset_ms, selector_matchers,
+    Evaluator, Grid, Series, Val, drop_name, merge_same, offset_ms, selector_matchers,
 };
 use crate::funcs::{extrapolate, kahan_inc};
 use crate::select::{resolve, split, storage_matchers};
@@ -145,7 +145,6 @@ pub(crate) fn try_range_function(
         offset,
         refs,
         rest,
-        ..
     }) = plan(ev, name, range_expr, g)?
     else {
         return Ok(None);
@@ -213,10 +212,7 @@ pub(crate) fn try_range_function(
             if vals.iter().all(Option::is_none) {
                 continue;
             }
-            let mut metric: Metric = Vec::with_capacity(labels.len() + 1);
-            metric.push((NAME_LABEL.to_string(), r.name.clone()));
-            metric.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            metric.sort();
+            let mut metric = crate::select::metric(&r.name, labels);
             if name != "last_over_time" {
                 drop_name(&mut metric);
             }

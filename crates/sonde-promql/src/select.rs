@@ -286,13 +286,7 @@ pub fn series_matching(
                 })
             };
             if selectors.iter().any(matches) {
-                let mut metric: Metric = labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                metric.push((NAME_LABEL.to_string(), name.clone()));
-                metric.sort();
-                out.insert(metric);
+                out.insert(metric(name, labels));
             }
         }
     }
