@@ -676,22 +676,16 @@ impl Inner {
         (in_rollup || !in_raw).then(|| r.clone())
     }
 
-    /// The current rollups of `tier` for `table` among the days of `[start, end]`,
-    /// by day (only days that have a rollup are looked at, so an unbounded range costs
-    /// nothing).
-    fn current_rollups(
-        &self,
-        tenant: &str,
-        tier: i64,
-        table: &str,
-        start: TimestampMs,
-        end: TimestampMs,
-    ) -> Vec<RollupMeta> {
-        self.current_rollups_in(&self.state.read(), tenant, tier, table, start, end)
+    /// The current rollups of `tier` answering `req`'s table and span.
+    fn rollups_answering(&self, tenant: &str, tier: i64, req: &ScanRequest) -> Vec<RollupMeta> {
+        let st = self.state.read();
+        self.current_rollups(&st, tenant, tier, &req.table, req.start, req.end)
     }
 
-    /// [`Inner::current_rollups`] under a state lock the caller holds.
-    fn current_rollups_in(
+    /// The current rollups of `tier` for `table` among the days of `[start, end]`,
+    /// by day, read under the state lock `st` (only days that have a rollup are
+    /// looked at, so an unbounded range costs nothing).
+    fn current_rollups(
         &self,
         st: &crate::engine::ReadState,
         tenant: &str,
@@ -979,7 +973,7 @@ impl Storage {
         let st = self.inner.state.read();
         let rollups = self
             .inner
-            .current_rollups_in(&st, tenant, tier_ms, table, start, end);
+            .current_rollups(&st, tenant, tier_ms, table, start, end);
         let rows = |seg: &SegmentMeta| {
             seg.tables
                 .iter()
@@ -1045,9 +1039,7 @@ impl Storage {
             .filter_map(|(f, w)| w.then_some(f))
             .collect();
         let (start, end) = (req.start, req.end);
-        let answered = self
-            .inner
-            .current_rollups(tenant, tier_ms, &req.table, start, end);
+        let answered = self.inner.rollups_answering(tenant, tier_ms, req);
         let mut out = BucketScan {
             kind: Some(schema.kind),
             ..Default::default()
@@ -1195,9 +1187,7 @@ impl Storage {
         let out_schema = tier_schema(&schema, drop_tags);
         let rfields = out_schema.fields.clone();
         let (start, end) = (req.start, req.end);
-        let answered = self
-            .inner
-            .current_rollups(tenant, tier_ms, &req.table, start, end);
+        let answered = self.inner.rollups_answering(tenant, tier_ms, req);
         let mut by_series: std::collections::BTreeMap<Labels, SeriesData> = Default::default();
         let mut add = |labels: Labels, data: SeriesData| {
             if data.is_empty() {
