@@ -36,10 +36,9 @@ pub fn answered_from_tiers() -> u64 {
     ANSWERED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The default [`crate::PromConfig::rollup_min_saving`]. Measured on the standard
-/// dataset (15 s samples, 100k series, 1 h at a 1 m step): the 1 m tier, 4× fewer
-/// rows than raw, answered the dashboard corpus 2–3× slower than raw samples.
-pub const MIN_SAVING: u64 = 8;
+/// The default [`crate::PromConfig::rollup_min_saving`]: the saving below which the
+/// storage does not build a tier either.
+pub use sonde_storage::rollup::MIN_SAVING;
 
 const FUNCS: &[&str] = &[
     "rate",

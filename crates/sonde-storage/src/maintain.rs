@@ -100,7 +100,13 @@ impl RetentionConfig {
     }
 
     /// Whether a whole day of the table has expired at `now`.
-    fn day_expired(&self, tenant: &str, table: &str, day: i64, now: TimestampMs) -> bool {
+    pub(crate) fn day_expired(
+        &self,
+        tenant: &str,
+        table: &str,
+        day: i64,
+        now: TimestampMs,
+    ) -> bool {
         self.oldest(tenant, table, now)
             .is_some_and(|oldest| day * DAY_MS + DAY_MS - 1 < oldest)
     }
@@ -720,6 +726,9 @@ impl Inner {
     /// Drops expired days: whole segments when every table in them expired, else a
     /// rewrite without the expired tables. Catalogs of emptied days are removed.
     pub(crate) fn enforce_retention(&self) -> Result<MaintenanceStats> {
+        // Tiers that left out a table for saving too little take it in before its
+        // raw rows go (normally done a day ahead; this covers a missed day).
+        self.build_rollups(true)?;
         let _m = self.maint_lock.lock();
         let now = self.clock.now_ms();
         let ret = &self.config.retention;
@@ -924,7 +933,7 @@ pub(crate) fn maintenance_thread(inner: Arc<Inner>) {
         if let Err(e) = inner.compact() {
             tracing::error!(error = %e, "compaction failed; will retry");
         }
-        if let Err(e) = inner.build_rollups() {
+        if let Err(e) = inner.build_rollups(false) {
             tracing::error!(error = %e, "building rollups failed; will retry");
         }
     }

@@ -70,6 +70,12 @@ pub struct RollupMeta {
     /// event tables were rolled up). Older versions are rebuilt.
     #[serde(default = "rollup_version_1")]
     pub version: u32,
+    /// Tables of the day's raw segments this tier left out because it would have
+    /// saved too few rows ([`crate::RollupConfig::min_saving`]); readers use raw rows
+    /// for them, and the tier is rebuilt with them before their raw rows expire.
+    /// Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     pub segment: SegmentMeta,
 }
 

@@ -34,6 +34,9 @@
 //! current_day_every_secs = 3600  # rebuild cadence of today's rollups
 //! event_drop_tags = ["user_id", "session_id", "request_id", "trace_id", "span_id", "call_id"]
 //!                               # tags event-table (llm_calls) rollups leave out
+//! min_saving = 8                # a tier holds a table's day only if it has 8× fewer rows
+//!                               # than raw (or the raw rows expire within a day); PromQL
+//!                               # reads a tier under the same rule
 //! [rollups.retention_overrides] # one value per tier; "tenant/table" > "table" > tenant
 //! tenants = { acme = ["1y", "5y"] }
 //! tables = { llm_calls = ["30d", "1y"] }
@@ -165,6 +168,7 @@ struct RollupsFile {
     retention: Option<Vec<String>>,
     current_day_every_secs: Option<u64>,
     event_drop_tags: Option<Vec<String>>,
+    min_saving: Option<u64>,
     #[serde(default)]
     retention_overrides: TierRetentionOverrides,
 }
@@ -416,6 +420,7 @@ impl Settings {
                     .current_day_every_secs
                     .map_or(d.current_day_every, std::time::Duration::from_secs),
                 event_drop_tags: r.event_drop_tags.clone().unwrap_or(d.event_drop_tags),
+                min_saving: r.min_saving.unwrap_or(d.min_saving),
                 tenant_retention: tier_overrides(
                     &r.retention_overrides.tenants,
                     "rollups.retention_overrides.tenants",
@@ -522,6 +527,7 @@ impl Settings {
                         .or(file.promql_threads)
                         .unwrap_or(d.threads)
                         .max(1),
+                    rollup_min_saving: file.rollups.min_saving.unwrap_or(d.rollup_min_saving),
                     ..d
                 }
             },

@@ -235,7 +235,10 @@ fn writer_properties(opts: &WriteOptions, fields: &BTreeSet<String>) -> WriterPr
         .set_max_row_group_row_count(Some(opts.max_row_group_rows))
         .set_data_page_row_count_limit(opts.page_rows)
         .set_write_batch_size(opts.page_rows.min(8192))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // Chunk statistics only: nothing Sonde reads uses the per-page column index,
+        // which was 6 % of a segment on the standard dataset (the offset index, which
+        // reads need, is still written).
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_created_by(format!("sonde {}", env!("CARGO_PKG_VERSION")))
         .set_key_value_metadata(Some(vec![KeyValue::new(
             META_FORMAT.to_string(),

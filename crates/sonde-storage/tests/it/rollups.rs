@@ -15,8 +15,10 @@ use crate::common::{TENANT, config};
 
 const DAY0: i64 = 20_000;
 
+/// Opens with every tier holding every table (`min_saving` 0), so the tiers are what
+/// these tests read.
 fn open(dir: &std::path::Path, clock: &ManualClock, raw_days: Option<u64>) -> Storage {
-    open_tuned(dir, clock, raw_days, |_| {})
+    open_tuned(dir, clock, raw_days, |c| c.rollups.min_saving = 0)
 }
 
 /// [`open`] with more settings changed by `tune`.
@@ -213,6 +215,67 @@ fn rollups_outlive_raw_retention() {
             .all(|(l, _)| l.get("token_type") != Some("input"))
     );
     assert!(!after.is_empty());
+}
+
+/// By default a tier holds a table's day only where it saves rows: the 1 m tier
+/// leaves out one-a-minute samples (and 20 s ones: 3× fewer rows) and is not written
+/// at all, the 1 h tier holds everything; the build is not repeated. A day whose raw
+/// rows expire within a day gets its 1 m tier; so do days retention is about to drop
+/// when that pass was missed — the tier then answers exactly as raw did.
+#[test]
+fn tiers_hold_tables_where_they_save_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new((DAY0 + 5) * DAY_MS);
+    let s = open_tuned(dir.path(), &clock, Some(30), |_| {});
+    load(&s);
+    let reference: Vec<_> = TABLES.iter().map(|t| from_raw(&s, t, 60_000)).collect();
+    assert_eq!(s.build_rollups().unwrap(), 3);
+    let tier_days = |s: &Storage, tier: i64| -> Vec<(i64, Vec<String>)> {
+        s.manifest()
+            .rollups
+            .iter()
+            .filter(|r| r.tier_ms == tier)
+            .map(|r| (r.segment.day - DAY0, r.left_out.clone()))
+            .collect()
+    };
+    assert_eq!(tier_days(&s, 60_000), vec![]);
+    assert_eq!(
+        tier_days(&s, 3_600_000),
+        (0..3).map(|d| (d, vec![])).collect::<Vec<_>>()
+    );
+    for (t, want) in TABLES.iter().zip(&reference) {
+        let (got, r, w) = buckets(&s, t, 60_000);
+        assert_eq!((r, w), (0, 3), "{t}: read raw");
+        assert_eq!(&got, want, "{t}");
+        assert_eq!(buckets(&s, t, 3_600_000).1, 3, "{t}: from the 1 h tier");
+    }
+    assert_eq!(s.build_rollups().unwrap(), 0, "nothing left to build");
+
+    // Day 0's raw rows expire within a day: its 1 m tier is built, with every table.
+    clock.set((DAY0 + 30) * DAY_MS + 1000);
+    assert_eq!(s.build_rollups().unwrap(), 1);
+    assert_eq!(tier_days(&s, 60_000), vec![(0, vec![])]);
+    assert_eq!(s.build_rollups().unwrap(), 0);
+    for (t, want) in TABLES.iter().zip(&reference) {
+        let (got, r, w) = buckets(&s, t, 60_000);
+        assert_eq!((r, w), (1, 2), "{t}");
+        assert_eq!(&got, want, "{t}");
+    }
+
+    // Three days later, with no build pass in between: retention builds days 1 and 2
+    // before it drops every raw day, and the 1 m tier answers what raw did.
+    clock.set((DAY0 + 33) * DAY_MS + 1000);
+    let st = s.enforce_retention().unwrap();
+    assert_eq!(st.dropped_segments, 3, "{st:?}");
+    assert_eq!(
+        tier_days(&s, 60_000),
+        (0..3).map(|d| (d, vec![])).collect::<Vec<_>>()
+    );
+    for (t, want) in TABLES.iter().zip(&reference) {
+        let (got, r, w) = buckets(&s, t, 60_000);
+        assert_eq!((r, w), (3, 0), "{t}");
+        assert_eq!(&got, want, "{t}");
+    }
 }
 
 /// Tier retention overrides: a table override drops that table from the 1 h tier's
