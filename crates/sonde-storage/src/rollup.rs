@@ -694,14 +694,25 @@ fn buckets_of(data: &SeriesData, want: &[bool; 9]) -> Buckets {
     b
 }
 
-/// One tier being built: its bucket width, writer, and the non-event tables it holds
-/// (see [`Inner::tier_tables`]).
+/// The tables of a (tenant, day) one tier holds ([`Inner::tier_tables`]).
+#[derive(Debug, Default)]
+struct TierTables {
+    held: BTreeSet<String>,
+    /// Left out because the tier would save too few rows (held once their raw rows
+    /// are about to expire).
+    left_out: Vec<String>,
+}
+
+/// One tier being built.
 struct TierBuild {
     tier_ms: i64,
     writer: SegmentWriter,
-    tables: BTreeSet<String>,
+    tables: TierTables,
     /// Whether the table being read goes into this tier.
     active: bool,
+    /// The event table being read, grouped (written when it ends: its groups' label
+    /// order is not the raw series order).
+    events: Option<EventRollup>,
 }
 
 /// The builder: one segment writer per tier, fed by the raw merge.
@@ -709,15 +720,12 @@ struct RollupSink {
     tiers: Vec<TierBuild>,
     nfields: usize,
     drop_tags: Vec<String>,
-    /// The event table being read, grouped per tier (written when it ends: its
-    /// groups' label order is not the raw series order).
-    events: Vec<EventRollup>,
 }
 
 impl RollupSink {
     fn end_events(&mut self) -> Result<()> {
-        for (t, ev) in self.tiers.iter_mut().zip(std::mem::take(&mut self.events)) {
-            for (labels, data) in ev.finish() {
+        for t in &mut self.tiers {
+            for (labels, data) in t.events.take().map(EventRollup::finish).unwrap_or_default() {
                 t.writer.push_series(&labels, &data)?;
             }
         }
@@ -728,33 +736,27 @@ impl RollupSink {
 impl MergeSink for RollupSink {
     fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) -> Result<bool> {
         self.end_events()?;
-        if kind == MetricKind::Event {
-            let rf = event_rollup_fields(fields);
-            for t in &mut self.tiers {
-                t.writer.begin_table(name, kind, &rf);
-                self.events
-                    .push(EventRollup::new(t.tier_ms, fields, &self.drop_tags));
-            }
-            return Ok(true);
-        }
         self.nfields = fields.len();
-        let rf = rollup_fields(fields);
+        let rf = match kind {
+            MetricKind::Event => event_rollup_fields(fields),
+            _ => rollup_fields(fields),
+        };
         for t in &mut self.tiers {
-            t.active = t.tables.contains(name);
+            t.active = t.tables.held.contains(name);
             if t.active {
                 t.writer.begin_table(name, kind, &rf);
+                t.events = (kind == MetricKind::Event)
+                    .then(|| EventRollup::new(t.tier_ms, fields, &self.drop_tags));
             }
         }
         Ok(self.tiers.iter().any(|t| t.active))
     }
     fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()> {
-        if !self.events.is_empty() {
-            for ev in &mut self.events {
-                ev.add(labels, data);
-            }
-            return Ok(());
-        }
         for t in self.tiers.iter_mut().filter(|t| t.active) {
+            if let Some(ev) = &mut t.events {
+                ev.add(labels, data);
+                continue;
+            }
             let mut r = rollup_series(data, self.nfields, t.tier_ms);
             thin(&mut r, self.nfields);
             t.writer.push_series(labels, &r)?;
@@ -911,36 +913,41 @@ impl Inner {
         Ok((rows, bytes))
     }
 
-    /// Per tier (parallel to `tiers`), the non-event tables of the day's raw segments
-    /// `segs` the tier holds: those whose raw rows are at least
-    /// [`RollupConfig::min_saving`] times the tier's rows, and those whose raw rows
-    /// expire within [`EXPIRY_LEAD_MS`] at `now`. A series' tier rows are bounded by
-    /// its rows and by the buckets its time range spans (from the segment indexes, no
-    /// data read), so the saving is never overestimated.
+    /// Per tier (parallel to `tiers`), which tables of a (tenant, day)'s raw segments
+    /// `segs` the tier holds. None whose tier retention has passed for the day
+    /// (they would be dropped again); of the others every event table, and a table
+    /// whose raw rows are at least [`RollupConfig::min_saving`] times the tier's rows
+    /// or expire within [`EXPIRY_LEAD_MS`] at `now`. A series' tier rows are bounded
+    /// by its rows and by the buckets its time range spans (from the segment indexes,
+    /// no data read), so the saving is never overestimated.
     fn tier_tables(
         &self,
+        tenant: &str,
+        day: i64,
         segs: &[SegmentMeta],
         tiers: &[i64],
         now: TimestampMs,
-    ) -> Result<Vec<BTreeSet<String>>> {
-        let min_saving = self.config.rollups.min_saving;
-        // Per non-event table: raw rows and, per tier, the bound on its rows.
-        let mut rows: std::collections::BTreeMap<&str, (u64, Vec<u64>)> = Default::default();
+    ) -> Result<Vec<TierTables>> {
+        let cfg = &self.config.rollups;
+        let min_saving = cfg.min_saving;
+        // Per table: whether it is an event table, raw rows and, per tier, the bound
+        // on its rows.
+        let mut rows: std::collections::BTreeMap<&str, (bool, u64, Vec<u64>)> = Default::default();
         for seg in segs {
             let index = if min_saving > 1 {
                 Some(self.segment_index(seg.id, &seg.index_path)?)
             } else {
                 None
             };
-            for t in seg.tables.iter().filter(|t| t.kind() != MetricKind::Event) {
+            for t in &seg.tables {
                 let e = rows
                     .entry(t.name.as_str())
-                    .or_insert_with(|| (0, vec![0; tiers.len()]));
-                e.0 += t.rows;
+                    .or_insert_with(|| (t.kind() == MetricKind::Event, 0, vec![0; tiers.len()]));
+                e.1 += t.rows;
                 let Some(it) = index.as_ref().and_then(|i| i.table(&t.name)) else {
                     continue;
                 };
-                for (bound, &tier) in e.1.iter_mut().zip(tiers) {
+                for (bound, &tier) in e.2.iter_mut().zip(tiers) {
                     *bound += it
                         .series
                         .iter()
@@ -952,21 +959,38 @@ impl Inner {
                 }
             }
         }
-        let ret = &self.config.retention;
-        let tenant_day = segs.first().map(|s| (s.tenant.as_str(), s.day));
+        let last_ms = day * DAY_MS + DAY_MS - 1;
         let due = |table: &str| {
-            tenant_day.is_some_and(|(tenant, day)| {
-                ret.day_expired(tenant, table, day, now.saturating_add(EXPIRY_LEAD_MS))
-            })
+            self.config.retention.day_expired(
+                tenant,
+                table,
+                day,
+                now.saturating_add(EXPIRY_LEAD_MS),
+            )
         };
-        Ok((0..tiers.len())
-            .map(|i| {
-                rows.iter()
-                    .filter(|(name, (raw, tier))| {
-                        min_saving <= 1 || *raw >= tier[i].saturating_mul(min_saving) || due(name)
-                    })
-                    .map(|(name, _)| name.to_string())
-                    .collect()
+        Ok(tiers
+            .iter()
+            .enumerate()
+            .map(|(i, &tier)| {
+                let mut t = TierTables::default();
+                for (&name, (event, raw, bound)) in &rows {
+                    let expired = cfg
+                        .retention_ms(tier, tenant, name)
+                        .is_some_and(|ret| last_ms < now.saturating_sub(ret));
+                    if expired {
+                        continue;
+                    }
+                    if *event
+                        || min_saving <= 1
+                        || *raw >= bound[i].saturating_mul(min_saving)
+                        || due(name)
+                    {
+                        t.held.insert(name.to_string());
+                    } else {
+                        t.left_out.push(name.to_string());
+                    }
+                }
+                t
             })
             .collect())
     }
@@ -1034,16 +1058,11 @@ impl Inner {
             if !stale && !missing {
                 continue;
             }
-            let tables = self.tier_tables(&segs, &tiers, now)?;
-            let has_events = segs
-                .iter()
-                .any(|s| s.tables.iter().any(|t| t.kind() == MetricKind::Event));
-            let wanted = |i: usize| has_events || !tables[i].is_empty();
+            let tables = self.tier_tables(&tenant, day, &segs, &tiers, now)?;
             if !stale
-                && tiers
-                    .iter()
-                    .enumerate()
-                    .all(|(i, t)| !wanted(i) || existing.iter().any(|r| r.tier_ms == *t))
+                && tiers.iter().zip(&tables).all(|(t, held)| {
+                    held.held.is_empty() || existing.iter().any(|r| r.tier_ms == *t)
+                })
             {
                 continue;
             }
@@ -1087,12 +1106,12 @@ impl Inner {
                             )?,
                             tables,
                             active: false,
+                            events: None,
                         })
                     })
                     .collect::<Result<_>>()?,
                 nfields: 0,
                 drop_tags: cfg.event_drop_tags.clone(),
-                events: Vec::new(),
             };
             self.merge_into(&segs, &plan, &|_, _| Keep::All, &mut sink)?;
             sink.end_events()?;
@@ -1101,11 +1120,6 @@ impl Inner {
                 if t.writer.rows() == 0 {
                     continue;
                 }
-                let left_out = plan
-                    .iter()
-                    .filter(|p| p.kind != MetricKind::Event && !t.tables.contains(&p.name))
-                    .map(|p| p.name.clone())
-                    .collect();
                 let (meta, index) = self.write_segment_files(
                     &tenant,
                     day,
@@ -1118,7 +1132,7 @@ impl Inner {
                     sources: ids.clone(),
                     raw_expired: false,
                     version: ROLLUP_VERSION,
-                    left_out,
+                    left_out: t.tables.left_out,
                     segment: meta,
                 });
             }

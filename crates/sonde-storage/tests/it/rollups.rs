@@ -278,6 +278,40 @@ fn tiers_hold_tables_where_they_save_rows() {
     }
 }
 
+/// A tier kept shorter than the raw data is not built for days it no longer keeps,
+/// nor rebuilt for the days its retention drops (raw data kept forever).
+#[test]
+fn tiers_are_not_rebuilt_past_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new((DAY0 + 3) * DAY_MS);
+    let s = open_tuned(dir.path(), &clock, None, |c| {
+        c.rollups.min_saving = 0;
+        c.rollups.retention = vec![Some(Duration::from_secs(2 * 86_400)), None];
+    });
+    load(&s);
+    let days = |s: &Storage, tier: i64| -> Vec<i64> {
+        s.manifest()
+            .rollups
+            .iter()
+            .filter(|r| r.tier_ms == tier)
+            .map(|r| r.segment.day - DAY0)
+            .collect()
+    };
+    assert_eq!(s.build_rollups().unwrap(), 3);
+    assert_eq!(
+        days(&s, 60_000),
+        vec![1, 2],
+        "day 0 is past the 1 m tier's 2 days"
+    );
+    assert_eq!(days(&s, 3_600_000), vec![0, 1, 2]);
+    clock.set((DAY0 + 4) * DAY_MS);
+    assert_eq!(s.expire_rollups().unwrap(), 1);
+    assert_eq!(days(&s, 60_000), vec![2]);
+    assert_eq!(s.build_rollups().unwrap(), 0);
+    assert_eq!(s.enforce_retention().unwrap().dropped_segments, 0);
+    assert_eq!(days(&s, 60_000), vec![2]);
+}
+
 /// Tier retention overrides: a table override drops that table from the 1 h tier's
 /// old days (the rollup segment is rewritten without it, the other tables stay), a
 /// tenant override drops the tenant's whole old 1 m days, and the tier tables read

@@ -1,7 +1,8 @@
 //! Rollup tiers through the real server: over three backfilled days of the standard
-//! dataset and of LLM call records (delta sums), plus fresh unflushed data today,
-//! a corpus of PromQL range queries answers the same from the tiers as from raw
-//! samples (`rollups=false`), and the tiers really answered.
+//! dataset and of LLM call records (delta sums), six hours of denser samples, plus
+//! fresh unflushed data today, a corpus of PromQL range queries answers the same from
+//! the tiers as from raw samples (`rollups=false`), and the tiers that hold the data
+//! (only where they save rows) really answered.
 
 use serde_json::Value;
 
@@ -12,6 +13,7 @@ const DAY: i64 = 24 * HOUR;
 
 const METRICS: &str = "tok-metrics-1234";
 const CALLS: &str = "tok-calls-12345";
+const DENSE: &str = "tok-dense-12345";
 
 fn query_range(
     server: &TestServer,
@@ -98,6 +100,8 @@ fn promql_from_rollups_equals_raw() {
             &format!("{METRICS}=metrics"),
             "--auth-token",
             &format!("{CALLS}=calls"),
+            "--auth-token",
+            &format!("{DENSE}=dense"),
         ],
     );
     let now = now_ms();
@@ -126,6 +130,22 @@ fn promql_from_rollups_equals_raw() {
         "0.01",
         "--start-ms",
         &(day0 + 1000).to_string(),
+    ]);
+    assert!(out.contains("errors=0"), "{out}");
+    // Six hours of day 2 at one sample every 6 s (15 series, 54 k samples): ten a
+    // minute, enough for the 1 m tier to hold them.
+    let dense_from = day0 + 2 * DAY + 6 * HOUR;
+    let out = server.load(&[
+        "--token",
+        DENSE,
+        "--series",
+        "15",
+        "--samples",
+        "3600",
+        "--interval-ms",
+        "6000",
+        "--start-ms",
+        &dense_from.to_string(),
     ]);
     assert!(out.contains("errors=0"), "{out}");
     let admin = |path: &str| server.http_auth("POST", path, "text/plain", b"", Some(METRICS));
@@ -252,6 +272,28 @@ fn promql_from_rollups_equals_raw() {
             day0 + 2 * DAY + 18 * HOUR,
             300_000,
         ),
+        // The dense tenant's six hours: from the 1 m tier, and from the 1 h tier.
+        (
+            DENSE,
+            "sum(rate(llm_tokens_total[5m]))",
+            dense_from + 10 * 60_000,
+            dense_from + 6 * HOUR,
+            300_000,
+        ),
+        (
+            DENSE,
+            "max_over_time(llm_ttft_seconds[2m])",
+            dense_from + 2 * 60_000,
+            dense_from + 3 * HOUR,
+            120_000,
+        ),
+        (
+            DENSE,
+            "histogram_quantile(0.9, sum by (le) (increase(llm_request_duration_seconds_bucket[1h])))",
+            dense_from + HOUR,
+            dense_from + 6 * HOUR,
+            HOUR,
+        ),
         (
             METRICS,
             "increase(llm_tokens_total{token_type=\"output\"}[10m])",
@@ -273,12 +315,17 @@ fn promql_from_rollups_equals_raw() {
         let raw = series(&query_range(
             &server, token, q, *start, *end, *step, "false",
         ));
-        // Only the 1 h tier holds the metric tables (a 30th of their 2-minute
-        // samples): the 1 m tier would hold as many rows as raw and the call
-        // records' counters have a few rows per series-hour, so the build leaves
-        // them out of the tiers (`rollups.min_saving`) and even `rollups=always`
-        // reads them raw. By default a tier is used under the same rule.
-        let by_tier = f64::from(u8::from(*token == METRICS && *step % HOUR == 0));
+        // Only the 1 h tier holds the 2-minute metric samples (a 30th of their
+        // rows): the 1 m tier would hold as many rows as raw and the call records'
+        // counters have a few rows per series-hour, so the build leaves them out of
+        // the tiers (`rollups.min_saving`) and even `rollups=always` reads them raw;
+        // both tiers hold the dense tenant's 6 s samples. By default a tier is used
+        // under the same rule.
+        let by_tier = f64::from(u8::from(match *token {
+            METRICS => *step % HOUR == 0,
+            DENSE => true,
+            _ => false,
+        }));
         let c0 = rollup_calls(&server);
         let tier = series(&query_range(
             &server, token, q, *start, *end, *step, "always",
