@@ -944,7 +944,12 @@ impl Inner {
                     .entry(t.name.as_str())
                     .or_insert_with(|| (t.kind() == MetricKind::Event, 0, vec![0; tiers.len()]));
                 e.1 += t.rows;
-                let Some(it) = index.as_ref().and_then(|i| i.table(&t.name)) else {
+                // Event tables are always held: no bound needed.
+                let Some(it) = index
+                    .as_ref()
+                    .filter(|_| !e.0)
+                    .and_then(|i| i.table(&t.name))
+                else {
                     continue;
                 };
                 for (bound, &tier) in e.2.iter_mut().zip(tiers) {
