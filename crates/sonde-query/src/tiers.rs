@@ -7,7 +7,8 @@
 //! ```
 //!
 //! from the coarsest tier whose bucket width divides the `date_bin` interval and the
-//! time bounds: every raw row of a tier bucket falls into the same `date_bin` bin and
+//! time bounds, and which holds some day of the table (tiers hold a table only where
+//! they save rows): every raw row of a tier bucket falls into the same `date_bin` bin and
 //! on the same side of each bound, so count/sum/min/max/avg over the buckets'
 //! statistics equal those over the rows. The scan becomes the tier table
 //! (`<table>_1h`, read like `SELECT … FROM llm_tokens_total_1h`, current rollups plus
@@ -129,12 +130,24 @@ fn try_rewrite(plan: &LogicalPlan) -> DfResult<Option<LogicalPlan>> {
     {
         return Ok(None);
     }
+    // A tier holding none of the table's days (not built yet, or built without the
+    // table because it would save too few rows) would only roll raw rows up on the
+    // fly: the next finer tier, else the raw table. Event tables keep their tiers
+    // (their quantiles come from the sketches).
+    let holds = |t: i64| {
+        event
+            || table
+                .storage
+                .rollup_cover(&table.tenant, t, &table.table, i64::MIN, i64::MAX)
+                .days
+                > 0
+    };
     let tier = table
         .storage
         .rollup_tiers()
         .into_iter()
         .rev()
-        .find(|t| must_divide.iter().all(|ms| ms % t == 0));
+        .find(|&t| must_divide.iter().all(|ms| ms % t == 0) && holds(t));
     let Some(tier) = tier else {
         return Ok(None);
     };

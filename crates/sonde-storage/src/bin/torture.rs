@@ -23,6 +23,8 @@ fn main() {
     config.max_head_bytes = 64 << 10;
     // Event ids are the timestamps (days 0–2 of 1970): keep them, and merge often.
     config.retention.raw = None;
+    // The tiers keep those days too (past a tier's retention no rollup is built).
+    config.rollups.retention = vec![None, None];
     config.compaction.interval = std::time::Duration::from_millis(50);
     let storage = Storage::open(config).expect("open storage");
     let mut out = std::io::stdout().lock();
@@ -35,7 +37,7 @@ fn main() {
                 .push(SeriesBatch::i64(labels, vec![id, id + 1], vec![id, id + 1]));
             id += 2;
         }
-        // A counter beside the events, so rollups are built (events are not rolled up).
+        // A counter beside the events, so the tiers hold a metric table too.
         let mut c = TableBatch::single("ticks", MetricKind::Counter, FieldType::I64);
         c.series.push(SeriesBatch::i64(
             Labels::new([("writer", "w0")]).unwrap(),

@@ -399,6 +399,16 @@ fn promql_from_rollups_equals_raw() {
     let plan = sql(&format!("EXPLAIN {}", q(" AND value > -1e300")));
     let plan = serde_json::to_string(&plan).unwrap();
     assert!(!plan.contains("llm_ttft_seconds_1h"), "{plan}");
+    // Minute bins: the 1 m tier holds the dense tenant's samples, not the 2-minute
+    // ones, which stay on raw rows (the tier would only roll them up on the fly).
+    let minute = format!(
+        "EXPLAIN SELECT model, date_bin(INTERVAL '1 minute', time) AS m, max(value) AS hi \
+         FROM llm_ttft_seconds WHERE {range} GROUP BY model, m"
+    );
+    let plan = serde_json::to_string(&sql(&minute)).unwrap();
+    assert!(!plan.contains("llm_ttft_seconds_1"), "{plan}");
+    let plan = serde_json::to_string(&sql_as(&server, DENSE, &minute)).unwrap();
+    assert!(plan.contains("TableScan: llm_ttft_seconds_1m"), "{plan}");
     let (auto, raw_rows) = (sql(&q("")), sql(&q(" AND value > -1e300")));
     assert!(raw_rows.len() > 50, "{}", raw_rows.len());
     assert_eq!(auto.len(), raw_rows.len());
