@@ -1046,28 +1046,20 @@ impl Inner {
             // A tier is current when its rollup was built from these segments by this
             // version and left out no table now due; a tier without a rollup, when it
             // has nothing to hold.
-            let mut missing = false;
-            let stale = tiers
-                .iter()
-                .any(|t| match existing.iter().find(|r| r.tier_ms == *t) {
-                    Some(r) => {
-                        r.sources != ids
-                            || r.version < ROLLUP_VERSION
-                            || r.left_out.iter().any(|x| due(x))
-                    }
-                    None => {
-                        missing = true;
-                        false
-                    }
-                });
+            let rollup = |t: i64| existing.iter().find(|r| r.tier_ms == t);
+            let stale = tiers.iter().filter_map(|&t| rollup(t)).any(|r| {
+                r.sources != ids || r.version < ROLLUP_VERSION || r.left_out.iter().any(|x| due(x))
+            });
+            let missing = tiers.iter().any(|&t| rollup(t).is_none());
             if !stale && !missing {
                 continue;
             }
             let tables = self.tier_tables(&tenant, day, &segs, &tiers, now)?;
             if !stale
-                && tiers.iter().zip(&tables).all(|(t, held)| {
-                    held.held.is_empty() || existing.iter().any(|r| r.tier_ms == *t)
-                })
+                && tiers
+                    .iter()
+                    .zip(&tables)
+                    .all(|(&t, held)| held.held.is_empty() || rollup(t).is_some())
             {
                 continue;
             }

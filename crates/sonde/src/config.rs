@@ -576,4 +576,23 @@ output = 2.0
             "unknown keys are errors"
         );
     }
+
+    /// `[rollups] min_saving` sets the build rule and the PromQL planner's alike.
+    #[test]
+    fn rollup_min_saving_reaches_storage_and_promql() {
+        use clap::Parser;
+        let args = || match crate::Cli::parse_from(["sonde", "serve"]).command {
+            crate::Command::Serve(a) => *a,
+            other => panic!("{other:?}"),
+        };
+        let d = Settings::resolve(args(), FileConfig::default()).unwrap();
+        assert_eq!(d.rollups.min_saving, sonde_storage::rollup::MIN_SAVING);
+        assert_eq!(
+            d.promql.rollup_min_saving,
+            sonde_storage::rollup::MIN_SAVING
+        );
+        let f: FileConfig = toml::from_str("[rollups]\nmin_saving = 0\n").unwrap();
+        let s = Settings::resolve(args(), f).unwrap();
+        assert_eq!((s.rollups.min_saving, s.promql.rollup_min_saving), (0, 0));
+    }
 }
