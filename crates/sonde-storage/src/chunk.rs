@@ -22,9 +22,9 @@ use crate::codec::{Dec, Enc};
 use crate::series::{Column, SeriesData, Values};
 
 /// Rows per sealed chunk. The open rows' vectors grow by doubling, so a series holds
-/// up to this many rows' worth of capacity uncompressed: 100k-series remote-write load
-/// + flush, four runs each, peak RSS 274–276 MiB at 32 rows, 241–245 at 16, with the
-/// same ingest rate and head size.
+/// up to this many rows' worth of capacity uncompressed. A 100k-series remote-write
+/// load and flush, four runs each: peak RSS 274–276 MiB at 32 rows, 241–245 at 16,
+/// with the same ingest rate and head size.
 pub const SEAL_ROWS: usize = 16;
 
 /// One series in the head: sealed compressed chunks plus the open rows.
