@@ -150,6 +150,20 @@ impl RollupConfig {
             .flatten()
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
     }
+    /// Whether the tier at `tier_ms` no longer keeps `tenant`'s `table` for `day` at
+    /// `now` (its retention passed). What retention drops from a tier, the build
+    /// never puts in it (else the two would undo each other on every pass).
+    pub fn day_expired(
+        &self,
+        tier_ms: i64,
+        tenant: &str,
+        table: &str,
+        day: i64,
+        now: TimestampMs,
+    ) -> bool {
+        self.retention_ms(tier_ms, tenant, table)
+            .is_some_and(|ret| day * DAY_MS + DAY_MS - 1 < now.saturating_sub(ret))
+    }
 }
 
 /// The statistics rolled up per bucket, with their types, in field order.
@@ -614,23 +628,51 @@ fn with_sources(fields: &[FieldDef]) -> Vec<FieldDef> {
     read
 }
 
-/// After rollup rows of `read` (from [`with_sources`]) are read: the derived
-/// statistics a row left null while it has samples are computed back from their
-/// sources ([`thin`]), and the columns past the first `wanted` dropped.
-fn fill_derived(data: &mut SeriesData, read: &[FieldDef], wanted: usize) {
+/// A derived statistic of a read and the columns it is filled from (positions in
+/// the read's fields).
+struct Fill {
+    target: usize,
+    first: usize,
+    of: usize,
+    minus: Option<usize>,
+}
+
+/// The fills of a read of `read` (from [`with_sources`]) whose first `wanted` fields
+/// were asked for: worked out once per read, applied per series ([`fill_derived`]).
+fn fills(read: &[FieldDef], wanted: usize) -> Vec<Fill> {
     let pos = |name: &str| read.iter().position(|f| f.name == name);
-    for (t, f) in read.iter().enumerate().take(wanted) {
-        let Some((first, of, minus)) = derived_from(&f.name) else {
-            continue;
-        };
-        let fills: Vec<(usize, f64)> = {
-            let col = |name: &str| pos(name).and_then(|p| f64s(&data.cols, p));
+    read.iter()
+        .take(wanted)
+        .enumerate()
+        .filter_map(|(target, f)| {
+            let (first, of, minus) = derived_from(&f.name)?;
+            let minus = match minus {
+                Some(m) => Some(pos(&m)?),
+                None => None,
+            };
+            Some(Fill {
+                target,
+                first: pos(&first)?,
+                of: pos(&of)?,
+                minus,
+            })
+        })
+        .collect()
+}
+
+/// After a series' rollup rows are read: the derived statistics a row left null
+/// while it has samples are computed back from their sources ([`thin`]), and the
+/// columns past the first `wanted` (the added sources) dropped.
+fn fill_derived(data: &mut SeriesData, fills: &[Fill], wanted: usize) {
+    for f in fills {
+        let values: Vec<(usize, f64)> = {
+            let col = |p: usize| f64s(&data.cols, p);
             let (Some((tc, _)), Some((fc, _)), Some((oc, of))) =
-                (col(&f.name), col(&first), col(&of))
+                (col(f.target), col(f.first), col(f.of))
             else {
                 continue;
             };
-            let minus = match minus.as_deref().map(col) {
+            let minus = match f.minus.map(col) {
                 Some(None) => continue,
                 m => m.flatten(),
             };
@@ -642,9 +684,9 @@ fn fill_derived(data: &mut SeriesData, read: &[FieldDef], wanted: usize) {
         if let Some(Some(Column {
             values: Values::F64(v),
             valid: Some(valid),
-        })) = data.cols.get_mut(t)
+        })) = data.cols.get_mut(f.target)
         {
-            for (i, x) in fills {
+            for (i, x) in values {
                 v[i] = x;
                 valid[i] = true;
             }
@@ -907,10 +949,19 @@ impl Inner {
                 end: hi,
             },
         )?;
+        let fills = fills(&read, fields.len());
         for (_, data) in &mut rows {
-            fill_derived(data, &read, fields.len());
+            fill_derived(data, &fills, fields.len());
         }
         Ok((rows, bytes))
+    }
+
+    /// Whether `tenant`'s raw rows of `table` for `day` expire within
+    /// [`EXPIRY_LEAD_MS`] of `now` (or already have): every tier takes them in then.
+    fn raw_expires_soon(&self, tenant: &str, table: &str, day: i64, now: TimestampMs) -> bool {
+        self.config
+            .retention
+            .day_expired(tenant, table, day, now.saturating_add(EXPIRY_LEAD_MS))
     }
 
     /// Per tier (parallel to `tiers`), which tables of a (tenant, day)'s raw segments
@@ -964,31 +1015,19 @@ impl Inner {
                 }
             }
         }
-        let last_ms = day * DAY_MS + DAY_MS - 1;
-        let due = |table: &str| {
-            self.config.retention.day_expired(
-                tenant,
-                table,
-                day,
-                now.saturating_add(EXPIRY_LEAD_MS),
-            )
-        };
         Ok(tiers
             .iter()
             .enumerate()
             .map(|(i, &tier)| {
                 let mut t = TierTables::default();
                 for (&name, (event, raw, bound)) in &rows {
-                    let expired = cfg
-                        .retention_ms(tier, tenant, name)
-                        .is_some_and(|ret| last_ms < now.saturating_sub(ret));
-                    if expired {
+                    if cfg.day_expired(tier, tenant, name, day, now) {
                         continue;
                     }
                     if *event
                         || min_saving <= 1
                         || *raw >= bound[i].saturating_mul(min_saving)
-                        || due(name)
+                        || self.raw_expires_soon(tenant, name, day, now)
                     {
                         t.held.insert(name.to_string());
                     } else {
@@ -1032,14 +1071,7 @@ impl Inner {
                 .iter()
                 .filter(|r| r.segment.tenant == tenant && r.segment.day == day)
                 .collect();
-            let due = |table: &str| {
-                self.config.retention.day_expired(
-                    &tenant,
-                    table,
-                    day,
-                    now.saturating_add(EXPIRY_LEAD_MS),
-                )
-            };
+            let due = |table: &str| self.raw_expires_soon(&tenant, table, day, now);
             if only_due && !segs.iter().any(|s| s.tables.iter().any(|t| due(&t.name))) {
                 continue;
             }
@@ -1192,16 +1224,19 @@ impl Inner {
         let rollups = self.state.read().manifest.rollups.clone();
         let mut n = 0;
         for r in rollups {
-            let last_ms = r.segment.day * DAY_MS + DAY_MS - 1;
             let expired: BTreeSet<&str> = r
                 .segment
                 .tables
                 .iter()
                 .filter(|t| {
                     !tiers.contains(&r.tier_ms)
-                        || cfg
-                            .retention_ms(r.tier_ms, &r.segment.tenant, &t.name)
-                            .is_some_and(|ret| last_ms < now.saturating_sub(ret))
+                        || cfg.day_expired(
+                            r.tier_ms,
+                            &r.segment.tenant,
+                            &t.name,
+                            r.segment.day,
+                            now,
+                        )
                 })
                 .map(|t| t.name.as_str())
                 .collect();
@@ -1608,7 +1643,7 @@ mod tests {
             read.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
             ["value_min", "value_max", "value_first", "value_last"]
         );
-        fill_derived(&mut stored, &fields, fields.len());
+        fill_derived(&mut stored, &fills(&fields, fields.len()), fields.len());
         assert_eq!(buckets_of(&stored, &[true; 9]), b);
     }
 }
