@@ -84,10 +84,12 @@ def post_sql(http, sql):
 def decoded(files, table):
     """DuckDB SQL yielding `table` with tags, time and the decoded `value`."""
     return f"""
-      SELECT * EXCLUDE ("value:m", "value:s", "value:f", filename, file_row_number, __name__),
+      SELECT * EXCLUDE ("value:m", "value:s", "value:f", "value:w", filename, file_row_number,
+                        __name__),
         coalesce("value:f",
-          CASE WHEN "value:s" >= 0 THEN "value:m" / pow(10, "value:s")
-          ELSE sum("value:m") OVER (PARTITION BY filename, __series ORDER BY file_row_number)
+          CASE WHEN "value:s" >= 0 THEN coalesce("value:m", "value:w") / pow(10, "value:s")
+          ELSE sum(coalesce("value:m", "value:w"))
+                 OVER (PARTITION BY filename, __series ORDER BY file_row_number)
                / pow(10, -"value:s" - 1) END) AS value
       FROM (SELECT * FROM read_parquet({files!r}, union_by_name = true, filename = true,
                                        file_row_number = true)

@@ -22,7 +22,7 @@ use crate::head::TableHead;
 use crate::par::PARALLEL_MIN_SERIES;
 use crate::postings::Matcher;
 use crate::segment::index::SegmentIndex;
-use crate::segment::reader::{SeriesRead, read_series};
+use crate::segment::reader::{SeriesRead, read_series_parts};
 use crate::series::{Column, SeriesData, Values};
 use crate::{Error, Result, Storage};
 
@@ -238,6 +238,11 @@ impl Storage {
     /// are enough series, none larger than `max_part` — on up to `req.threads`
     /// threads, mapping each part with `f` as soon as it is read. Returns the results
     /// in order and the bytes read.
+    ///
+    /// Each thread's share is a few contiguous runs of series, each read by one
+    /// Parquet reader that hands over `max_part` series at a time: a reader per
+    /// part decoded the footer and created a decompression context per column for
+    /// every 512 series (~4 % of a 100k-series dashboard query).
     fn read_segment<U: Send>(
         &self,
         seg: &SegmentRead,
@@ -250,8 +255,14 @@ impl Storage {
             .index
             .table(&req.table)
             .expect("selected from this table");
-        let read = |ordinals: &[u32]| -> Result<(U, u64)> {
-            let (rows, bytes) = read_series(
+        let part = seg
+            .ordinals
+            .len()
+            .div_ceil(req.threads.max(1))
+            .clamp(PARALLEL_MIN_SERIES, max_part.max(PARALLEL_MIN_SERIES));
+        let read = |ordinals: &[u32]| -> Result<(Vec<U>, u64)> {
+            let mut out = Vec::new();
+            let bytes = read_series_parts(
                 self.inner.vfs.as_ref(),
                 &SeriesRead {
                     path: seg.path.clone(),
@@ -261,26 +272,33 @@ impl Storage {
                     start: req.start,
                     end: req.end,
                 },
+                part,
+                |rows| {
+                    out.push(f(rows));
+                    Ok(())
+                },
             )?;
-            Ok((f(rows), bytes))
+            Ok((out, bytes))
         };
-        let size = seg
+        // Two runs per thread, so a thread slowed by the machine leaves work to the
+        // other.
+        let run = seg
             .ordinals
             .len()
-            .div_ceil(req.threads.max(1))
-            .clamp(PARALLEL_MIN_SERIES, max_part.max(PARALLEL_MIN_SERIES));
-        let chunks: Vec<&[u32]> = seg.ordinals.chunks(size).collect();
-        let results: Vec<Result<(U, u64)>> = if req.threads > 1 && chunks.len() > 1 {
+            .div_ceil(2 * req.threads.max(1))
+            .max(part);
+        let runs: Vec<&[u32]> = seg.ordinals.chunks(run).collect();
+        let results: Vec<Result<(Vec<U>, u64)>> = if req.threads > 1 && runs.len() > 1 {
             use rayon::prelude::*;
-            chunks.into_par_iter().map(&read).collect()
+            runs.into_par_iter().map(&read).collect()
         } else {
-            chunks.into_iter().map(&read).collect()
+            runs.into_iter().map(&read).collect()
         };
         let mut out = Vec::with_capacity(results.len());
         let mut bytes = 0;
         for r in results {
             let (u, b) = r?;
-            out.push(u);
+            out.extend(u);
             bytes += b;
         }
         Ok((out, bytes))

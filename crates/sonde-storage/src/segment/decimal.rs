@@ -91,14 +91,19 @@ fn shared_scale(scales: &[i8]) -> Option<i8> {
 
 /// Calls `emit` with the absolute mantissa of each row stored at the shared stored
 /// scale `stored` (deltas summed into `acc`, as in [`resolve`]); returns the scale.
-fn each_mantissa(mants: &[i64], stored: i8, acc: &mut i64, mut emit: impl FnMut(i64)) -> i8 {
+fn each_mantissa<M: Copy + Into<i64>>(
+    mants: &[M],
+    stored: i8,
+    acc: &mut i64,
+    mut emit: impl FnMut(i64),
+) -> i8 {
     if stored < 0 {
         for &m in mants {
-            *acc = acc.wrapping_add(m);
+            *acc = acc.wrapping_add(m.into());
             emit(*acc);
         }
     } else {
-        mants.iter().for_each(|&m| emit(m));
+        mants.iter().for_each(|&m| emit(m.into()));
     }
     scale_of(stored)
 }
@@ -112,7 +117,12 @@ fn scale_of(stored: i8) -> i8 {
 /// non-null, one series) to `out`; `acc` as in [`resolve`]. Returns the rows' scale
 /// when they share one, in which case the loop has no per-row branch; `None`
 /// (mixed scales) resolves row by row.
-pub fn resolve_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<i64>) -> Option<i8> {
+pub fn resolve_rows<M: Copy + Into<i64>>(
+    mants: &[M],
+    scales: &[i8],
+    acc: &mut i64,
+    out: &mut Vec<i64>,
+) -> Option<i8> {
     out.reserve(mants.len());
     match shared_scale(scales) {
         Some(stored) => Some(each_mantissa(mants, stored, acc, |m| out.push(m))),
@@ -121,7 +131,7 @@ pub fn resolve_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<i
                 mants
                     .iter()
                     .zip(scales)
-                    .map(|(&m, &s)| resolve(m, s, acc).0),
+                    .map(|(&m, &s)| resolve(m.into(), s, acc).0),
             );
             None
         }
@@ -130,7 +140,12 @@ pub fn resolve_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<i
 
 /// [`resolve_rows`] as values: appends `m / 10^scale` for each row to `out` (no
 /// division at scale 0, where it would change nothing).
-pub fn decode_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<f64>) {
+pub fn decode_rows<M: Copy + Into<i64>>(
+    mants: &[M],
+    scales: &[i8],
+    acc: &mut i64,
+    out: &mut Vec<f64>,
+) {
     out.reserve(mants.len());
     match shared_scale(scales) {
         Some(stored) if scale_of(stored) == 0 => {
@@ -141,7 +156,7 @@ pub fn decode_rows(mants: &[i64], scales: &[i8], acc: &mut i64, out: &mut Vec<f6
             each_mantissa(mants, stored, acc, |m| out.push(m as f64 / p));
         }
         None => out.extend(mants.iter().zip(scales).map(|(&m, &s)| {
-            let (m, s) = resolve(m, s, acc);
+            let (m, s) = resolve(m.into(), s, acc);
             from_mantissa(m, s)
         })),
     }

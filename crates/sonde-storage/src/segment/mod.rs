@@ -8,10 +8,11 @@
 //! `sonde.tables` metadata and the index.
 //!
 //! Field values are stored as decimals where that is exact (see [`decimal`]): an
-//! `INT64` mantissa `<field>:m` (delta-binary-packed), an `INT8` scale `<field>:s`
-//! (value = m / 10^s) and a `DOUBLE` `<field>:f` (byte-stream-split) for values that are
-//! not short decimals (NaN, 1/3, …). Integer fields (token counts) use `:m` with scale
-//! 0. This is what brings counters and 0.1-ms latencies under a byte per sample.
+//! `INT32` mantissa `<field>:m` (byte-stream-split; an `INT64` `<field>:w` holds the
+//! rare mantissa that does not fit), an `INT8` scale `<field>:s` (value = m / 10^s)
+//! and a `DOUBLE` `<field>:f` (byte-stream-split) for values that are not short
+//! decimals (NaN, 1/3, …). Integer fields (token counts) use `:m` with scale 0. This
+//! is what brings counters and 0.1-ms latencies under a byte per sample.
 //! A bytes field (only rollup sketches are) is one `BINARY` column `<field>:b`.
 
 pub mod decimal;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, DictionaryArray, Float64Builder, Int8Builder, Int32Array,
-    Int64Builder, RecordBatch, StringArray, TimestampMillisecondArray,
+    Int32Builder, Int64Builder, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -52,10 +53,13 @@ pub const FORMAT_VERSION: u32 = 1;
 /// series), so other engines can `PARTITION BY` it to undo per-series deltas.
 pub const SERIES_COLUMN: &str = "__series";
 
-/// Suffixes of the three physical columns of a field.
+/// Suffixes of the four physical columns of a field: the mantissa when it fits in 32
+/// bits, its scale, the double when the value is not a short decimal, and the
+/// mantissa when it does not fit in 32 bits.
 pub const MANTISSA: &str = ":m";
 pub const SCALE: &str = ":s";
 pub const FLOAT: &str = ":f";
+pub const WIDE: &str = ":w";
 /// Suffix of the one physical column of a bytes field.
 pub const BYTES: &str = ":b";
 
@@ -217,9 +221,10 @@ pub fn physical_schema(
         false,
     ));
     for f in fields {
-        cols.push(Field::new(format!("{f}{MANTISSA}"), DataType::Int64, true));
+        cols.push(Field::new(format!("{f}{MANTISSA}"), DataType::Int32, true));
         cols.push(Field::new(format!("{f}{SCALE}"), DataType::Int8, true));
         cols.push(Field::new(format!("{f}{FLOAT}"), DataType::Float64, true));
+        cols.push(Field::new(format!("{f}{WIDE}"), DataType::Int64, true));
     }
     for f in bytes_fields {
         cols.push(Field::new(format!("{f}{BYTES}"), DataType::Binary, true));
@@ -254,10 +259,13 @@ fn writer_properties(opts: &WriteOptions, fields: &BTreeSet<String>) -> WriterPr
     for f in fields {
         // Measured on the standard dataset: per-series deltas of mantissas under
         // BYTE_STREAM_SPLIT + zstd beat DELTA_BINARY_PACKED, whose 128-value blocks
-        // widen at every series boundary (benches/README.md).
-        let path = ColumnPath::from(format!("{f}{MANTISSA}"));
-        p = p.set_column_dictionary_enabled(path.clone(), false);
-        p = p.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+        // widen at every series boundary (benches/README.md). 32-bit mantissas
+        // compress as well as 64-bit ones and decode in half the bytes.
+        for suffix in [MANTISSA, WIDE] {
+            let path = ColumnPath::from(format!("{f}{suffix}"));
+            p = p.set_column_dictionary_enabled(path.clone(), false);
+            p = p.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+        }
         let path = ColumnPath::from(format!("{f}{FLOAT}"));
         p = p.set_column_dictionary_enabled(path.clone(), false);
         if opts.value_encoding != ValueEncoding::Plain {
@@ -574,9 +582,10 @@ impl DictCol {
 
 #[derive(Debug)]
 struct FieldCols {
-    m: Int64Builder,
+    m: Int32Builder,
     s: Int8Builder,
     f: Float64Builder,
+    w: Int64Builder,
 }
 
 /// The builders of one physical field (a few per segment: their size does not matter).
@@ -623,9 +632,10 @@ impl BatchBuilder {
                     (
                         f.clone(),
                         FieldBuild::Num(FieldCols {
-                            m: Int64Builder::new(),
+                            m: Int32Builder::new(),
                             s: Int8Builder::new(),
                             f: Float64Builder::new(),
+                            w: Int64Builder::new(),
                         }),
                     )
                 })
@@ -685,6 +695,7 @@ impl BatchBuilder {
                 out.m.append_nulls(n);
                 out.s.append_nulls(n);
                 out.f.append_nulls(n);
+                out.w.append_nulls(n);
                 continue;
             };
             // Mantissas per row (None: null, or not a decimal → the double column).
@@ -728,14 +739,24 @@ impl BatchBuilder {
             for (i, m) in mants.iter().enumerate() {
                 match *m {
                     Some(m) => {
-                        out.m
-                            .append_value(if delta { m.wrapping_sub(prev) } else { m });
+                        let stored = if delta { m.wrapping_sub(prev) } else { m };
+                        match i32::try_from(stored) {
+                            Ok(narrow) => {
+                                out.m.append_value(narrow);
+                                out.w.append_null();
+                            }
+                            Err(_) => {
+                                out.m.append_null();
+                                out.w.append_value(stored);
+                            }
+                        }
                         prev = m;
                         out.s.append_value(stored_scale);
                         out.f.append_null();
                     }
                     None => {
                         out.m.append_null();
+                        out.w.append_null();
                         out.s.append_null();
                         let x = match &col.values {
                             Values::F64(v) if col.is_valid(i) => Some(v[i]),
@@ -769,6 +790,7 @@ impl BatchBuilder {
                 cols.push(Arc::new(f.m.finish()));
                 cols.push(Arc::new(f.s.finish()));
                 cols.push(Arc::new(f.f.finish()));
+                cols.push(Arc::new(f.w.finish()));
             }
         }
         for f in self.fields.values_mut() {
@@ -806,8 +828,63 @@ mod tests {
         }
     }
 
-    /// Deltas, fallbacks to doubles, nulls and i64 extremes survive a round trip, also
-    /// when a series spans Arrow batches and pages.
+    /// The file as segments were written before 2026-11-29: every mantissa in a
+    /// 64-bit `:m`, no `:w`.
+    fn with_64_bit_mantissas(parquet: &[u8]) -> Vec<u8> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Int32Type, Int64Type};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(parquet.to_vec()))
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let schema = batch.schema();
+            let (mut fields, mut cols) = (Vec::new(), Vec::new());
+            for (f, col) in schema.fields().iter().zip(batch.columns()) {
+                let name = f.name();
+                if name.ends_with(WIDE) {
+                    continue;
+                }
+                if let Some(field) = name.strip_suffix(MANTISSA) {
+                    let narrow = col.as_primitive::<Int32Type>();
+                    let wide = batch
+                        .column_by_name(&format!("{field}{WIDE}"))
+                        .unwrap()
+                        .as_primitive::<Int64Type>();
+                    let m: arrow::array::Int64Array = (0..narrow.len())
+                        .map(|i| {
+                            (narrow.is_valid(i))
+                                .then(|| i64::from(narrow.value(i)))
+                                .or(wide.is_valid(i).then(|| wide.value(i)))
+                        })
+                        .collect();
+                    fields.push(Field::new(name, DataType::Int64, true));
+                    cols.push(Arc::new(m) as ArrayRef);
+                } else {
+                    fields.push(f.as_ref().clone());
+                    cols.push(col.clone());
+                }
+            }
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+            let w = writer.get_or_insert_with(|| {
+                let props = WriterProperties::builder()
+                    .set_data_page_row_count_limit(64)
+                    .set_write_batch_size(64)
+                    .build();
+                ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap()
+            });
+            w.write(&batch).unwrap();
+        }
+        writer.unwrap().into_inner().unwrap()
+    }
+
+    /// Deltas, fallbacks to doubles, nulls and i64 extremes (mantissas too wide for
+    /// `:m`) survive a round trip, also when a series spans Arrow batches and pages;
+    /// segments with 64-bit mantissas read the same; parts of one reader hold the
+    /// same series as a whole read.
     #[test]
     fn values_roundtrip_bit_exact() {
         let n = 300;
@@ -865,20 +942,35 @@ mod tests {
         let vfs = SimVfs::new();
         let path = Path::new("/s.parquet");
         vfs.write_synced(path, &enc.parquet).unwrap();
-        let it = enc.index.table("t").unwrap();
-        for ordinals in [vec![0u32, 1], vec![1]] {
-            let (got, _) = read_series(
-                &vfs,
-                &SeriesRead {
-                    path: path.into(),
-                    table: it,
-                    ordinals: &ordinals,
-                    fields: &fields,
-                    start: i64::MIN,
-                    end: i64::MAX,
-                },
-            )
+        let old = Path::new("/old.parquet");
+        vfs.write_synced(old, &with_64_bit_mantissas(&enc.parquet))
             .unwrap();
+        let it = enc.index.table("t").unwrap();
+        for (path, ordinals) in [
+            (path, vec![0u32, 1]),
+            (path, vec![1]),
+            (old, vec![0, 1]),
+            (old, vec![0]),
+        ] {
+            let req = SeriesRead {
+                path: path.into(),
+                table: it,
+                ordinals: &ordinals,
+                fields: &fields,
+                start: i64::MIN,
+                end: i64::MAX,
+            };
+            let (got, _) = read_series(&vfs, &req).unwrap();
+            let mut parts = Vec::new();
+            super::reader::read_series_parts(&vfs, &req, 1, |p| {
+                parts.push(p);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(parts.len(), ordinals.len());
+            for (p, (gl, gd)) in parts.iter().zip(&got) {
+                assert_eq!((&p[0].0, p[0].1.ts.len()), (gl, gd.ts.len()));
+            }
             for ((gl, gd), o) in got.iter().zip(&ordinals) {
                 let (wl, wd) = &chunk.series[*o as usize];
                 let wd = wd.rows(MetricKind::Gauge);

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, Int8Type, Int64Type, TimestampMillisecondType};
+use arrow::array::{Array, AsArray, Int32Array, Int64Array};
+use arrow::datatypes::{
+    DataType, Float64Type, Int8Type, Int32Type, Int64Type, TimestampMillisecondType,
+};
 use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
@@ -19,7 +21,7 @@ use parquet::file::reader::{ChunkReader, Length};
 use sonde_types::{FieldDef, FieldType, Labels, TimestampMs};
 
 use super::index::{IndexTable, ranges_to_selection};
-use super::{BYTES, FLOAT, MANTISSA, SCALE, decimal};
+use super::{BYTES, FLOAT, MANTISSA, SCALE, WIDE, decimal};
 use crate::series::{Column, SeriesData, Values};
 use crate::vfs::{ReadAt, Vfs};
 use crate::{Error, Result};
@@ -117,9 +119,28 @@ pub fn read_series(
     vfs: &dyn Vfs,
     req: &SeriesRead<'_>,
 ) -> Result<(Vec<(Labels, SeriesData)>, u64)> {
+    let mut out = Vec::new();
+    let bytes = read_series_parts(vfs, req, usize::MAX, |part| {
+        out.extend(part);
+        Ok(())
+    })?;
+    Ok((out, bytes))
+}
+
+/// [`read_series`] handing the series to `emit` in parts of `part` series (the last
+/// may be smaller; a series without rows in `[start, end]` is left out) as they are
+/// decoded, through one Parquet reader: the footer, the offset index and the
+/// decompression contexts are set up once for the whole request, not per part.
+/// Returns the bytes read from the file.
+pub fn read_series_parts(
+    vfs: &dyn Vfs,
+    req: &SeriesRead<'_>,
+    part: usize,
+    mut emit: impl FnMut(Vec<(Labels, SeriesData)>) -> Result<()>,
+) -> Result<u64> {
     let path = &req.path;
     if req.ordinals.is_empty() {
-        return Ok((Vec::new(), 0));
+        return Ok(0);
     }
     let file = CountingFile::open(vfs, path)?;
     // Footer only; the offset index is loaded below for just the chunks we read.
@@ -190,9 +211,12 @@ pub fn read_series(
                 return FieldCols::Absent;
             };
             let fl = (!all_null(fl)).then_some(fl);
+            // Segments written before 2026-11-29 have 64-bit `:m` and no `:w`.
+            let w = col(&format!("{}{WIDE}", f.name)).filter(|&w| !all_null(w));
             wanted.extend([m, s]);
             wanted.extend(fl);
-            FieldCols::Decimal { m, s, fl }
+            wanted.extend(w);
+            FieldCols::Decimal { m, s, fl, w }
         })
         .collect();
     wanted.sort_unstable();
@@ -220,7 +244,8 @@ pub fn read_series(
         .build()
         .map_err(|e| Error::parquet(path, e))?;
 
-    let mut out: Vec<(Labels, SeriesData)> = Vec::with_capacity(req.ordinals.len());
+    let part = part.max(1);
+    let mut out: Vec<(Labels, SeriesData)> = Vec::with_capacity(req.ordinals.len().min(part));
     let mut series_iter = req.ordinals.iter().map(|&o| &req.table.series[o as usize]);
     let mut current = series_iter.next();
     let mut data = SeriesData::new();
@@ -252,6 +277,9 @@ pub fn read_series(
                 let rows = std::mem::take(&mut data).into_time_slice(req.start, req.end);
                 if !rows.is_empty() {
                     out.push((s.labels.clone(), rows));
+                    if out.len() == part {
+                        emit(std::mem::replace(&mut out, Vec::with_capacity(part)))?;
+                    }
                 }
                 current = series_iter.next();
                 left = current.map_or(0, |s| s.rows as usize);
@@ -262,7 +290,10 @@ pub fn read_series(
     if current.is_some() {
         return Err(Error::format(path, "segment has fewer rows than its index"));
     }
-    Ok((out, file.bytes_read()))
+    if !out.is_empty() {
+        emit(out)?;
+    }
+    Ok(file.bytes_read())
 }
 
 /// The offset index of the chunks `(row group ∈ groups, column ∈ columns)`, the
@@ -307,13 +338,61 @@ enum FieldCols {
     /// Not in this file: the field's values are missing.
     Absent,
     Bytes(usize),
-    /// Mantissa and scale, and the double column unless it holds no value in the
-    /// row groups read.
+    /// Mantissa and scale, and the double and wide-mantissa columns unless they
+    /// hold no value in the row groups read.
     Decimal {
         m: usize,
         s: usize,
         fl: Option<usize>,
+        w: Option<usize>,
     },
+}
+
+/// A batch's `:m` column: 32-bit, or 64-bit in segments written before 2026-11-29.
+#[derive(Clone, Copy)]
+enum Mantissas<'a> {
+    Narrow(&'a Int32Array),
+    Wide(&'a Int64Array),
+}
+
+impl<'a> Mantissas<'a> {
+    fn of(col: &'a arrow::array::ArrayRef) -> Self {
+        match col.data_type() {
+            DataType::Int32 => Mantissas::Narrow(col.as_primitive::<Int32Type>()),
+            _ => Mantissas::Wide(col.as_primitive::<Int64Type>()),
+        }
+    }
+    fn null_count(&self) -> usize {
+        match self {
+            Mantissas::Narrow(a) => a.null_count(),
+            Mantissas::Wide(a) => a.null_count(),
+        }
+    }
+    /// Row `i`'s mantissa, if it has one here.
+    fn get(&self, i: usize) -> Option<i64> {
+        match self {
+            Mantissas::Narrow(a) => a.is_valid(i).then(|| i64::from(a.value(i))),
+            Mantissas::Wide(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}
+
+/// The values of rows whose mantissas are all present (one series), as `ty`.
+fn decode_all<M: Copy + Into<i64>>(
+    ty: FieldType,
+    mants: &[M],
+    scales: &[i8],
+    acc: &mut i64,
+) -> Values {
+    if ty == FieldType::I64 {
+        let mut out = Vec::with_capacity(mants.len());
+        decimal::resolve_rows(mants, scales, acc, &mut out);
+        Values::I64(out)
+    } else {
+        let mut out = Vec::with_capacity(mants.len());
+        decimal::decode_rows(mants, scales, acc, &mut out);
+        Values::F64(out)
+    }
 }
 
 /// Decodes rows `range` of `batch` (all of one series) and appends them to `data`.
@@ -333,7 +412,7 @@ fn append_rows(
     let mut chunk = SeriesData::new();
     chunk.ts.extend_from_slice(&ts.values()[range.clone()]);
     for ((f, cols), acc) in fields.iter().zip(field_cols).zip(acc.iter_mut()) {
-        let (m, s, fl) = match *cols {
+        let (m, s, fl, w) = match *cols {
             FieldCols::Absent => {
                 chunk.cols.push(None);
                 continue;
@@ -358,25 +437,19 @@ fn append_rows(
                 }));
                 continue;
             }
-            FieldCols::Decimal { m, s, fl } => (m, s, fl),
+            FieldCols::Decimal { m, s, fl, w } => (m, s, fl, w),
         };
-        let m = batch.column(pos_of(m)).as_primitive::<Int64Type>();
+        let m = Mantissas::of(batch.column(pos_of(m)));
         let s = batch.column(pos_of(s)).as_primitive::<Int8Type>();
         let fl = fl.map(|fl| batch.column(pos_of(fl)).as_primitive::<Float64Type>());
+        let w = w.map(|w| batch.column(pos_of(w)).as_primitive::<Int64Type>());
         if m.null_count() == 0 {
-            // Every value a decimal (the common case): no validity to track.
-            let (mants, scales) = (&m.values()[range.clone()], &s.values()[range.clone()]);
-            let values = match f.ty {
-                FieldType::I64 => {
-                    let mut out = Vec::with_capacity(n);
-                    decimal::resolve_rows(mants, scales, acc, &mut out);
-                    Values::I64(out)
-                }
-                _ => {
-                    let mut out = Vec::with_capacity(n);
-                    decimal::decode_rows(mants, scales, acc, &mut out);
-                    Values::F64(out)
-                }
+            // Every value a decimal with a 32-bit mantissa (the common case): no
+            // validity to track.
+            let scales = &s.values()[range.clone()];
+            let values = match m {
+                Mantissas::Narrow(m) => decode_all(f.ty, &m.values()[range.clone()], scales, acc),
+                Mantissas::Wide(m) => decode_all(f.ty, &m.values()[range.clone()], scales, acc),
             };
             chunk.cols.push(Some(Column {
                 values,
@@ -388,8 +461,11 @@ fn append_rows(
         let mut f64s = Vec::new();
         let mut i64s = Vec::new();
         for i in range.clone() {
-            if m.is_valid(i) {
-                let (mant, scale) = decimal::resolve(m.value(i), s.value(i), acc);
+            let mantissa = m
+                .get(i)
+                .or_else(|| w.filter(|w| w.is_valid(i)).map(|w| w.value(i)));
+            if let Some(mantissa) = mantissa {
+                let (mant, scale) = decimal::resolve(mantissa, s.value(i), acc);
                 valid.push(true);
                 match f.ty {
                     FieldType::I64 => i64s.push(mant),

@@ -4,6 +4,7 @@ use std::process::Command;
 
 use sonde_dataset::{DatasetConfig, Generator};
 use sonde_storage::{ScanRequest, Storage};
+use sonde_types::{FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteBatch};
 
 use crate::common::{TENANT, config};
 
@@ -15,7 +16,9 @@ t = pq.read_table(sys.argv[1])
 meta = pq.ParquetFile(sys.argv[1]).metadata.metadata
 assert meta[b"sonde.format_version"] == b"1"
 t = t.filter(pc.equal(t["__name__"], sys.argv[2]))
-m, s, f = t["value:m"].to_pylist(), t["value:s"].to_pylist(), t["value:f"].to_pylist()
+# The stored mantissa: `value:m` (32 bits), else `value:w` (64 bits).
+m = pc.coalesce(t["value:m"].cast("int64"), t["value:w"]).to_pylist()
+s, f = t["value:s"].to_pylist(), t["value:f"].to_pylist()
 series = t["__series"].to_pylist()
 rows, acc, prev = [], 0, None
 for i, (user, tt, ts) in enumerate(zip(t["user_id"].to_pylist(), t["token_type"].to_pylist(), t["time"].to_pylist())):
@@ -30,8 +33,41 @@ for i, (user, tt, ts) in enumerate(zip(t["user_id"].to_pylist(), t["token_type"]
         v = m[i] / 10.0 ** s[i]
     rows.append([user, tt, int(ts.timestamp() * 1000), v])
 rows.sort()
-json.dump(rows, sys.stdout)
+wide = len(t) - t["value:w"].null_count
+json.dump({"rows": rows, "wide": wide}, sys.stdout)
 "#;
+
+/// Tables whose mantissas do not fit in 32 bits (they go to `value:w`): a counter
+/// from 5·10^12 by quarters (stored as deltas: the first row's absolute mantissa is
+/// wide, the deltas narrow) and a gauge alternating 3·10^10 and 1.5 (absolute: every
+/// other row wide). `n` samples each, 15 s apart from `start`.
+const BIG_TABLES: [&str; 2] = ["llm_big_total", "llm_big_gauge"];
+
+fn write_big(s: &Storage, start: i64, n: usize) {
+    let labels = Labels::new([("token_type", "input"), ("user_id", "u-big")]).unwrap();
+    let ts: Vec<i64> = (0..n as i64).map(|i| start + i * 15_000).collect();
+    let mut tables = Vec::new();
+    for (table, kind, vals) in [
+        (
+            BIG_TABLES[0],
+            MetricKind::Counter,
+            (0..n).map(|i| 5e12 + 0.25 * i as f64).collect::<Vec<_>>(),
+        ),
+        (
+            BIG_TABLES[1],
+            MetricKind::Gauge,
+            (0..n)
+                .map(|i| if i % 2 == 0 { 3e10 } else { 1.5 })
+                .collect(),
+        ),
+    ] {
+        let mut t = TableBatch::single(table, kind, FieldType::F64);
+        t.series
+            .push(SeriesBatch::f64(labels.clone(), ts.clone(), vals));
+        tables.push(t);
+    }
+    s.write(TENANT, WriteBatch { tables }).unwrap();
+}
 
 #[test]
 fn pyarrow_reads_the_same_rows() {
@@ -40,11 +76,15 @@ fn pyarrow_reads_the_same_rows() {
     for b in Generator::new(DatasetConfig::sized(150, 10, 1_700_000_000_000)) {
         s.write(TENANT, b).unwrap();
     }
+    write_big(&s, 1_700_000_000_000, 10);
     s.flush().unwrap();
     let seg = dir.path().join(&s.manifest().segments[0].path);
 
     let mut want = Vec::new();
-    for table in ["llm_tokens_total", "llm_cost_usd_total"] {
+    for table in ["llm_tokens_total", "llm_cost_usd_total"]
+        .into_iter()
+        .chain(BIG_TABLES)
+    {
         let out = s
             .scan(TENANT, &ScanRequest::new(table, 0, i64::MAX))
             .unwrap();
@@ -74,12 +114,22 @@ fn pyarrow_reads_the_same_rows() {
             "pyarrow failed: {}",
             String::from_utf8_lossy(&py.stderr)
         );
-        let mut got: Vec<serde_json::Value> = serde_json::from_slice(&py.stdout).unwrap();
-        got.sort_by_key(|r| r.to_string());
+        let out: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+        // The standard dataset's mantissas all fit in 32 bits; the big tables' do not.
+        let wide = out["wide"].as_u64().unwrap();
         assert_eq!(
-            got.len(),
-            150 / 15 * if table == "llm_tokens_total" { 2 } else { 1 } * 10
+            wide > 0,
+            BIG_TABLES.contains(&table),
+            "table {table}: {wide} wide"
         );
+        let mut got: Vec<serde_json::Value> = serde_json::from_value(out["rows"].clone()).unwrap();
+        got.sort_by_key(|r| r.to_string());
+        let series = match table {
+            "llm_tokens_total" => 150 / 15 * 2,
+            "llm_cost_usd_total" => 150 / 15,
+            _ => 1,
+        };
+        assert_eq!(got.len(), series * 10, "table {table}");
         want.push((table, rows.len()));
         assert_eq!(got, rows, "table {table}");
     }
@@ -92,8 +142,9 @@ import json, sys, duckdb
 q = """
 SELECT user_id, token_type, epoch_ms("time") AS t,
   coalesce("value:f",
-    CASE WHEN "value:s" >= 0 THEN "value:m" / pow(10, "value:s")
-    ELSE sum("value:m") OVER (PARTITION BY filename, __series ORDER BY file_row_number)
+    CASE WHEN "value:s" >= 0 THEN coalesce("value:m", "value:w") / pow(10, "value:s")
+    ELSE sum(coalesce("value:m", "value:w"))
+           OVER (PARTITION BY filename, __series ORDER BY file_row_number)
          / pow(10, -"value:s" - 1) END) AS value
 FROM read_parquet('%s/segments/default/*/????????????????.parquet', union_by_name = true,
                   filename = true, file_row_number = true)
@@ -111,16 +162,21 @@ fn duckdb_reads_the_same_rows_with_the_documented_query() {
     for (i, b) in batches.by_ref().enumerate() {
         s.write(TENANT, b).unwrap();
         if i == 9 {
+            write_big(&s, 1_700_000_000_000, 10);
             s.flush().unwrap();
         }
     }
+    write_big(&s, 1_700_000_000_000 + 150_000, 10);
     s.flush().unwrap();
     assert_eq!(s.manifest().segments.len(), 2);
     for table in [
         "llm_tokens_total",
         "llm_ttft_seconds",
         "llm_request_duration_seconds_sum",
-    ] {
+    ]
+    .into_iter()
+    .chain(BIG_TABLES)
+    {
         let out = s
             .scan(TENANT, &ScanRequest::new(table, 0, i64::MAX))
             .unwrap();
