@@ -89,21 +89,27 @@ fn shared_scale(scales: &[i8]) -> Option<i8> {
     scales.iter().all(|&s| s == first).then_some(first)
 }
 
-/// Calls `emit` with the absolute mantissa of each row stored at the shared stored
-/// scale `stored` (deltas summed into `acc`, as in [`resolve`]); returns the scale.
-fn each_mantissa<M: Copy + Into<i64>>(
+/// Appends `f(absolute mantissa)` of each row stored at the shared stored scale
+/// `stored` to `out` (deltas summed into `acc`, as in [`resolve`]); returns the
+/// scale. One `extend` over the slice with the running sum in a local: no capacity
+/// check or store through `acc` per row (this loop is most of a segment read's own
+/// time).
+fn each_mantissa<M: Copy + Into<i64>, T>(
     mants: &[M],
     stored: i8,
     acc: &mut i64,
-    mut emit: impl FnMut(i64),
+    out: &mut Vec<T>,
+    f: impl Fn(i64) -> T,
 ) -> i8 {
     if stored < 0 {
-        for &m in mants {
-            *acc = acc.wrapping_add(m.into());
-            emit(*acc);
-        }
+        let mut a = *acc;
+        out.extend(mants.iter().map(|&m| {
+            a = a.wrapping_add(m.into());
+            f(a)
+        }));
+        *acc = a;
     } else {
-        mants.iter().for_each(|&m| emit(m.into()));
+        out.extend(mants.iter().map(|&m| f(m.into())));
     }
     scale_of(stored)
 }
@@ -125,7 +131,7 @@ pub fn resolve_rows<M: Copy + Into<i64>>(
 ) -> Option<i8> {
     out.reserve(mants.len());
     match shared_scale(scales) {
-        Some(stored) => Some(each_mantissa(mants, stored, acc, |m| out.push(m))),
+        Some(stored) => Some(each_mantissa(mants, stored, acc, out, |m| m)),
         None => {
             out.extend(
                 mants
@@ -149,11 +155,11 @@ pub fn decode_rows<M: Copy + Into<i64>>(
     out.reserve(mants.len());
     match shared_scale(scales) {
         Some(stored) if scale_of(stored) == 0 => {
-            each_mantissa(mants, stored, acc, |m| out.push(m as f64));
+            each_mantissa(mants, stored, acc, out, |m| m as f64);
         }
         Some(stored) => {
             let p = POW10[scale_of(stored).clamp(0, MAX_SCALE as i8) as usize];
-            each_mantissa(mants, stored, acc, |m| out.push(m as f64 / p));
+            each_mantissa(mants, stored, acc, out, |m| m as f64 / p);
         }
         None => out.extend(mants.iter().zip(scales).map(|(&m, &s)| {
             let (m, s) = resolve(m.into(), s, acc);
