@@ -281,12 +281,13 @@ impl Storage {
             Ok((out, bytes))
         };
         // Two runs per thread, so a thread slowed by the machine leaves work to the
-        // other.
-        let run = seg
-            .ordinals
-            .len()
-            .div_ceil(2 * req.threads.max(1))
-            .max(part);
+        // other; one run when reading on one thread (each run sets up its reader).
+        let n = seg.ordinals.len().max(1);
+        let run = if req.threads > 1 {
+            n.div_ceil(2 * req.threads).max(part)
+        } else {
+            n
+        };
         let runs: Vec<&[u32]> = seg.ordinals.chunks(run).collect();
         let results: Vec<Result<(Vec<U>, u64)>> = if req.threads > 1 && runs.len() > 1 {
             use rayon::prelude::*;

@@ -384,12 +384,13 @@ fn decode_all<M: Copy + Into<i64>>(
     scales: &[i8],
     acc: &mut i64,
 ) -> Values {
+    // Both reserve the rows up front.
     if ty == FieldType::I64 {
-        let mut out = Vec::with_capacity(mants.len());
+        let mut out = Vec::new();
         decimal::resolve_rows(mants, scales, acc, &mut out);
         Values::I64(out)
     } else {
-        let mut out = Vec::with_capacity(mants.len());
+        let mut out = Vec::new();
         decimal::decode_rows(mants, scales, acc, &mut out);
         Values::F64(out)
     }
