@@ -15,7 +15,7 @@ use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use crate::Result;
 use crate::eval::{
-    Evaluator, Grid, Metric, Raw, Series, Val, instant_values, selector_matchers, signature_with,
+    Evaluator, Grid, Metric, Raw, Series, Val, instant_values, selector_matchers, signature_into,
     strip_parens, within,
 };
 use crate::select::Selected;
@@ -247,6 +247,8 @@ fn evaluate_part(
 ) -> Result<Part> {
     let mut index: HashMap<Vec<(&str, &str)>, u32> = HashMap::new();
     let mut keys: Vec<Vec<(&str, &str)>> = Vec::new();
+    // The series' group key, built in one buffer (allocated again only for a new group).
+    let mut key: Vec<(&str, &str)> = Vec::new();
     let mut series = Vec::new();
     let mut vals = Vec::new();
     for (i, mut s) in sel.enumerate() {
@@ -258,9 +260,8 @@ fn evaluate_part(
             continue;
         }
         // Without `by` or `without` every series is in one group.
-        let key = match modifier {
-            None => Vec::new(),
-            modifier => signature_with(
+        if modifier.is_some() {
+            signature_into(
                 modifier,
                 |l| {
                     if l == NAME_LABEL {
@@ -270,14 +271,15 @@ fn evaluate_part(
                     }
                 },
                 || s.pairs(with_name),
-            ),
-        };
-        let id = match index.get(&key) {
+                &mut key,
+            );
+        }
+        let id = match index.get(key.as_slice()) {
             Some(&id) => id,
             None => {
                 let id = keys.len() as u32;
                 index.insert(key.clone(), id);
-                keys.push(key);
+                keys.push(key.clone());
                 id
             }
         };

@@ -805,26 +805,37 @@ pub(crate) fn signature_with<'a>(
     get: impl Fn(&str) -> Option<&'a str>,
     pairs: impl FnOnce() -> Vec<(&'a str, &'a str)>,
 ) -> Vec<(&'a str, &'a str)> {
+    let mut out = Vec::new();
+    signature_into(matching, get, pairs, &mut out);
+    out
+}
+
+/// [`signature_with`] written into `out` (cleared first), so a caller keying many
+/// series reuses one buffer: with `by`, nothing is allocated per series.
+pub(crate) fn signature_into<'a>(
+    matching: &'a Option<LabelModifier>,
+    get: impl Fn(&str) -> Option<&'a str>,
+    pairs: impl FnOnce() -> Vec<(&'a str, &'a str)>,
+    out: &mut Vec<(&'a str, &'a str)>,
+) {
+    out.clear();
     match matching {
         Some(LabelModifier::Include(ls)) => {
-            let mut out: Vec<(&str, &str)> = ls
-                .labels
-                .iter()
-                .filter_map(|l| Some((l.as_str(), get(l)?)))
-                .filter(|(_, v)| !v.is_empty())
-                .collect();
+            out.extend(
+                ls.labels
+                    .iter()
+                    .filter_map(|l| Some((l.as_str(), get(l)?)))
+                    .filter(|(_, v)| !v.is_empty()),
+            );
             out.sort_unstable();
             out.dedup();
-            out
         }
-        Some(LabelModifier::Exclude(ls)) => pairs()
-            .into_iter()
-            .filter(|(k, _)| *k != NAME_LABEL && !ls.labels.iter().any(|l| l == k))
-            .collect(),
-        None => pairs()
-            .into_iter()
-            .filter(|(k, _)| *k != NAME_LABEL)
-            .collect(),
+        Some(LabelModifier::Exclude(ls)) => out.extend(
+            pairs()
+                .into_iter()
+                .filter(|(k, _)| *k != NAME_LABEL && !ls.labels.iter().any(|l| l == k)),
+        ),
+        None => out.extend(pairs().into_iter().filter(|(k, _)| *k != NAME_LABEL)),
     }
 }
 

@@ -176,10 +176,12 @@ struct ScanPlan {
 }
 
 /// Series of one segment read as one part of a streamed scan: bounds what a part
-/// holds decoded at once, small enough (~1 MB at 240 samples a series) that a
-/// series is still in cache when the caller's map reaches it. Parts of 4,096 made
-/// the dashboard corpus 20–30 % slower (benches/README.md).
-const STREAM_PART_SERIES: usize = 512;
+/// holds decoded at once, small enough (~250 KB at 240 samples a series) that a
+/// series is still in cache when the caller's map reaches it and its buffers are
+/// reused from the allocator's thread cache by the next part. Parts of 4,096 made
+/// the dashboard corpus 20–30 % slower than 512, and 128 was a few % faster again
+/// (benches/README.md).
+const STREAM_PART_SERIES: usize = 128;
 
 impl Storage {
     /// Reads the series of `req.table` matching `req.matchers` in `[start, end]`.
@@ -259,7 +261,7 @@ impl Storage {
             .ordinals
             .len()
             .div_ceil(req.threads.max(1))
-            .clamp(PARALLEL_MIN_SERIES, max_part.max(PARALLEL_MIN_SERIES));
+            .clamp(1, max_part.max(1));
         let read = |ordinals: &[u32]| -> Result<(Vec<U>, u64)> {
             let mut out = Vec::new();
             let bytes = read_series_parts(
@@ -284,7 +286,7 @@ impl Storage {
         // other; one run when reading on one thread (each run sets up its reader).
         let n = seg.ordinals.len().max(1);
         let run = if req.threads > 1 {
-            n.div_ceil(2 * req.threads).max(part)
+            n.div_ceil(2 * req.threads).max(PARALLEL_MIN_SERIES)
         } else {
             n
         };

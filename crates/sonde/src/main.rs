@@ -26,11 +26,16 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// with a zero decay. Zero was tried and dropped: every query then faulted in fresh
 /// pages for its decode buffers and ran 2.5–3.5× slower (`benches/README.md`); one
 /// second keeps a dashboard's burst of queries on warm pages for +10 MiB of peak.
+/// Thread caches of at least 512 blocks per small size class (jemalloc keeps 20 of
+/// the 2 KiB class by default): a query decodes a part of series into a few blocks
+/// per series and frees them together, and with 20 cached every part went to the
+/// arena's slabs and extents for its blocks (jemalloc was 15 % of the server's CPU
+/// on the cost query; 8–12 % less query CPU with the larger caches).
 // The one unsafe item: jemalloc reads its compiled-in configuration from this
 // symbol before `main` (the documented way; nothing else refers to it).
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0,tcache_nslots_small_min:512,tcache_nslots_small_max:1024\0";
 
 use std::path::PathBuf;
 use std::sync::Arc;
