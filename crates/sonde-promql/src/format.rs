@@ -49,7 +49,7 @@ impl QueryValue {
             }
             QueryValue::String(t, s) => {
                 out.extend_from_slice(br#"{"resultType":"string","result":["#);
-                write_json(&mut out, &format_time(*t));
+                write_time(&mut out, *t);
                 out.push(b',');
                 write_json(&mut out, s);
                 out.extend_from_slice(b"]}");
@@ -109,10 +109,19 @@ fn write_metric(out: &mut Vec<u8>, m: &Metric) {
     out.push(b'}');
 }
 
+/// [`format_time`] appended to `out` (without building a `Value`).
+fn write_time(out: &mut Vec<u8>, ms: i64) {
+    if ms % 1000 == 0 {
+        write!(out, "{}", ms / 1000).expect("writing to memory");
+    } else {
+        write_json(out, &(ms as f64 / 1000.0));
+    }
+}
+
 /// `[time, "value"]`, as [`format_time`] and [`format_float`] write them.
 fn write_point(out: &mut Vec<u8>, t: i64, v: f64) {
     out.push(b'[');
-    write_json(out, &format_time(t));
+    write_time(out, t);
     out.extend_from_slice(b",\"");
     write_float(out, v);
     out.extend_from_slice(b"\"]");
