@@ -70,25 +70,56 @@ impl QueryValue {
             }
             QueryValue::Matrix(series) => {
                 out.extend_from_slice(br#"{"resultType":"matrix","result":["#);
-                for (i, s) in series.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(br#"{"metric":"#);
-                    write_metric(&mut out, &s.metric);
-                    out.extend_from_slice(br#","values":["#);
-                    for (j, (t, v)) in s.ts.iter().zip(&s.vals).enumerate() {
-                        if j > 0 {
+                let points: usize = series.iter().map(|s| s.ts.len()).sum();
+                if points >= PARALLEL_POINTS && series.len() > 1 {
+                    // Formatting the values is most of a large answer's cost (a third
+                    // of the server's CPU for 400 series × 56 points): chunks of
+                    // series are written on the query threads and joined in order.
+                    use rayon::prelude::*;
+                    let chunk = series.len().div_ceil(4 * rayon::current_num_threads());
+                    let texts: Vec<Vec<u8>> = series
+                        .par_chunks(chunk.max(1))
+                        .map(|chunk| {
+                            let mut text = Vec::new();
+                            write_series(&mut text, chunk);
+                            text
+                        })
+                        .collect();
+                    for (i, text) in texts.iter().enumerate() {
+                        if i > 0 {
                             out.push(b',');
                         }
-                        write_point(&mut out, *t, *v);
+                        out.extend_from_slice(text);
                     }
-                    out.extend_from_slice(b"]}");
+                } else {
+                    write_series(&mut out, series);
                 }
                 out.extend_from_slice(b"]}");
             }
         }
         String::from_utf8(out).expect("JSON text is UTF-8")
+    }
+}
+
+/// Points in a matrix answer from which its text is written on several threads.
+const PARALLEL_POINTS: usize = 4096;
+
+/// `series` as matrix entries separated by commas.
+fn write_series(out: &mut Vec<u8>, series: &[crate::eval::Raw]) {
+    for (i, s) in series.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"metric":"#);
+        write_metric(out, &s.metric);
+        out.extend_from_slice(br#","values":["#);
+        for (j, (t, v)) in s.ts.iter().zip(&s.vals).enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            write_point(out, *t, *v);
+        }
+        out.extend_from_slice(b"]}");
     }
 }
 
@@ -112,7 +143,7 @@ fn write_metric(out: &mut Vec<u8>, m: &Metric) {
 /// [`format_time`] appended to `out` (without building a `Value`).
 fn write_time(out: &mut Vec<u8>, ms: i64) {
     if ms % 1000 == 0 {
-        write!(out, "{}", ms / 1000).expect("writing to memory");
+        out.extend_from_slice(itoa::Buffer::new().format(ms / 1000).as_bytes());
     } else {
         write_json(out, &(ms as f64 / 1000.0));
     }
@@ -202,6 +233,17 @@ mod tests {
                 },
             ]),
             QueryValue::Matrix(Vec::new()),
+            // Enough points to be written on several threads.
+            QueryValue::Matrix(
+                (0..300)
+                    .map(|i: i64| crate::eval::Raw {
+                        metric: vec![("s".into(), i.to_string())],
+                        ts: (0..20).map(|j| i * 7 + j * 1500).collect(),
+                        vals: (0..20).map(|j| (i * 20 + j) as f64 / 7.0).collect(),
+                        delta: false,
+                    })
+                    .collect(),
+            ),
             QueryValue::Vector(
                 ts.iter()
                     .zip(vals)
