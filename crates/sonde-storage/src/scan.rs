@@ -183,7 +183,7 @@ struct ScanPlan {
 /// (benches/README.md).
 const STREAM_PART_SERIES: usize = 128;
 
-/// Fewest series a thread's run of a segment read is given (see `read_segment`).
+/// Series a run of a segment read is sized for, at least (see `read_segment`).
 const MIN_RUN_SERIES: usize = 512;
 
 impl Storage {
@@ -285,14 +285,14 @@ impl Storage {
             )?;
             Ok((out, bytes))
         };
-        // Two runs per thread, so a thread slowed by the machine leaves work to the
-        // other, but none under MIN_RUN_SERIES: each run sets up its own reader
-        // (footer, offset index, a zstd context per column), which at 10k series was
-        // ~10 % of a query reading 667 of them in three runs.
+        // Up to two runs per thread, so a thread slowed by the machine leaves work to
+        // the other, but about MIN_RUN_SERIES or more each: each run sets up its own
+        // reader (footer, offset index, a zstd context per column), which at 10k
+        // series was ~10 % of a query reading 667 of them in three runs. A whole
+        // number of runs per thread (three on two threads left one twice the work);
+        // one run for a selection too small to be worth a second thread.
         let n = seg.ordinals.len().max(1);
-        let runs = if req.threads > 1 {
-            // A whole number of runs per thread: three runs on two threads left one
-            // thread twice the work.
+        let runs = if req.threads > 1 && n > PARALLEL_MIN_SERIES {
             (n.div_ceil(MIN_RUN_SERIES).next_multiple_of(req.threads)).min(2 * req.threads)
         } else {
             1
