@@ -245,8 +245,8 @@ fn evaluate_part(
     deadline: Instant,
     values: impl Fn(&mut Raw) -> Vec<Option<f64>>,
 ) -> Result<Part> {
+    // Group key → group id (ids in order of first appearance).
     let mut index: HashMap<Vec<(&str, &str)>, u32> = HashMap::new();
-    let mut keys: Vec<Vec<(&str, &str)>> = Vec::new();
     // The series' group key, built in one buffer (allocated again only for a new group).
     let mut key: Vec<(&str, &str)> = Vec::new();
     let mut series = Vec::new();
@@ -277,23 +277,21 @@ fn evaluate_part(
         let id = match index.get(key.as_slice()) {
             Some(&id) => id,
             None => {
-                let id = keys.len() as u32;
+                let id = index.len() as u32;
                 index.insert(key.clone(), id);
-                keys.push(key.clone());
                 id
             }
         };
         series.push(id);
         vals.extend(v);
     }
-    let groups = keys
-        .into_iter()
-        .map(|k| {
-            k.into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect();
+    let mut groups: Vec<Metric> = vec![Vec::new(); index.len()];
+    for (k, id) in index {
+        groups[id as usize] = k
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
     Ok(Part {
         groups,
         series,

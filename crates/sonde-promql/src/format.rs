@@ -78,7 +78,7 @@ impl QueryValue {
                     use rayon::prelude::*;
                     let chunk = series.len().div_ceil(4 * rayon::current_num_threads());
                     let texts: Vec<Vec<u8>> = series
-                        .par_chunks(chunk.max(1))
+                        .par_chunks(chunk)
                         .map(|chunk| {
                             let mut text = Vec::new();
                             write_series(&mut text, chunk);

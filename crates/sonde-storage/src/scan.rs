@@ -239,10 +239,9 @@ impl Storage {
         Ok((out, plan.stats))
     }
 
-    /// Reads `seg`'s selected series in contiguous parts — one per thread when there
-    /// are enough series, none larger than `max_part` — on up to `req.threads`
-    /// threads, mapping each part with `f` as soon as it is read. Returns the results
-    /// in order and the bytes read.
+    /// Reads `seg`'s selected series in contiguous parts of up to `max_part` series
+    /// on up to `req.threads` threads, mapping each part with `f` as soon as it is
+    /// read. Returns the results in order and the bytes read.
     ///
     /// Each thread's share is a few contiguous runs of series, each read by one
     /// Parquet reader that hands over `max_part` series at a time: a reader per
@@ -260,11 +259,6 @@ impl Storage {
             .index
             .table(&req.table)
             .expect("selected from this table");
-        let part = seg
-            .ordinals
-            .len()
-            .div_ceil(req.threads.max(1))
-            .clamp(1, max_part.max(1));
         let read = |ordinals: &[u32]| -> Result<(Vec<U>, u64)> {
             let mut out = Vec::new();
             let bytes = read_series_parts(
@@ -277,7 +271,7 @@ impl Storage {
                     start: req.start,
                     end: req.end,
                 },
-                part,
+                max_part,
                 |rows| {
                     out.push(f(rows));
                     Ok(())

@@ -129,7 +129,6 @@ pub fn resolve_rows<M: Copy + Into<i64>>(
     acc: &mut i64,
     out: &mut Vec<i64>,
 ) -> Option<i8> {
-    out.reserve(mants.len());
     match shared_scale(scales) {
         Some(stored) => Some(each_mantissa(mants, stored, acc, out, |m| m)),
         None => {
@@ -152,7 +151,6 @@ pub fn decode_rows<M: Copy + Into<i64>>(
     acc: &mut i64,
     out: &mut Vec<f64>,
 ) {
-    out.reserve(mants.len());
     match shared_scale(scales) {
         Some(stored) if scale_of(stored) == 0 => {
             each_mantissa(mants, stored, acc, out, |m| m as f64);

@@ -384,7 +384,7 @@ fn decode_all<M: Copy + Into<i64>>(
     scales: &[i8],
     acc: &mut i64,
 ) -> Values {
-    // Both reserve the rows up front.
+    // `extend` over slice iterators reserves the rows up front.
     if ty == FieldType::I64 {
         let mut out = Vec::new();
         decimal::resolve_rows(mants, scales, acc, &mut out);
