@@ -121,7 +121,9 @@ impl SegmentIndex {
                 }
             }
         }
-        let body = zstd::bulk::compress(&e.0, 3).expect("zstd compresses into memory");
+        // Level 9: on the 100k-series standard dataset 12 % smaller than level 3
+        // (439 → 385 KB) for ~40 ms more per segment; decoding is as fast.
+        let body = zstd::bulk::compress(&e.0, 9).expect("zstd compresses into memory");
         crate::codec::seal_file(MAGIC, VERSION, &body)
     }
 

@@ -173,6 +173,8 @@ pub struct WriteOptions {
     pub value_encoding: ValueEncoding,
     pub zstd_level: i32,
     pub max_row_group_rows: usize,
+    /// Values per data page of the value columns (`:m`, `:w`, `:f`); the other
+    /// columns' pages hold up to [`WIDE_PAGE_FACTOR`] times as many rows.
     pub page_rows: usize,
     /// Rows per Arrow batch handed to the Parquet writer (bounds memory while writing).
     pub batch_rows: usize,
@@ -232,13 +234,21 @@ pub fn physical_schema(
     Arc::new(Schema::new(cols))
 }
 
+/// Pages of the columns other than values (labels, `__series`, `time`, `:s`) hold this
+/// many times [`WriteOptions::page_rows`] rows: those columns are near-constant or
+/// delta-encode to a few bits per row, so at `page_rows` each page's header, zstd
+/// frame and offset-index entry were most of their bytes (storage-format.md).
+/// Parquet 59 has one row limit for all columns; the value columns keep pages of
+/// `page_rows` values through a byte limit of that many values instead.
+const WIDE_PAGE_FACTOR: usize = 8;
+
 fn writer_properties(opts: &WriteOptions, fields: &BTreeSet<String>) -> WriterProperties {
     let mut p = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(opts.zstd_level).unwrap_or_default(),
         ))
         .set_max_row_group_row_count(Some(opts.max_row_group_rows))
-        .set_data_page_row_count_limit(opts.page_rows)
+        .set_data_page_row_count_limit(opts.page_rows * WIDE_PAGE_FACTOR)
         .set_write_batch_size(opts.page_rows.min(8192))
         // Chunk statistics only: nothing Sonde reads uses the per-page column index,
         // which was 6 % of a segment on the standard dataset (the offset index, which
@@ -261,13 +271,15 @@ fn writer_properties(opts: &WriteOptions, fields: &BTreeSet<String>) -> WriterPr
         // BYTE_STREAM_SPLIT + zstd beat DELTA_BINARY_PACKED, whose 128-value blocks
         // widen at every series boundary (benches/README.md). 32-bit mantissas
         // compress as well as 64-bit ones and decode in half the bytes.
-        for suffix in [MANTISSA, WIDE] {
+        for (suffix, width) in [(MANTISSA, 4), (WIDE, 8)] {
             let path = ColumnPath::from(format!("{f}{suffix}"));
             p = p.set_column_dictionary_enabled(path.clone(), false);
+            p = p.set_column_data_page_size_limit(path.clone(), opts.page_rows * width);
             p = p.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
         }
         let path = ColumnPath::from(format!("{f}{FLOAT}"));
         p = p.set_column_dictionary_enabled(path.clone(), false);
+        p = p.set_column_data_page_size_limit(path.clone(), opts.page_rows * 8);
         if opts.value_encoding != ValueEncoding::Plain {
             p = p.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
         } else {
@@ -992,6 +1004,78 @@ mod tests {
                         assert_eq!(g[i], w[i]);
                     }
                 }
+            }
+        }
+    }
+
+    /// Value columns keep pages of `page_rows` values (a selective read decodes
+    /// little beyond its rows); every other column — labels, `__series`, `time`,
+    /// `:s`, and the all-null `:f`/`:w` — gets pages of up to `WIDE_PAGE_FACTOR`
+    /// times as many rows, where each page's header, zstd frame and offset-index
+    /// entry was most of what those columns stored. Checked on the written offset
+    /// index, since the mechanism (a row limit for all columns and a byte limit for
+    /// the value columns) rests on how the Parquet writer closes pages.
+    #[test]
+    fn value_pages_stay_small_other_pages_wide() {
+        use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+        let (series_n, rows) = (12usize, 3000i64);
+        let fields = vec![
+            FieldDef::new("v", FieldType::F64),
+            FieldDef::new("c", FieldType::I64),
+        ];
+        let labels: Vec<Labels> = (0..series_n)
+            .map(|s| Labels::new([("k", format!("s{:02}", s / 4).as_str())]).unwrap())
+            .collect();
+        let ts: Vec<i64> = (0..rows).map(|i| i * 15_000).collect();
+        let chunk = TableChunk {
+            name: "t",
+            kind: MetricKind::Counter,
+            fields: &fields,
+            series: labels
+                .iter()
+                .enumerate()
+                .map(|(s, l)| {
+                    let f = (0..rows)
+                        .map(|i| (i * (s as i64 + 1)) as f64 * 0.5)
+                        .collect();
+                    let data = series(ts.clone(), f, (0..rows).collect(), None);
+                    (l, SeriesRows::Ready(Cow::Owned(data)))
+                })
+                .collect(),
+        };
+        let opts = WriteOptions {
+            page_rows: 1024,
+            ..WriteOptions::default()
+        };
+        let enc = encode_segment(std::slice::from_ref(&chunk), &opts).unwrap();
+        let meta = ParquetMetaDataReader::new()
+            .with_offset_index_policy(PageIndexPolicy::Required)
+            .parse_and_finish(&bytes::Bytes::from(enc.parquet))
+            .unwrap();
+        let total = series_n * rows as usize;
+        assert_eq!(meta.file_metadata().num_rows() as usize, total);
+        let schema = meta.file_metadata().schema_descr();
+        let offsets = &meta.offset_index().unwrap()[0];
+        for (i, col) in offsets.iter().enumerate() {
+            let name = schema.column(i).path().string();
+            let mut firsts: Vec<usize> = col
+                .page_locations()
+                .iter()
+                .map(|p| p.first_row_index as usize)
+                .collect();
+            firsts.push(total);
+            let pages: Vec<usize> = firsts.windows(2).map(|w| w[1] - w[0]).collect();
+            let max = *pages.iter().max().unwrap();
+            if name == "v:m" || name == "c:m" {
+                assert_eq!(max, 1024, "{name}: {pages:?}");
+                assert_eq!(pages.len(), total.div_ceil(1024), "{name}: {pages:?}");
+            } else {
+                assert_eq!(max, 1024 * WIDE_PAGE_FACTOR, "{name}: {pages:?}");
+                assert_eq!(
+                    pages.len(),
+                    total.div_ceil(1024 * WIDE_PAGE_FACTOR),
+                    "{name}"
+                );
             }
         }
     }
