@@ -169,7 +169,8 @@ impl Labels {
         Ok(())
     }
 
-    fn pair(&self, i: usize) -> (&str, &str) {
+    /// The `i`-th label (in name order) as `(name, value)`; panics when `i >= len()`.
+    pub fn pair(&self, i: usize) -> (&str, &str) {
         let Packed { buf, ends, .. } = &*self.0;
         let start = if i == 0 { 0 } else { ends[2 * i - 1] as usize };
         let mid = ends[2 * i] as usize;
@@ -202,6 +203,40 @@ impl Labels {
 
     pub fn len(&self) -> usize {
         self.0.ends.len() / 2
+    }
+
+    /// How this set differs from `prev`, label by label at equal positions (of the
+    /// first 64): bit `i` of the first mask is set when label `i` equals `prev`'s label
+    /// `i` in name and value, of the second when only the name is equal. Compares the
+    /// packed bytes (a WAL record compares every series with the one before it).
+    pub fn diff_masks(&self, prev: &Labels) -> (u64, u64) {
+        let (a, p) = (&*self.0, &*prev.0);
+        let (ab, pb) = (a.buf.as_bytes(), p.buf.as_bytes());
+        let (mut same, mut same_name) = (0u64, 0u64);
+        let (mut sa, mut sp) = (0usize, 0usize);
+        for (i, (ae, pe)) in a
+            .ends
+            .chunks_exact(2)
+            .zip(p.ends.chunks_exact(2))
+            .enumerate()
+            .take(64)
+        {
+            let (ma, ea, mp, ep) = (
+                ae[0] as usize,
+                ae[1] as usize,
+                pe[0] as usize,
+                pe[1] as usize,
+            );
+            if ab[sa..ma] == pb[sp..mp] {
+                if ab[ma..ea] == pb[mp..ep] {
+                    same |= 1 << i;
+                } else {
+                    same_name |= 1 << i;
+                }
+            }
+            (sa, sp) = (ea, ep);
+        }
+        (same, same_name)
     }
 
     pub fn is_empty(&self) -> bool {
