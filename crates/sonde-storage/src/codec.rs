@@ -187,8 +187,14 @@ pub struct RecordKeys {
 
 /// Encodes `(tenant, batch, keys)` as a WAL record payload.
 pub fn encode_batch(tenant: &str, batch: &WriteBatch, keys: &RecordKeys) -> Vec<u8> {
+    encode_batch_as(BATCH_FORMAT, tenant, batch, keys)
+}
+
+/// [`encode_batch`] in `format` 4 ([`BATCH_FORMAT`]) or 2 (labels in full, as written
+/// before format 4; the tests read WAL payloads of earlier versions through it).
+fn encode_batch_as(format: u8, tenant: &str, batch: &WriteBatch, keys: &RecordKeys) -> Vec<u8> {
     let mut e = Enc(Vec::with_capacity(64 + batch.sample_count() * 9));
-    e.u8(BATCH_FORMAT);
+    e.u8(format);
     e.str(tenant);
     e.uvar(batch.tables.len() as u64);
     for t in &batch.tables {
@@ -202,8 +208,16 @@ pub fn encode_batch(tenant: &str, batch: &WriteBatch, keys: &RecordKeys) -> Vec<
         e.uvar(t.series.len() as u64);
         let mut prev = None;
         for s in &t.series {
-            encode_labels(&mut e, &s.labels, prev);
-            prev = Some(&s.labels);
+            if format == BATCH_FORMAT {
+                encode_labels(&mut e, &s.labels, prev);
+                prev = Some(&s.labels);
+            } else {
+                e.uvar(s.labels.len() as u64);
+                for (k, v) in s.labels.iter() {
+                    e.str(k);
+                    e.str(v);
+                }
+            }
             e.uvar(s.timestamps.len() as u64);
             let mut prev = 0i64;
             for &ts in &s.timestamps {
@@ -275,7 +289,7 @@ fn decode_labels(
     let same = d.uvar("label mask")?;
     let same_name = d.uvar("label mask")?;
     let usable = n.min(prev.len()).min(MASK_LABELS);
-    let in_range = |m: u64| usable == 64 || m >> usable == 0;
+    let in_range = |m: u64| usable == MASK_LABELS || m >> usable == 0;
     if same & same_name != 0 || !in_range(same) || !in_range(same_name) {
         return Err(bad("label mask"));
     }
@@ -292,7 +306,7 @@ fn decode_labels(
 }
 
 /// Payload format of a zstd-compressed encoded batch: `u8 3 | zstd frame` whose
-/// content is a format-2 payload.
+/// content is a format-4 payload (format 1 or 2 in WAL files of earlier versions).
 pub const COMPRESSED_FORMAT: u8 = 3;
 
 /// zstd level of WAL payloads: the fastest setting that still shares the repeated
@@ -500,52 +514,6 @@ mod tests {
         assert_eq!(encode_batch_compressed("a", &small, &keys)[0], BATCH_FORMAT);
     }
 
-    /// Format 2, as written before format 4 (labels in full): a reference encoder
-    /// for WAL files written by earlier versions.
-    fn encode_format_2(tenant: &str, batch: &WriteBatch, keys: &RecordKeys) -> Vec<u8> {
-        let mut e = Enc::default();
-        e.u8(2);
-        e.str(tenant);
-        e.uvar(batch.tables.len() as u64);
-        for t in &batch.tables {
-            e.str(&t.table);
-            e.u8(t.kind as u8);
-            e.uvar(t.fields.len() as u64);
-            for f in &t.fields {
-                e.str(&f.name);
-                e.u8(f.ty as u8);
-            }
-            e.uvar(t.series.len() as u64);
-            for s in &t.series {
-                e.uvar(s.labels.len() as u64);
-                for (k, v) in s.labels.iter() {
-                    e.str(k);
-                    e.str(v);
-                }
-                e.uvar(s.timestamps.len() as u64);
-                let mut prev = 0i64;
-                for &ts in &s.timestamps {
-                    e.ivar(ts.wrapping_sub(prev));
-                    prev = ts;
-                }
-                for col in &s.fields {
-                    match col {
-                        FieldColumn::F64(v) => v
-                            .iter()
-                            .for_each(|x| e.0.extend_from_slice(&x.to_bits().to_le_bytes())),
-                        FieldColumn::I64(v) => v.iter().for_each(|&x| e.ivar(x)),
-                    }
-                }
-            }
-        }
-        e.ivar(keys.written_ms);
-        e.uvar(keys.keys.len() as u64);
-        for k in &keys.keys {
-            e.str(k);
-        }
-        e.0
-    }
-
     /// Label sets written against the previous series': equal sets, one value
     /// changed, labels added and removed, names shifted to other positions, sets of
     /// more than 64 labels, and a second table starting afresh, all read back; the
@@ -611,7 +579,7 @@ mod tests {
             keys: vec!["k".into()],
         };
         let enc = encode_batch("acme", &b, &keys);
-        let old = encode_format_2("acme", &b, &keys);
+        let old = encode_batch_as(2, "acme", &b, &keys);
         for payload in [&enc, &old] {
             let (tenant, got, got_keys) = decode_batch(payload).unwrap();
             assert_eq!((tenant.as_str(), &got_keys), ("acme", &keys));

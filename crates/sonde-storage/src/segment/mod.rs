@@ -271,19 +271,20 @@ fn writer_properties(opts: &WriteOptions, fields: &BTreeSet<String>) -> WriterPr
         // BYTE_STREAM_SPLIT + zstd beat DELTA_BINARY_PACKED, whose 128-value blocks
         // widen at every series boundary (benches/README.md). 32-bit mantissas
         // compress as well as 64-bit ones and decode in half the bytes.
-        for (suffix, width) in [(MANTISSA, 4), (WIDE, 8)] {
+        for (suffix, width) in [(MANTISSA, 4), (WIDE, 8), (FLOAT, 8)] {
+            let plain = suffix == FLOAT && opts.value_encoding == ValueEncoding::Plain;
             let path = ColumnPath::from(format!("{f}{suffix}"));
-            p = p.set_column_dictionary_enabled(path.clone(), false);
-            p = p.set_column_data_page_size_limit(path.clone(), opts.page_rows * width);
-            p = p.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
-        }
-        let path = ColumnPath::from(format!("{f}{FLOAT}"));
-        p = p.set_column_dictionary_enabled(path.clone(), false);
-        p = p.set_column_data_page_size_limit(path.clone(), opts.page_rows * 8);
-        if opts.value_encoding != ValueEncoding::Plain {
-            p = p.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
-        } else {
-            p = p.set_column_encoding(path, Encoding::PLAIN);
+            p = p
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_data_page_size_limit(path.clone(), opts.page_rows * width)
+                .set_column_encoding(
+                    path,
+                    if plain {
+                        Encoding::PLAIN
+                    } else {
+                        Encoding::BYTE_STREAM_SPLIT
+                    },
+                );
         }
     }
     p.build()
