@@ -2,8 +2,6 @@
 
 use std::io::Write;
 
-use serde_json::{Value, json};
-
 use crate::eval::{Metric, QueryValue};
 
 /// A sample value as Prometheus writes it: shortest round-trip decimal without an
@@ -24,15 +22,6 @@ fn write_float(out: &mut Vec<u8>, v: f64) {
         out.extend_from_slice(b"-Inf");
     } else {
         write!(out, "{v}").expect("writing to memory");
-    }
-}
-
-/// A timestamp in milliseconds as Prometheus' JSON number of seconds.
-pub fn format_time(ms: i64) -> Value {
-    if ms % 1000 == 0 {
-        json!(ms / 1000)
-    } else {
-        json!(ms as f64 / 1000.0)
     }
 }
 
@@ -140,7 +129,8 @@ fn write_metric(out: &mut Vec<u8>, m: &Metric) {
     out.push(b'}');
 }
 
-/// [`format_time`] appended to `out` (without building a `Value`).
+/// A timestamp in milliseconds as Prometheus' JSON number of seconds: an integer
+/// for whole seconds, else a decimal.
 fn write_time(out: &mut Vec<u8>, ms: i64) {
     if ms % 1000 == 0 {
         out.extend_from_slice(itoa::Buffer::new().format(ms / 1000).as_bytes());
@@ -149,7 +139,7 @@ fn write_time(out: &mut Vec<u8>, ms: i64) {
     }
 }
 
-/// `[time, "value"]`, as [`format_time`] and [`format_float`] write them.
+/// `[time, "value"]`, as [`write_time`] and [`format_float`] write them.
 fn write_point(out: &mut Vec<u8>, t: i64, v: f64) {
     out.push(b'[');
     write_time(out, t);
@@ -161,6 +151,16 @@ fn write_point(out: &mut Vec<u8>, t: i64, v: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
+
+    /// A timestamp as a JSON `Value`, written independently of [`write_time`].
+    fn format_time(ms: i64) -> Value {
+        if ms % 1000 == 0 {
+            json!(ms / 1000)
+        } else {
+            json!(ms as f64 / 1000.0)
+        }
+    }
 
     /// The encoding as `serde_json` values (what the server answered with before
     /// `json_text`): the reference the text must parse to.

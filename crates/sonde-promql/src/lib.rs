@@ -27,7 +27,7 @@ use std::time::Duration;
 use sonde_storage::Storage;
 
 pub use eval::{Metric, QueryValue, Raw, Series};
-pub use format::{format_float, format_time};
+pub use format::format_float;
 pub use select::{MetricRef, delete_series, metric_refs, series_matching};
 
 /// Limits and defaults of the PromQL engine.

@@ -275,12 +275,9 @@ fn encode_labels(e: &mut Enc, labels: &Labels, prev: Option<&Labels>) {
     }
 }
 
-/// Reads what [`encode_labels`] wrote; `prev` is the previous series' pairs (empty
+/// Reads what [`encode_labels`] wrote; `prev` is the previous series' label set (empty
 /// for a table's first series).
-fn decode_labels(
-    d: &mut Dec<'_>,
-    prev: &[(String, String)],
-) -> Result<Vec<(String, String)>, DecodeError> {
+fn decode_labels(d: &mut Dec<'_>, prev: &Labels) -> Result<Vec<(String, String)>, DecodeError> {
     let n = d.uvar("label count")? as usize;
     // Every label not taken from `prev` needs at least two bytes.
     if n > MASK_LABELS && n.saturating_mul(2) > d.remaining() {
@@ -295,11 +292,17 @@ fn decode_labels(
     }
     let mut pairs = Vec::with_capacity(n);
     for i in 0..n {
-        // The masks were checked against `prev`'s length above.
-        pairs.push(match prev.get(i) {
-            Some(p) if bit(same, i) => p.clone(),
-            Some(p) if bit(same_name, i) => (p.0.clone(), d.str("label value")?),
-            _ => (d.str("label name")?, d.str("label value")?),
+        // A set bit is below `prev.len()`: the masks were checked above.
+        pairs.push(if bit(same, i) {
+            let (k, v) = prev.pair(i);
+            (k.to_string(), v.to_string())
+        } else {
+            let name = if bit(same_name, i) {
+                prev.pair(i).0.to_string()
+            } else {
+                d.str("label name")?
+            };
+            (name, d.str("label value")?)
         });
     }
     Ok(pairs)
@@ -373,12 +376,10 @@ pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch, RecordKeys), Deco
         }
         let n_series = d.len("series count", 2)?;
         let mut series = Vec::with_capacity(n_series);
-        let mut prev = Vec::new();
+        let mut prev = Labels::default();
         for _ in 0..n_series {
             let pairs = if format == BATCH_FORMAT {
-                let pairs = decode_labels(&mut d, &prev)?;
-                prev.clone_from(&pairs);
-                pairs
+                decode_labels(&mut d, &prev)?
             } else {
                 let n_labels = d.len("label count", 2)?;
                 let mut pairs = Vec::with_capacity(n_labels);
@@ -388,6 +389,7 @@ pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch, RecordKeys), Deco
                 pairs
             };
             let labels = Labels::new(pairs).map_err(|_| bad("labels"))?;
+            prev = labels.clone();
             let n = d.len("row count", 1)?;
             let mut timestamps = Vec::with_capacity(n);
             let mut prev = 0i64;
