@@ -1164,42 +1164,64 @@ fn flush_frozen(inner: &Inner) -> Result<FlushStats> {
     Ok(total)
 }
 
-/// Groups a head's rows into per-(tenant, day) table chunks, sorted for the segment.
-/// Series already in order and inside one day are borrowed, not copied.
-fn partitions(head: &Head) -> BTreeMap<(&str, i64), Vec<TableChunk<'_>>> {
+/// Groups a head's rows into per-(tenant, day) table chunks, each sorted in the
+/// order the table has in that day's segments of `manifest`, or, for a table new to
+/// the day, an order chosen from its series ([`crate::order`]). Series inside one
+/// day are borrowed, not copied.
+fn partitions<'h>(
+    head: &'h Head,
+    manifest: &Manifest,
+) -> BTreeMap<(&'h str, i64), Vec<TableChunk<'h>>> {
     let mut out: BTreeMap<(&str, i64), Vec<TableChunk<'_>>> = BTreeMap::new();
     for (tenant, tables) in &head.tenants {
         for (name, th) in tables {
-            let mut order: Vec<usize> = (0..th.series.len()).collect();
-            order.sort_by(|&a, &b| th.series[a].0.cmp(&th.series[b].0));
-            let mut by_day: BTreeMap<i64, Vec<_>> = BTreeMap::new();
-            for i in order {
-                let (labels, data) = &th.series[i];
+            let mut by_day: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+            for (i, (_, data)) in th.series.iter().enumerate() {
                 let Some((lo, hi)) = data.time_range() else {
                     continue;
                 };
-                let (first, last) = (day_of(lo), day_of(hi));
-                for day in first..=last {
-                    let day_cut = (first != last).then_some(day);
-                    by_day
-                        .entry(day)
-                        .or_default()
-                        .push((labels, SeriesRows::Head { data, day: day_cut }));
+                for day in day_of(lo)..=day_of(hi) {
+                    by_day.entry(day).or_default().push(i);
                 }
             }
-            for (day, series) in by_day {
+            for (day, members) in by_day {
+                let labels: Vec<&sonde_types::Labels> =
+                    members.iter().map(|&i| &th.series[i].0).collect();
+                let order = existing_order(manifest, tenant, day, name)
+                    .unwrap_or_else(|| crate::order::choose(labels.iter().copied()));
+                let series = crate::order::sorted_positions(&order, &labels)
+                    .into_iter()
+                    .map(|p| {
+                        let (labels, data) = &th.series[members[p]];
+                        let (lo, hi) = data.time_range().expect("non-empty above");
+                        let day_cut = (day_of(lo) != day_of(hi)).then_some(day);
+                        (labels, SeriesRows::Head { data, day: day_cut })
+                    })
+                    .collect();
                 out.entry((tenant.as_str(), day))
                     .or_default()
                     .push(TableChunk {
                         name: name.as_str(),
                         kind: th.kind,
                         fields: &th.fields,
+                        order,
                         series,
                     });
             }
         }
     }
     out
+}
+
+/// The order `table` has in the segments of (`tenant`, `day`), if any has it.
+fn existing_order(manifest: &Manifest, tenant: &str, day: i64, table: &str) -> Option<Vec<String>> {
+    manifest
+        .segments
+        .iter()
+        .filter(|s| s.tenant == tenant && s.day == day)
+        .flat_map(|s| &s.tables)
+        .find(|t| t.name == table)
+        .map(|t| t.order.clone())
 }
 
 impl Inner {
@@ -1221,7 +1243,7 @@ fn persist(inner: &Inner, frozen: &Arc<Frozen>) -> Result<FlushStats> {
     let mut manifest = (*inner.state.read().manifest).clone();
     let mut stats = FlushStats::default();
     let mut synced_dirs = BTreeSet::new();
-    for ((tenant, day), chunks) in partitions(&frozen.head) {
+    for ((tenant, day), chunks) in partitions(&frozen.head, &manifest) {
         // Straight to a file where the store has files (an object store takes the
         // bytes in one PUT): a flush of 100k series then never holds the whole file.
         let tmp = inner

@@ -35,6 +35,7 @@ pub mod head;
 mod maintain;
 pub mod manifest;
 pub mod objstore;
+pub mod order;
 pub mod par;
 pub mod postings;
 pub mod rollup;

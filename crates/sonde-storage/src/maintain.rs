@@ -118,19 +118,34 @@ pub(crate) struct PlanTable {
     pub name: String,
     pub kind: MetricKind,
     pub fields: Vec<FieldDef>,
+    /// The series order every input has for this table ([`crate::order`]).
+    pub order: Vec<String>,
 }
 
 /// Where merged series go: a segment writer (compaction, rewrites) or the rollup
 /// builder.
 pub(crate) trait MergeSink {
-    /// Starts a table; `false` skips it (its series are not read).
-    fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) -> Result<bool>;
+    /// Starts a table whose series come in `order`; `false` skips it (its series are
+    /// not read).
+    fn begin_table(
+        &mut self,
+        name: &str,
+        kind: MetricKind,
+        fields: &[FieldDef],
+        order: &[String],
+    ) -> Result<bool>;
     fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()>;
 }
 
 impl MergeSink for SegmentWriter {
-    fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) -> Result<bool> {
-        SegmentWriter::begin_table(self, name, kind, fields);
+    fn begin_table(
+        &mut self,
+        name: &str,
+        kind: MetricKind,
+        fields: &[FieldDef],
+        order: &[String],
+    ) -> Result<bool> {
+        SegmentWriter::begin_table(self, name, kind, fields, order);
         Ok(true)
     }
     fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()> {
@@ -287,31 +302,45 @@ impl Inner {
         out
     }
 
-    /// What merging `inputs` produces: tables (name order) with kind and fields, and
-    /// every tag key.
-    pub(crate) fn merge_plan(&self, inputs: &[SegmentMeta]) -> (Vec<PlanTable>, BTreeSet<String>) {
+    /// What merging `inputs` produces: tables (name order) with kind, fields and
+    /// series order, and every tag key. The inputs (one (tenant, day)) must agree on
+    /// each table's order: a flush takes the order the day's segments already have.
+    pub(crate) fn merge_plan(
+        &self,
+        inputs: &[SegmentMeta],
+    ) -> Result<(Vec<PlanTable>, BTreeSet<String>)> {
         let tenant = inputs.first().map_or("", |s| s.tenant.as_str());
         let metas: Vec<&SegmentMeta> = inputs.iter().collect();
-        let mut tables: BTreeMap<&str, (MetricKind, BTreeSet<String>)> = BTreeMap::new();
+        let mut tables: BTreeMap<&str, (MetricKind, BTreeSet<String>, &[String])> = BTreeMap::new();
         for m in inputs {
             for t in &m.tables {
                 let e = tables
                     .entry(t.name.as_str())
-                    .or_insert_with(|| (t.kind(), BTreeSet::new()));
+                    .or_insert_with(|| (t.kind(), BTreeSet::new(), &t.order));
                 e.1.extend(t.tags.iter().cloned());
+                if e.2 != t.order.as_slice() {
+                    return Err(Error::format(
+                        Path::new(&m.path),
+                        format!(
+                            "table {} is sorted by {:?} here and by {:?} in another segment of the same day",
+                            t.name, t.order, e.2
+                        ),
+                    ));
+                }
             }
         }
         let mut tag_keys = BTreeSet::new();
         let mut plan = Vec::new();
-        for (&name, (kind, tags)) in &tables {
+        for (&name, (kind, tags, order)) in &tables {
             tag_keys.extend(tags.iter().cloned());
             plan.push(PlanTable {
                 name: name.to_string(),
                 kind: *kind,
                 fields: self.fields_in(tenant, name, &metas),
+                order: order.to_vec(),
             });
         }
-        (plan, tag_keys)
+        Ok((plan, tag_keys))
     }
 
     /// Streams the merged series of `inputs` (a contiguous run of one (tenant, day),
@@ -330,10 +359,10 @@ impl Inner {
             .collect::<Result<_>>()?;
         let mut input_rows = 0u64;
         for t in plan {
-            if !sink.begin_table(&t.name, t.kind, &t.fields)? {
+            if !sink.begin_table(&t.name, t.kind, &t.fields, &t.order)? {
                 continue;
             }
-            // Per input, its series of this table (sorted by labels).
+            // Per input, its series of this table (in the table's order).
             let parts: Vec<Option<&crate::segment::index::IndexTable>> =
                 indexes.iter().map(|i| i.table(&t.name)).collect();
             // k-way merge of the label lists: (labels, [(input, ordinal)]).
@@ -345,7 +374,7 @@ impl Inner {
                     .iter()
                     .enumerate()
                     .filter_map(|(i, p)| Some((i, &p.as_ref()?.series.get(cursors[i])?.labels)))
-                    .min_by(|a, b| a.1.cmp(b.1))
+                    .min_by(|a, b| crate::order::cmp(&t.order, a.1, b.1))
                     .map(|(_, l)| l);
                 let Some(labels) = next else { break };
                 let mut from = Vec::new();
@@ -450,7 +479,7 @@ impl Inner {
     ) -> Result<Option<(SegmentMeta, SegmentIndex, u64)>> {
         let first = inputs.first().expect("at least one input");
         let (tenant, day) = (first.tenant.as_str(), first.day);
-        let (plan, tag_keys) = self.merge_plan(inputs);
+        let (plan, tag_keys) = self.merge_plan(inputs)?;
         // Bytes fields (sketches of rollup segments) have a column of their own.
         let (mut field_names, mut bytes_fields) = (BTreeSet::new(), BTreeSet::new());
         for f in plan.iter().flat_map(|t| t.fields.iter()) {
@@ -498,7 +527,7 @@ impl Inner {
                 }
             }
         }
-        // Rows per input, in ordinal order (= label order).
+        // Rows per input, in ordinal order (= the table's order).
         let mut read: Vec<std::vec::IntoIter<(Labels, SeriesData)>> = Vec::new();
         for (i, ords) in wanted.iter().enumerate() {
             let rows = match (&parts[i], ords.is_empty()) {

@@ -776,7 +776,13 @@ impl RollupSink {
 }
 
 impl MergeSink for RollupSink {
-    fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) -> Result<bool> {
+    fn begin_table(
+        &mut self,
+        name: &str,
+        kind: MetricKind,
+        fields: &[FieldDef],
+        order: &[String],
+    ) -> Result<bool> {
         self.end_events()?;
         self.nfields = fields.len();
         let rf = match kind {
@@ -786,7 +792,13 @@ impl MergeSink for RollupSink {
         for t in &mut self.tiers {
             t.active = t.tables.held.contains(name);
             if t.active {
-                t.writer.begin_table(name, kind, &rf);
+                // Event rollups are written grouped, in label-set order.
+                let order = if kind == MetricKind::Event {
+                    &[][..]
+                } else {
+                    order
+                };
+                t.writer.begin_table(name, kind, &rf, order);
                 t.events = (kind == MetricKind::Event)
                     .then(|| EventRollup::new(t.tier_ms, fields, &self.drop_tags));
             }
@@ -1106,7 +1118,7 @@ impl Inner {
                 }
                 last.insert(key, now);
             }
-            let (plan, tag_keys) = self.merge_plan(&segs);
+            let (plan, tag_keys) = self.merge_plan(&segs)?;
             let (mut field_names, mut bytes_fields) = (BTreeSet::new(), BTreeSet::new());
             for t in &plan {
                 let rf = match t.kind {

@@ -197,7 +197,8 @@ impl Storage {
     }
 
     /// [`Storage::scan`] handed to `f` in contiguous parts of its series (in label
-    /// order) on up to `req.threads` threads; returns `f`'s results in order and the
+    /// order, or in the segment table's order ([`crate::order`]) when one segment is
+    /// read) on up to `req.threads` threads; returns `f`'s results in order and the
     /// scan's statistics. When one segment holds every matching row (the common case
     /// for anything older than the head), each part is read, mapped and dropped, so
     /// the whole selection is never decoded at once; otherwise the merged scan is
@@ -384,27 +385,27 @@ impl Storage {
             segments,
             heads,
         } = plan;
-        // Each source's rows; segments give theirs sorted by labels.
-        let mut sources: Vec<(bool, Vec<(Labels, SeriesData)>)> = Vec::new();
+        // Each source's rows: a segment's in its table's order, a head's unsorted.
+        let mut sources: Vec<Vec<(Labels, SeriesData)>> = Vec::new();
         for seg in segments {
             let (parts, bytes) =
                 self.read_segment(&seg, req, &schema.fields, usize::MAX, |rows| rows)?;
             stats.bytes_read += bytes;
             stats.segments_read += 1;
-            sources.push((true, parts.into_iter().flatten().collect()));
+            sources.push(parts.into_iter().flatten().collect());
         }
-        sources.extend(heads.into_iter().map(|rows| (false, rows)));
-        sources.retain(|(_, rows)| !rows.is_empty());
+        sources.extend(heads);
+        sources.retain(|rows| !rows.is_empty());
         if sources.len() <= 1 {
             // One source (e.g. everything flushed): nothing to merge.
-            let Some((sorted, mut series)) = sources.pop() else {
+            let Some(mut series) = sources.pop() else {
                 return Ok(ScanOutput {
                     schema,
                     series: Vec::new(),
                     stats,
                 });
             };
-            if !sorted {
+            if !series.is_sorted_by(|a, b| a.0 < b.0) {
                 series.sort_by(|a, b| a.0.cmp(&b.0));
             }
             debug_assert!(series.windows(2).all(|w| w[0].0 < w[1].0), "sorted, unique");
@@ -417,7 +418,7 @@ impl Storage {
             });
         }
         let mut merged: BTreeMap<Labels, Vec<SeriesData>> = BTreeMap::new();
-        for (_, rows) in sources {
+        for rows in sources {
             for (labels, data) in rows {
                 merged.entry(labels).or_default().push(data);
             }

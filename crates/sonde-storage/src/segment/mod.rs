@@ -75,6 +75,10 @@ pub struct TableMeta {
     pub rows: u64,
     pub min_time: TimestampMs,
     pub max_time: TimestampMs,
+    /// Label names the series are sorted by before their label sets
+    /// ([`crate::order`]); empty (and absent from older files): by label set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order: Vec<String>,
 }
 
 /// A field name and type, as persisted.
@@ -114,12 +118,14 @@ pub fn field_type_name(t: FieldType) -> &'static str {
     }
 }
 
-/// The rows of one table going into a segment: series sorted by labels.
+/// The rows of one table going into a segment: series sorted by `order`
+/// ([`crate::order`]).
 #[derive(Debug, Clone)]
 pub struct TableChunk<'a> {
     pub name: &'a str,
     pub kind: MetricKind,
     pub fields: &'a [FieldDef],
+    pub order: Vec<String>,
     pub series: Vec<(&'a Labels, SeriesRows<'a>)>,
 }
 
@@ -331,7 +337,7 @@ pub fn encode_segment_to(
         v.reserve(rows);
     }
     for t in tables {
-        w.begin_table(t.name, t.kind, t.fields);
+        w.begin_table(t.name, t.kind, t.fields, &t.order);
         for (labels, src) in &t.series {
             let rows = src.rows(t.kind);
             if !rows.is_empty() {
@@ -376,8 +382,9 @@ impl std::io::Write for Sink {
     }
 }
 
-/// A segment being written one series at a time, tables in name order and series in
-/// label order, so a compaction never holds more than one batch of decoded rows.
+/// A segment being written one series at a time, tables in name order and each
+/// table's series in its order ([`crate::order`]), so a compaction never holds more
+/// than one batch of decoded rows.
 /// The physical schema (every tag key and field name) is fixed up front; the table
 /// list goes into the Parquet metadata when the writer finishes.
 pub struct SegmentWriter {
@@ -448,8 +455,14 @@ impl SegmentWriter {
         })
     }
 
-    /// Starts the next table (names must ascend).
-    pub fn begin_table(&mut self, name: &str, kind: MetricKind, fields: &[FieldDef]) {
+    /// Starts the next table (names must ascend), its series to come in `order`.
+    pub fn begin_table(
+        &mut self,
+        name: &str,
+        kind: MetricKind,
+        fields: &[FieldDef],
+        order: &[String],
+    ) {
         self.end_table();
         let meta = TableMeta {
             name: name.to_string(),
@@ -466,6 +479,7 @@ impl SegmentWriter {
             rows: 0,
             min_time: i64::MAX,
             max_time: i64::MIN,
+            order: order.to_vec(),
         };
         let it = IndexTable {
             name: name.to_string(),
@@ -474,7 +488,7 @@ impl SegmentWriter {
         self.cur = Some((it, meta, BTreeSet::new(), fields.to_vec()));
     }
 
-    /// Appends one series of the current table (labels must ascend; rows sorted by
+    /// Appends one series of the current table (in the table's order; rows sorted by
     /// time and deduplicated). Empty series are skipped.
     pub fn push_series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()> {
         if data.is_empty() {
@@ -929,6 +943,7 @@ mod tests {
             name: "t",
             kind: MetricKind::Gauge,
             fields: &fields,
+            order: Vec::new(),
             series: vec![
                 (
                     &a,
@@ -1032,6 +1047,7 @@ mod tests {
             name: "t",
             kind: MetricKind::Counter,
             fields: &fields,
+            order: Vec::new(),
             series: labels
                 .iter()
                 .enumerate()

@@ -6,6 +6,7 @@ mod corruption;
 mod crash;
 mod maintain;
 mod open_format;
+mod order;
 mod power_loss;
 mod reopen;
 mod rollups;
