@@ -2,7 +2,7 @@
 //! kept by later flushes and by compaction.
 
 use sonde_storage::{Matcher, ScanRequest, Storage};
-use sonde_types::{FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteBatch};
+use sonde_types::{DAY_MS, FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteBatch};
 
 use crate::common::{TENANT, config};
 
@@ -11,6 +11,11 @@ const ROWS: i64 = 100;
 
 /// `tenants` × 2 token types × `users` counter series of `ROWS` samples each.
 fn tokens(tenants: usize, users: usize, user_offset: usize) -> WriteBatch {
+    tokens_at(T0, tenants, users, user_offset)
+}
+
+/// [`tokens`] from `t0` on.
+fn tokens_at(t0: i64, tenants: usize, users: usize, user_offset: usize) -> WriteBatch {
     let mut t = TableBatch::single("llm_tokens_total", MetricKind::Counter, FieldType::I64);
     for tenant in 0..tenants {
         for user in user_offset..user_offset + users {
@@ -21,7 +26,7 @@ fn tokens(tenants: usize, users: usize, user_offset: usize) -> WriteBatch {
                     ("user_id", format!("u{user:03}")),
                 ])
                 .unwrap();
-                let ts = (0..ROWS).map(|i| T0 + i * 15_000).collect();
+                let ts = (0..ROWS).map(|i| t0 + i * 15_000).collect();
                 // Irregular increments (an LCG), so value pages are not trivially small.
                 let mut x = (tenant * 1000 + user * 2 + k) as u64;
                 let v = (0..ROWS)
@@ -137,4 +142,67 @@ fn later_flushes_keep_the_days_order_and_compaction_merges_them() {
     assert_eq!(scan(&s, Vec::new()).series, before);
     let output = scan(&s, vec![Matcher::eq("token_type", "output")]);
     assert_eq!(output.series.len(), 50);
+}
+
+/// A selection over several segments (two days sharing an order) and the head is
+/// merged as it streams, in the segments' order; with a third day in another order
+/// it falls back to the whole merge. Both hand over exactly what `scan` answers.
+#[test]
+fn streamed_merge_over_days_and_the_head_equals_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(config(dir.path())).unwrap();
+    let day2 = T0 + DAY_MS;
+    s.write(TENANT, tokens_at(T0, 4, 10, 0)).unwrap();
+    s.write(TENANT, tokens_at(day2, 4, 10, 5)).unwrap();
+    s.flush().unwrap();
+    // Later rows of day 2 in the head, for old and new series.
+    s.write(TENANT, tokens_at(day2 + ROWS * 15_000, 4, 10, 8))
+        .unwrap();
+    let led = vec![
+        "token_type".to_string(),
+        "tenant".to_string(),
+        "user_id".to_string(),
+    ];
+    assert_eq!(orders(&s), vec![led.clone(); 2]);
+    let streamed = |matchers: Vec<Matcher>| {
+        let mut req = ScanRequest::new("llm_tokens_total", i64::MIN, i64::MAX).with_threads(2);
+        req.matchers = matchers;
+        let (parts, stats) = s.scan_map(TENANT, &req, |part| part.to_vec()).unwrap();
+        let series: Vec<_> = parts.into_iter().flatten().collect();
+        assert_eq!(stats.series, series.len());
+        assert_eq!(stats.segments_read, 2);
+        series
+    };
+    for matchers in [Vec::new(), vec![Matcher::eq("token_type", "output")]] {
+        let got = streamed(matchers.clone());
+        // In the segments' order: each token type together.
+        let types: Vec<_> = got.iter().map(|(l, _)| l.get("token_type")).collect();
+        assert!(
+            types.windows(2).all(|w| w[0] <= w[1]),
+            "ordered by token type first"
+        );
+        let mut sorted = got.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(sorted, scan(&s, matchers).series);
+    }
+    let all = scan(&s, Vec::new()).series;
+    // 4 tenants × 2 types × users 0..18: day 1 users 0..10, day 2 5..18.
+    assert_eq!(all.len(), 4 * 2 * 18);
+    let u8 = all
+        .iter()
+        .find(|(l, _)| l.get("user_id") == Some("u008"))
+        .unwrap();
+    assert_eq!(u8.1.len(), 3 * ROWS as usize, "both days and the head");
+
+    // A third day whose first flush had one series: no order; the whole merge.
+    let day3 = T0 + 2 * DAY_MS;
+    s.write(TENANT, tokens_at(day3, 1, 1, 0)).unwrap();
+    s.flush().unwrap();
+    assert_eq!(orders(&s).last().unwrap(), &Vec::<String>::new());
+    let req = ScanRequest::new("llm_tokens_total", i64::MIN, i64::MAX).with_threads(2);
+    let (parts, _) = s.scan_map(TENANT, &req, |part| part.to_vec()).unwrap();
+    let got: Vec<_> = parts.into_iter().flatten().collect();
+    let expected = scan(&s, Vec::new()).series;
+    assert_eq!(got, expected, "the whole merge is in label order");
+    assert_eq!(expected.len(), 4 * 2 * 18);
 }
