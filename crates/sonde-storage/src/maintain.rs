@@ -362,33 +362,26 @@ impl Inner {
             if !sink.begin_table(&t.name, t.kind, &t.fields, &t.order)? {
                 continue;
             }
-            // Per input, its series of this table (in the table's order).
+            // Per input, its series of this table (in the table's order), merged:
+            // (labels, [(input, ordinal)]).
             let parts: Vec<Option<&crate::segment::index::IndexTable>> =
                 indexes.iter().map(|i| i.table(&t.name)).collect();
-            // k-way merge of the label lists: (labels, [(input, ordinal)]).
-            let mut cursors = vec![0usize; parts.len()];
+            let lists: Vec<Vec<&Labels>> = parts
+                .iter()
+                .map(|p| p.map_or_else(Vec::new, |p| p.series.iter().map(|s| &s.labels).collect()))
+                .collect();
             let mut batch: Vec<(&Labels, Vec<(usize, u32)>)> = Vec::new();
             let mut batch_rows = 0usize;
-            loop {
-                let next = parts
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, p)| Some((i, &p.as_ref()?.series.get(cursors[i])?.labels)))
-                    .min_by(|a, b| crate::order::cmp(&t.order, a.1, b.1))
-                    .map(|(_, l)| l);
-                let Some(labels) = next else { break };
-                let mut from = Vec::new();
-                for (i, p) in parts.iter().enumerate() {
-                    let Some(p) = p else { continue };
-                    if let Some(s) = p.series.get(cursors[i])
-                        && &s.labels == labels
-                    {
-                        from.push((i, cursors[i] as u32));
-                        batch_rows += s.rows as usize;
-                        input_rows += s.rows as u64;
-                        cursors[i] += 1;
-                    }
-                }
+            for (labels, from) in crate::order::merge(&t.order, &lists) {
+                let from: Vec<(usize, u32)> = from
+                    .into_iter()
+                    .map(|(i, pos)| {
+                        let rows = parts[i].expect("listed").series[pos].rows as usize;
+                        batch_rows += rows;
+                        input_rows += rows as u64;
+                        (i, pos as u32)
+                    })
+                    .collect();
                 batch.push((labels, from));
                 if batch_rows >= MERGE_BATCH_ROWS {
                     self.merge_batch(inputs, &parts, t, &batch, keep, sink)?;

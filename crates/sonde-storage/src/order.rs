@@ -51,6 +51,43 @@ pub fn sorted_positions(order: &[String], labels: &[&Labels]) -> Vec<usize> {
     pos
 }
 
+/// Sorts `rows` (label sets with anything) by `order`.
+pub fn sort_rows<T>(order: &[String], rows: Vec<(Labels, T)>) -> Vec<(Labels, T)> {
+    let labels: Vec<&Labels> = rows.iter().map(|(l, _)| l).collect();
+    let pos = sorted_positions(order, &labels);
+    let mut slots: Vec<Option<(Labels, T)>> = rows.into_iter().map(Some).collect();
+    pos.into_iter()
+        .map(|p| slots[p].take().expect("a permutation"))
+        .collect()
+}
+
+/// Merges lists of label sets, each sorted by `order` without repeats: per distinct
+/// label set, in order, the (list, position) pairs that hold it, lists ascending.
+pub fn merge<'a>(
+    order: &[String],
+    lists: &[Vec<&'a Labels>],
+) -> Vec<(&'a Labels, Vec<(usize, usize)>)> {
+    let mut cursors = vec![0usize; lists.len()];
+    let mut out = Vec::new();
+    loop {
+        let next = lists
+            .iter()
+            .zip(&cursors)
+            .filter_map(|(l, &c)| l.get(c).copied())
+            .min_by(|a, b| cmp(order, a, b));
+        let Some(labels) = next else { break };
+        let mut from = Vec::with_capacity(1);
+        for (i, l) in lists.iter().enumerate() {
+            if l.get(cursors[i]).is_some_and(|&x| x == labels) {
+                from.push((i, cursors[i]));
+                cursors[i] += 1;
+            }
+        }
+        out.push((labels, from));
+    }
+    out
+}
+
 /// Chooses the order of a table from its series: the label names with fewer distinct
 /// values than series (a missing label counts as one more value) and more than one,
 /// fewest first, ties by name, at most [`MAX_ORDER_LABELS`].
@@ -137,6 +174,28 @@ mod tests {
         // No order: the label set's own order.
         let pos = sorted_positions(&[], &refs);
         assert!(pos.windows(2).all(|w| refs[w[0]] < refs[w[1]]));
+        // Two sorted lists merge into one, shared label sets once, list by list.
+        let (a, b): (Vec<&Labels>, Vec<&Labels>) =
+            sorted
+                .iter()
+                .enumerate()
+                .fold((Vec::new(), Vec::new()), |(mut a, mut b), (i, &l)| {
+                    if i % 3 != 0 {
+                        a.push(l);
+                    }
+                    if i % 3 == 0 || i % 2 == 0 {
+                        b.push(l);
+                    }
+                    (a, b)
+                });
+        let m = merge(&order, &[a.clone(), b.clone()]);
+        assert_eq!(m.iter().map(|(l, _)| *l).collect::<Vec<_>>(), sorted);
+        for (l, from) in &m {
+            let lists = [&a, &b];
+            assert!(from.windows(2).all(|w| w[0].0 < w[1].0));
+            assert!(from.iter().all(|&(i, p)| lists[i][p] == *l));
+        }
+        assert_eq!(m.iter().filter(|(_, from)| from.len() == 2).count(), 6);
         // A missing label sorts as empty, before any value.
         let bare = l(&[("tenant", "t99")]);
         assert_eq!(cmp(&order, &bare, &series[0]), Ordering::Less);
