@@ -9,7 +9,7 @@
 //! the same order, so compaction can still merge the day's segments in one pass.
 //!
 //! The reason is selective reads. A value page holds 8,192 samples, which is about 34
-//! series of the standard dataset. Sorted by label name, `llm_tokens_total` alternates
+//! series of the standard dataset. Sorted by label set, `llm_tokens_total` alternates
 //! runs of `token_type="input"` and `"output"` series (tenant sorts before
 //! token_type), so a query for one token type decompressed every page and skipped
 //! half of its rows. With `token_type` first, each token type is one contiguous half
@@ -39,8 +39,8 @@ pub fn cmp(order: &[String], a: &Labels, b: &Labels) -> Ordering {
         .unwrap_or_else(|| a.cmp(b))
 }
 
-/// The positions of `labels` in `order` (each series' ordering values looked up
-/// once, not per comparison).
+/// Indexes into `labels`, sorted by `order` (each series' ordering values looked
+/// up once, not per comparison).
 pub fn sorted_positions(order: &[String], labels: &[&Labels]) -> Vec<usize> {
     let keys: Vec<Vec<&str>> = labels
         .iter()
