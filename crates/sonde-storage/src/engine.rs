@@ -1175,26 +1175,28 @@ fn partitions<'h>(
     let mut out: BTreeMap<(&str, i64), Vec<TableChunk<'_>>> = BTreeMap::new();
     for (tenant, tables) in &head.tenants {
         for (name, th) in tables {
-            let mut by_day: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+            // Per day, the series with rows in it (and whether they span other days).
+            let mut by_day: BTreeMap<i64, Vec<(usize, bool)>> = BTreeMap::new();
             for (i, (_, data)) in th.series.iter().enumerate() {
                 let Some((lo, hi)) = data.time_range() else {
                     continue;
                 };
-                for day in day_of(lo)..=day_of(hi) {
-                    by_day.entry(day).or_default().push(i);
+                let (first, last) = (day_of(lo), day_of(hi));
+                for day in first..=last {
+                    by_day.entry(day).or_default().push((i, first != last));
                 }
             }
             for (day, members) in by_day {
                 let labels: Vec<&sonde_types::Labels> =
-                    members.iter().map(|&i| &th.series[i].0).collect();
+                    members.iter().map(|&(i, _)| &th.series[i].0).collect();
                 let order = existing_order(manifest, tenant, day, name)
                     .unwrap_or_else(|| crate::order::choose(labels.iter().copied()));
                 let series = crate::order::sorted_positions(&order, &labels)
                     .into_iter()
                     .map(|p| {
-                        let (labels, data) = &th.series[members[p]];
-                        let (lo, hi) = data.time_range().expect("non-empty above");
-                        let day_cut = (day_of(lo) != day_of(hi)).then_some(day);
+                        let (i, spans_days) = members[p];
+                        let (labels, data) = &th.series[i];
+                        let day_cut = spans_days.then_some(day);
                         (labels, SeriesRows::Head { data, day: day_cut })
                     })
                     .collect();

@@ -125,27 +125,15 @@ pub(crate) struct PlanTable {
 /// Where merged series go: a segment writer (compaction, rewrites) or the rollup
 /// builder.
 pub(crate) trait MergeSink {
-    /// Starts a table whose series come in `order`; `false` skips it (its series are
-    /// not read).
-    fn begin_table(
-        &mut self,
-        name: &str,
-        kind: MetricKind,
-        fields: &[FieldDef],
-        order: &[String],
-    ) -> Result<bool>;
+    /// Starts a table (its series come in `t.order`); `false` skips it (its series
+    /// are not read).
+    fn begin_table(&mut self, t: &PlanTable) -> Result<bool>;
     fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()>;
 }
 
 impl MergeSink for SegmentWriter {
-    fn begin_table(
-        &mut self,
-        name: &str,
-        kind: MetricKind,
-        fields: &[FieldDef],
-        order: &[String],
-    ) -> Result<bool> {
-        SegmentWriter::begin_table(self, name, kind, fields, order);
+    fn begin_table(&mut self, t: &PlanTable) -> Result<bool> {
+        SegmentWriter::begin_table(self, &t.name, t.kind, &t.fields, &t.order);
         Ok(true)
     }
     fn series(&mut self, labels: &Labels, data: &SeriesData) -> Result<()> {
@@ -359,7 +347,7 @@ impl Inner {
             .collect::<Result<_>>()?;
         let mut input_rows = 0u64;
         for t in plan {
-            if !sink.begin_table(&t.name, t.kind, &t.fields, &t.order)? {
+            if !sink.begin_table(t)? {
                 continue;
             }
             // Per input, its series of this table (in the table's order), merged:

@@ -32,7 +32,7 @@ use std::time::Duration;
 use sonde_types::{DAY_MS, FieldDef, FieldType, Labels, MetricKind, TimestampMs, day_of};
 
 use crate::engine::Inner;
-use crate::maintain::{Keep, MergeSink, keep_except};
+use crate::maintain::{Keep, MergeSink, PlanTable, keep_except};
 use crate::manifest::{RollupMeta, SegmentMeta};
 use crate::segment::SegmentWriter;
 use crate::segment::reader::{SeriesRead, read_series};
@@ -776,13 +776,8 @@ impl RollupSink {
 }
 
 impl MergeSink for RollupSink {
-    fn begin_table(
-        &mut self,
-        name: &str,
-        kind: MetricKind,
-        fields: &[FieldDef],
-        order: &[String],
-    ) -> Result<bool> {
+    fn begin_table(&mut self, table: &PlanTable) -> Result<bool> {
+        let (name, kind, fields) = (table.name.as_str(), table.kind, &table.fields);
         self.end_events()?;
         self.nfields = fields.len();
         let rf = match kind {
@@ -796,7 +791,7 @@ impl MergeSink for RollupSink {
                 let order = if kind == MetricKind::Event {
                     &[][..]
                 } else {
-                    order
+                    &table.order[..]
                 };
                 t.writer.begin_table(name, kind, &rf, order);
                 t.events = (kind == MetricKind::Event)
