@@ -183,6 +183,7 @@ pub(crate) struct Inner {
     pub state: RwLock<ReadState>,
     pub schemas: RwLock<HashMap<String, BTreeMap<String, TableSchema>>>,
     pub index_cache: Mutex<crate::scan::IndexCache>,
+    pub footer_cache: Mutex<crate::scan::FooterCache>,
     /// Decoded day catalogs, dropped when a flush adds to them.
     pub catalog_cache: Mutex<crate::catalog::CatalogCache>,
     pub dedup: Mutex<DedupSet>,
@@ -331,6 +332,7 @@ impl Storage {
             }),
             schemas: RwLock::new(schemas),
             index_cache: Mutex::new(Default::default()),
+            footer_cache: Mutex::new(Default::default()),
             catalog_cache: Mutex::new(Default::default()),
             dedup: Mutex::new(dedup),
             flush_lock: Mutex::new(()),

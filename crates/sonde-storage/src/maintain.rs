@@ -517,6 +517,7 @@ impl Inner {
                         self.vfs.as_ref(),
                         &SeriesRead {
                             path: self.dir.join(&inputs[i].path),
+                            footer: &self.segment_footer(inputs[i].id, &inputs[i].path)?,
                             table: it,
                             ordinals: ords,
                             fields,
@@ -657,9 +658,10 @@ impl Inner {
         });
         let m = self.install(m, trash)?;
         {
-            let mut cache = self.index_cache.lock();
+            let (mut indexes, mut footers) = (self.index_cache.lock(), self.footer_cache.lock());
             for id in removed {
-                cache.remove(id);
+                indexes.remove(id);
+                footers.remove(id);
             }
         }
         for (tenant, day) in rebuild_days {

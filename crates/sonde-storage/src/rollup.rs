@@ -949,6 +949,7 @@ impl Inner {
             self.vfs.as_ref(),
             &SeriesRead {
                 path: self.dir.join(&seg.path),
+                footer: &self.segment_footer(seg.id, &seg.path)?,
                 table: it,
                 ordinals: &ords,
                 fields: &read,

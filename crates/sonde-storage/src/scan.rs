@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+
 use arrow::array::{
     ArrayRef, BooleanBufferBuilder, DictionaryArray, Float64Array, Int32Array, Int64Array,
     RecordBatch, StringArray, TimestampMillisecondArray,
@@ -91,6 +93,46 @@ impl IndexCache {
     }
 }
 
+/// Bytes of parsed segment footers kept in memory ([`FooterCache`]). A footer with its
+/// offset index is ~0.1–1 MB for a 100k-series day, so this holds a month of days.
+const FOOTER_CACHE_BYTES: usize = 64 << 20;
+
+/// Parsed segment footers by segment id ([`crate::segment::reader::load_footer`]),
+/// bounded by their size in memory.
+#[derive(Debug, Default)]
+pub(crate) struct FooterCache {
+    map: BTreeMap<u64, (ArrowReaderMetadata, usize)>,
+    bytes: usize,
+}
+
+impl FooterCache {
+    fn get(&self, id: u64) -> Option<ArrowReaderMetadata> {
+        self.map.get(&id).map(|(f, _)| f.clone())
+    }
+    fn insert(&mut self, id: u64, footer: ArrowReaderMetadata) {
+        let n = footer.metadata().memory_size();
+        if self.bytes + n > FOOTER_CACHE_BYTES {
+            // Evict until half the budget is free (any order: ids are not recency).
+            while self.bytes + n > FOOTER_CACHE_BYTES / 2 {
+                let Some((_, (_, old))) = self.map.pop_first() else {
+                    break;
+                };
+                self.bytes -= old;
+            }
+        }
+        if let Some((_, old)) = self.map.insert(id, (footer, n)) {
+            self.bytes -= old;
+        }
+        self.bytes += n;
+    }
+    /// Forgets segment `id`'s footer.
+    pub fn remove(&mut self, id: &u64) {
+        if let Some((_, old)) = self.map.remove(id) {
+            self.bytes -= old;
+        }
+    }
+}
+
 /// What to read: a table, tag matchers, and an inclusive time range.
 #[derive(Debug, Clone)]
 pub struct ScanRequest {
@@ -162,6 +204,7 @@ pub struct ScanOutput {
 struct SegmentRead {
     path: std::path::PathBuf,
     index: Arc<SegmentIndex>,
+    footer: ArrowReaderMetadata,
     ordinals: Vec<u32>,
     /// The table's series order in this segment ([`crate::order`]).
     order: Vec<String>,
@@ -355,6 +398,7 @@ impl Storage {
                         self.inner.vfs.as_ref(),
                         &SeriesRead {
                             path: seg.path.clone(),
+                            footer: &seg.footer,
                             table: tables[i],
                             ordinals: &ordinals,
                             fields: &schema.fields,
@@ -443,6 +487,7 @@ impl Storage {
                 self.inner.vfs.as_ref(),
                 &SeriesRead {
                     path: seg.path.clone(),
+                    footer: &seg.footer,
                     table: it,
                     ordinals,
                     fields,
@@ -538,6 +583,7 @@ impl Storage {
             segments.push(SegmentRead {
                 path: inner.dir.join(&seg.path),
                 index,
+                footer: inner.segment_footer(seg.id, &seg.path)?,
                 ordinals,
                 order: meta.order.clone(),
             });
@@ -661,6 +707,16 @@ impl crate::engine::Inner {
         let idx = Arc::new(self.read_index(rel, Some(table))?);
         self.index_cache.lock().insert_table(id, table, idx.clone());
         Ok(idx)
+    }
+
+    /// A segment's parsed footer, from the cache or the file.
+    pub(crate) fn segment_footer(&self, id: u64, rel: &str) -> Result<ArrowReaderMetadata> {
+        if let Some(f) = self.footer_cache.lock().get(id) {
+            return Ok(f);
+        }
+        let f = crate::segment::reader::load_footer(self.vfs.as_ref(), &self.dir.join(rel))?;
+        self.footer_cache.lock().insert(id, f.clone());
+        Ok(f)
     }
 
     /// Reads and decodes an index file, whole or one table's part.

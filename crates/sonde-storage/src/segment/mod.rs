@@ -980,8 +980,10 @@ mod tests {
             (old, vec![0, 1]),
             (old, vec![0]),
         ] {
+            let footer = super::reader::load_footer(&vfs, path.as_ref()).unwrap();
             let req = SeriesRead {
                 path: path.into(),
+                footer: &footer,
                 table: it,
                 ordinals: &ordinals,
                 fields: &fields,

@@ -16,7 +16,6 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetOffsetIndex};
-use parquet::file::page_index::offset_index::OffsetIndexMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use sonde_types::{FieldDef, FieldType, Labels, TimestampMs};
 
@@ -104,6 +103,8 @@ impl ChunkReader for CountingFile {
 #[derive(Debug)]
 pub struct SeriesRead<'a> {
     pub path: PathBuf,
+    /// The segment's parsed footer ([`load_footer`]).
+    pub footer: &'a ArrowReaderMetadata,
     pub table: &'a IndexTable,
     /// Ordinals (into `table.series`), ascending.
     pub ordinals: &'a [u32],
@@ -111,6 +112,26 @@ pub struct SeriesRead<'a> {
     pub fields: &'a [FieldDef],
     pub start: TimestampMs,
     pub end: TimestampMs,
+}
+
+/// A segment's footer parsed for reading, with the offset index (page locations) of
+/// every column chunk, which lets a reader skip the pages outside its selection.
+/// Segments never change, so the engine parses it once per segment and its readers
+/// share it: parsing it for each reader was ~6 % of a 3 ms dashboard query.
+pub fn load_footer(vfs: &dyn Vfs, path: &Path) -> Result<ArrowReaderMetadata> {
+    let file = CountingFile::open(vfs, path)?;
+    let opts = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Skip);
+    let footer =
+        ArrowReaderMetadata::load(&file, opts.clone()).map_err(|e| Error::parquet(path, e))?;
+    let Some(oi) = load_offset_index(&file, footer.metadata(), path)? else {
+        return Ok(footer);
+    };
+    let md = (**footer.metadata())
+        .clone()
+        .into_builder()
+        .set_offset_index(Some(oi))
+        .build();
+    ArrowReaderMetadata::try_new(Arc::new(md), opts).map_err(|e| Error::parquet(path, e))
 }
 
 /// Reads the requested series; returns them with their rows in `[start, end]` and
@@ -143,12 +164,8 @@ pub fn read_series_parts(
         return Ok(0);
     }
     let file = CountingFile::open(vfs, path)?;
-    // Footer only; the offset index is loaded below for just the chunks we read.
-    let opts = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Skip);
-    let footer =
-        ArrowReaderMetadata::load(&file, opts.clone()).map_err(|e| Error::parquet(path, e))?;
-    let meta = footer.metadata().clone();
-    let arrow_schema = footer.schema().clone();
+    let meta = req.footer.metadata().clone();
+    let arrow_schema = req.footer.schema().clone();
 
     // Row ranges → row groups → selection over the chosen row groups.
     let ranges: Vec<(u64, u64)> = req
@@ -224,18 +241,8 @@ pub fn read_series_parts(
 
     let selection = ranges_to_selection(&local, concat);
     let mask = ProjectionMask::roots(meta.file_metadata().schema_descr(), wanted.iter().copied());
-    let with_index = match load_offset_index(&file, &meta, &groups, &wanted, path)? {
-        Some(oi) => {
-            let md = (*meta)
-                .clone()
-                .into_builder()
-                .set_offset_index(Some(oi))
-                .build();
-            ArrowReaderMetadata::try_new(Arc::new(md), opts).map_err(|e| Error::parquet(path, e))?
-        }
-        None => footer,
-    };
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), with_index);
+    let builder =
+        ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), req.footer.clone());
     let reader = builder
         .with_projection(mask)
         .with_row_groups(groups)
@@ -296,40 +303,51 @@ pub fn read_series_parts(
     Ok(file.bytes_read())
 }
 
-/// The offset index of the chunks `(row group ∈ groups, column ∈ columns)`, the
-/// entries of all other chunks left empty (the reader never looks at them). `None`
-/// when a needed chunk has no offset index (the reader then reads whole chunks).
+/// The offset index of every column chunk, read at once (the writer puts the chunks'
+/// indexes side by side before the footer). `None` when a chunk has none: the reader
+/// then decodes pages to find the rows it selects.
 fn load_offset_index(
     file: &CountingFile,
     meta: &ParquetMetaData,
-    groups: &[usize],
-    columns: &[usize],
     path: &Path,
 ) -> Result<Option<ParquetOffsetIndex>> {
-    let empty = || OffsetIndexMetaData {
-        page_locations: Vec::new(),
-        unencoded_byte_array_data_bytes: None,
-    };
-    let mut oi: ParquetOffsetIndex = meta
-        .row_groups()
-        .iter()
-        .map(|rg| rg.columns().iter().map(|_| empty()).collect())
-        .collect();
-    for &g in groups {
-        for &c in columns {
-            let chunk = meta.row_group(g).column(c);
+    let mut ranges = Vec::new();
+    for rg in meta.row_groups() {
+        for chunk in rg.columns() {
             let (Some(off), Some(len)) = (chunk.offset_index_offset(), chunk.offset_index_length())
             else {
                 return Ok(None);
             };
-            let bytes = file
-                .get_bytes(off as u64, len as usize)
-                .map_err(|e| Error::parquet(path, e))?;
-            oi[g][c] = super::offset_index::decode(&bytes)
-                .map_err(|e| Error::format(path, e.to_string()))?;
+            ranges.push((off as u64, len as usize));
         }
     }
-    Ok(Some(oi))
+    let Some(lo) = ranges.iter().map(|r| r.0).min() else {
+        return Ok(None);
+    };
+    let hi = ranges
+        .iter()
+        .map(|&(o, l)| o + l as u64)
+        .max()
+        .unwrap_or(lo);
+    let bytes = file
+        .get_bytes(lo, (hi - lo) as usize)
+        .map_err(|e| Error::parquet(path, e))?;
+    let mut chunks = ranges.into_iter();
+    meta.row_groups()
+        .iter()
+        .map(|rg| {
+            rg.columns()
+                .iter()
+                .map(|_| {
+                    let (off, len) = chunks.next().expect("one range per chunk");
+                    let at = (off - lo) as usize;
+                    super::offset_index::decode(&bytes[at..at + len])
+                        .map_err(|e| Error::format(path, e.to_string()))
+                })
+                .collect()
+        })
+        .collect::<Result<_>>()
+        .map(Some)
 }
 
 /// Where a requested field's physical columns are in the file.
