@@ -980,7 +980,7 @@ mod tests {
             (old, vec![0, 1]),
             (old, vec![0]),
         ] {
-            let footer = super::reader::load_footer(&vfs, path.as_ref()).unwrap();
+            let footer = super::reader::load_footer(&vfs, path).unwrap();
             let req = SeriesRead {
                 path: path.into(),
                 footer: &footer,
