@@ -64,16 +64,13 @@ impl QueryValue {
                     // Formatting the values is most of a large answer's cost (a third
                     // of the server's CPU for 400 series × 56 points): chunks of
                     // series are written on the query threads and joined in order.
-                    use rayon::prelude::*;
                     let chunk = series.len().div_ceil(4 * rayon::current_num_threads());
-                    let texts: Vec<Vec<u8>> = series
-                        .par_chunks(chunk)
-                        .map(|chunk| {
+                    let texts =
+                        sonde_storage::par::map_each(series.chunks(chunk).collect(), |chunk| {
                             let mut text = Vec::new();
                             write_series(&mut text, chunk);
                             text
-                        })
-                        .collect();
+                        });
                     for (i, text) in texts.iter().enumerate() {
                         if i > 0 {
                             out.push(b',');

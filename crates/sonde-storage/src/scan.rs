@@ -444,8 +444,7 @@ impl Storage {
             Ok((out, bytes, rows, series))
         };
         let results: Vec<Result<_>> = if req.threads > 1 && work.len() > 1 {
-            use rayon::prelude::*;
-            work.into_par_iter().map(read).collect()
+            crate::par::map_each(work, read)
         } else {
             work.into_iter().map(read).collect()
         };
@@ -517,8 +516,7 @@ impl Storage {
         let run = n.div_ceil(runs);
         let runs: Vec<&[u32]> = seg.ordinals.chunks(run).collect();
         let results: Vec<Result<(Vec<U>, u64)>> = if req.threads > 1 && runs.len() > 1 {
-            use rayon::prelude::*;
-            runs.into_par_iter().map(&read).collect()
+            crate::par::map_each(runs, &read)
         } else {
             runs.into_iter().map(&read).collect()
         };
