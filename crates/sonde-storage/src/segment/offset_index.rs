@@ -1,8 +1,7 @@
-//! Loads a Parquet offset index (page locations) for only the column chunks a read
-//! needs. parquet-rs loads the page index of every row group and column at once; for a
-//! one-series read of a large segment that index costs more than the data pages
-//! themselves, so Sonde reads the few chunks' offset indexes it needs and decodes them
-//! here (Thrift compact protocol, `OffsetIndex` / `PageLocation` of parquet-format).
+//! Decodes the Parquet offset index (page locations) of a column chunk (Thrift compact
+//! protocol, `OffsetIndex` / `PageLocation` of parquet-format).
+//! [`super::reader::load_footer`] reads the indexes of every chunk of a segment in one
+//! read, decodes each here, and the engine keeps them with the segment's footer.
 
 use parquet::file::page_index::offset_index::{OffsetIndexMetaData, PageLocation};
 
