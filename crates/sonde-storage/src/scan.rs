@@ -9,14 +9,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use parquet::arrow::arrow_reader::ArrowReaderMetadata;
-
 use arrow::array::{
     ArrayRef, BooleanBufferBuilder, DictionaryArray, Float64Array, Int32Array, Int64Array,
     RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use sonde_types::{FieldDef, FieldType, Labels, TIME_COLUMN, TimestampMs};
 
 use crate::engine::TableSchema;
