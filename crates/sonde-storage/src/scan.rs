@@ -515,7 +515,7 @@ impl Storage {
         let run = n.div_ceil(runs);
         let runs: Vec<&[u32]> = seg.ordinals.chunks(run).collect();
         let results: Vec<Result<(Vec<U>, u64)>> = if req.threads > 1 && runs.len() > 1 {
-            crate::par::map_each(runs, &read)
+            crate::par::map_each(runs, read)
         } else {
             runs.into_iter().map(&read).collect()
         };
