@@ -659,6 +659,13 @@ impl Storage {
             .contains(tenant, key, self.inner.clock.now_ms(), window)
     }
 
+    /// The segment ids whose parsed footers are cached, ascending (a diagnostic:
+    /// each is a segment of the current manifest; a segment a manifest swap removes
+    /// leaves the cache with it).
+    pub fn cached_footer_ids(&self) -> Vec<u64> {
+        self.inner.footer_cache.lock().ids()
+    }
+
     /// The current manifest (live segments).
     pub fn manifest(&self) -> Arc<Manifest> {
         self.inner.state.read().manifest.clone()

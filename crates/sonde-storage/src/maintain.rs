@@ -228,11 +228,28 @@ impl Inner {
         )?;
         let generation = m.generation;
         let m = Arc::new(m);
-        let mut st = self.state.write();
-        let old = std::mem::replace(&mut st.manifest, m.clone());
-        let mut t = self.trash.lock();
-        t.retire(&old);
-        t.files.push((generation, trash));
+        let old = {
+            let mut st = self.state.write();
+            let old = std::mem::replace(&mut st.manifest, m.clone());
+            let mut t = self.trash.lock();
+            t.retire(&old);
+            t.files.push((generation, trash));
+            old
+        };
+        // Whatever took the segments out (compaction, retention, deletes, rollup
+        // expiry), their cached indexes and footers go with them; readers that still
+        // hold one keep their own reference.
+        let live: BTreeSet<u64> = m.segments.iter().map(|s| s.id).collect();
+        let (mut indexes, mut footers) = (self.index_cache.lock(), self.footer_cache.lock());
+        for id in old
+            .segments
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !live.contains(id))
+        {
+            indexes.remove(&id);
+            footers.remove(&id);
+        }
         Ok(m)
     }
 
@@ -657,13 +674,6 @@ impl Inner {
             }
         });
         let m = self.install(m, trash)?;
-        {
-            let (mut indexes, mut footers) = (self.index_cache.lock(), self.footer_cache.lock());
-            for id in removed {
-                indexes.remove(id);
-                footers.remove(id);
-            }
-        }
         for (tenant, day) in rebuild_days {
             let segs: Vec<&SegmentMeta> = m
                 .segments

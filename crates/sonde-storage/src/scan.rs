@@ -124,6 +124,10 @@ impl FooterCache {
         }
         self.bytes += n;
     }
+    /// The segment ids whose footers are cached.
+    pub fn ids(&self) -> Vec<u64> {
+        self.map.keys().copied().collect()
+    }
     /// Forgets segment `id`'s footer.
     pub fn remove(&mut self, id: &u64) {
         if let Some((_, old)) = self.map.remove(id) {

@@ -246,9 +246,29 @@ fn retention_drops_exactly_the_expired_days() {
         .unwrap();
     assert!(expired.series.is_empty());
 
+    // The queries above cached the footers they read; a segment retention dropped or
+    // rewrote leaves the cache with it.
+    let live = |s: &Storage| -> Vec<u64> {
+        let mut ids: Vec<u64> = s.manifest().segments.iter().map(|g| g.id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert!(!s.cached_footer_ids().is_empty());
+    assert!(s.cached_footer_ids().iter().all(|id| live(&s).contains(id)));
+
     // Past the long retention too: the whole segment goes, and its catalog.
+    let before = s.cached_footer_ids();
     clock.set((day0 + 9) * DAY_MS + 1000);
     let st = s.enforce_retention().unwrap();
+    let after = s.cached_footer_ids();
+    assert!(
+        after.iter().all(|id| live(&s).contains(id)),
+        "{before:?} → {after:?}"
+    );
+    assert!(
+        before.iter().any(|id| !after.contains(id)),
+        "{before:?} → {after:?}"
+    );
     assert_eq!(
         (st.dropped_segments, st.rewritten_segments),
         (1, 2),
