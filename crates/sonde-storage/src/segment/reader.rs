@@ -311,35 +311,33 @@ fn load_offset_index(
     meta: &ParquetMetaData,
     path: &Path,
 ) -> Result<Option<ParquetOffsetIndex>> {
-    let mut ranges = Vec::new();
+    // Per row group, per column: where the chunk's offset index is.
+    let mut ranges: Vec<Vec<(u64, usize)>> = Vec::new();
     for rg in meta.row_groups() {
+        let mut group = Vec::with_capacity(rg.columns().len());
         for chunk in rg.columns() {
             let (Some(off), Some(len)) = (chunk.offset_index_offset(), chunk.offset_index_length())
             else {
                 return Ok(None);
             };
-            ranges.push((off as u64, len as usize));
+            group.push((off as u64, len as usize));
         }
+        ranges.push(group);
     }
-    let Some(lo) = ranges.iter().map(|r| r.0).min() else {
+    let all = || ranges.iter().flatten();
+    let Some(lo) = all().map(|r| r.0).min() else {
         return Ok(None);
     };
-    let hi = ranges
-        .iter()
-        .map(|&(o, l)| o + l as u64)
-        .max()
-        .unwrap_or(lo);
+    let hi = all().map(|&(o, l)| o + l as u64).max().unwrap_or(lo);
     let bytes = file
         .get_bytes(lo, (hi - lo) as usize)
         .map_err(|e| Error::parquet(path, e))?;
-    let mut chunks = ranges.into_iter();
-    meta.row_groups()
+    ranges
         .iter()
-        .map(|rg| {
-            rg.columns()
+        .map(|group| {
+            group
                 .iter()
-                .map(|_| {
-                    let (off, len) = chunks.next().expect("one range per chunk");
+                .map(|&(off, len)| {
                     let at = (off - lo) as usize;
                     super::offset_index::decode(&bytes[at..at + len])
                         .map_err(|e| Error::format(path, e.to_string()))
