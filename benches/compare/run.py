@@ -22,7 +22,11 @@ For each system, on loopback with a fresh data directory:
   - peak RSS (VmHWM) over load and queries;
   - the PromQL dashboard corpus as `query_range` (median of N runs), VictoriaMetrics
     with its cache off, and whether each answer equals Prometheus' (series count and a
-    value checksum).
+    value checksum). The systems are loaded one at a time, the others paused with
+    SIGSTOP. The queries then run against Sonde's servers and VictoriaMetrics with
+    their calls interleaved (per query, rounds of one call to each system), so a
+    ratio compares medians taken over the same minutes; then against Prometheus
+    alone.
 Writes a Markdown table to stdout and a JSON file.
 
 Usage: benches/compare/run.py [--series 10000] [--samples 240] [--runs 11] [--json out.json]
@@ -39,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,13 +55,6 @@ sys.path.insert(0, os.path.join(ROOT, "benches"))
 from common import http, peak_rss_mib, wait  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "benches", "peers"))
 from promql_compare import QUERIES, query_range, summary  # noqa: E402
-
-
-
-
-
-
-
 
 ROLLUP_FILE = re.compile(r"-r\d+\.(parquet|sidx)$")
 
@@ -95,16 +93,32 @@ def decode_ceiling(sonde, series, samples, start_ms):
     return float(re.search(r"samples_per_sec=([0-9.]+)", out).group(1))
 
 
-def queries(base, q_start, q_end, runs):
-    rows = []
+def query_phase(systems, q_start, q_end, runs):
+    """The corpus against `systems` (all running), interleaved: per query, one
+    unmeasured call to each system, then `runs` rounds of one call to each, the order
+    rotated every round. Each system's median is then taken over the same minutes as
+    its peers' (measured one system after another, the machine's drift between those
+    minutes went into the ratios)."""
+    for s in systems:
+        s["queries"] = []
     for q in QUERIES:
-        results = [query_range(base, q, q_start, q_end) for _ in range(runs)]
-        rows.append({"query": q, "median_ms": statistics.median(ms for ms, _ in results),
-                     "summary": summary(results[-1][1])})
-    return rows
+        for s in systems:
+            query_range(s["base"], q, q_start, q_end)
+        times = {id(s): [] for s in systems}
+        last = {}
+        for k in range(runs):
+            for s in systems[k % len(systems):] + systems[:k % len(systems)]:
+                ms, out = query_range(s["base"], q, q_start, q_end)
+                times[id(s)].append(ms)
+                last[id(s)] = out
+        for s in systems:
+            s["queries"].append({"query": q, "median_ms": statistics.median(times[id(s)]),
+                                 "summary": summary(last[id(s)])})
 
 
-def run_system(name, cmd, base, health, data_dir, persist, sonde, protocol, target, args, start_ms):
+def load_system(name, cmd, base, health, data_dir, persist, sonde, protocol, target, args, start_ms):
+    """Starts a system, loads it and persists its data; returns it still running, with
+    what was measured so far."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait(base + health)
@@ -118,53 +132,86 @@ def run_system(name, cmd, base, health, data_dir, persist, sonde, protocol, targ
             now = du(data_dir)
             stable = stable + 1 if now == disk else 0
             disk = now
-        raw_disk = du(data_dir, tiers=False)
-        load_rss = peak_rss_mib(proc.pid)  # load + flush/merge, before any query
-        q_start = start_ms / 1000 + 300
-        q_end = start_ms / 1000 + args.samples * 15
-        rows = queries(base, q_start, q_end, args.runs) if protocol == "remote-write" else []
-        return {"system": name, "ingest": ingest, "disk_bytes": raw_disk,
-                "bytes_per_sample": raw_disk / max(1, ingest["samples"]),
-                "bytes_per_sample_with_tiers": disk / max(1, ingest["samples"]),
-                "load_rss_mib": load_rss, "peak_rss_mib": peak_rss_mib(proc.pid), "queries": rows}
-    finally:
-        proc.terminate()
-        proc.wait()
+    except BaseException:
+        stop(proc)
+        raise
+    raw_disk = du(data_dir, tiers=False)
+    return {"system": name, "ingest": ingest, "disk_bytes": raw_disk,
+            "bytes_per_sample": raw_disk / max(1, ingest["samples"]),
+            "bytes_per_sample_with_tiers": disk / max(1, ingest["samples"]),
+            # load + flush/merge, before any query
+            "load_rss_mib": peak_rss_mib(proc.pid), "queries": [],
+            "proc": proc, "base": base, "answers_queries": protocol == "remote-write"}
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    proc.wait()
 
 
 def compare(args, sonde, work):
+    """Loads each system in turn, every other one paused (SIGSTOP) so it takes no CPU
+    from the load; then runs the query phase with all of them running."""
     start_ms = (int(time.time()) // 60 * 60 - args.samples * 15 - 60) * 1000
-    systems = []
+    ports = iter(range(44310, 44400, 10))
+    plan = []
     for label, proto, fsync in [("Sonde remote-write (fsync always)", "remote-write", "always"),
                                 ("Sonde remote-write (fsync 100 ms)", "remote-write", "100"),
                                 ("Sonde sonde.v1 gRPC", "sonde", "always"),
                                 ("Sonde OTLP gRPC", "otlp", "always")]:
         d = os.path.join(work, f"sonde-{proto}-{fsync}")
-        target = "http://127.0.0.1:44318/api/v1/write" if proto == "remote-write" else "http://127.0.0.1:44317"
-        ceiling = decode_ceiling(sonde, args.series, args.samples, start_ms) if proto == "remote-write" else None
-        systems.append(run_system(
-            label, [sonde, "serve", "--data-dir", d, "--grpc-addr", "127.0.0.1:44317",
-                    "--http-addr", "127.0.0.1:44318", "--fsync", fsync],
-            "http://127.0.0.1:44318", "/healthz", d, ["/api/v1/admin/flush", "/api/v1/admin/compact"],
-            sonde, proto, target,
-            args, start_ms))
-        systems[-1]["decode_ceiling"] = ceiling
+        p = next(ports)
+        base, grpc = f"http://127.0.0.1:{p + 8}", f"127.0.0.1:{p + 7}"
+        target = f"{base}/api/v1/write" if proto == "remote-write" else f"http://{grpc}"
+        plan.append((label, [sonde, "serve", "--data-dir", d, "--grpc-addr", grpc,
+                             "--http-addr", base[len("http://"):], "--fsync", fsync],
+                     base, "/healthz", d, ["/api/v1/admin/flush", "/api/v1/admin/compact"],
+                     proto, target))
     d = os.path.join(work, "vm")
-    ceiling = decode_ceiling(sonde, args.series, args.samples, start_ms)
-    systems.append(run_system(
-        "VictoriaMetrics", ["victoria-metrics", f"-storageDataPath={d}", "-httpListenAddr=127.0.0.1:48428",
-                            "-retentionPeriod=100y", "-search.disableCache", "-search.latencyOffset=0s"],
-        "http://127.0.0.1:48428", "/health", d, ["/internal/force_flush", "/internal/force_merge"],
-        sonde, "remote-write",
-        "http://127.0.0.1:48428/api/v1/write", args, start_ms))
-    systems[-1]["decode_ceiling"] = ceiling
+    plan.append(("VictoriaMetrics", ["victoria-metrics", f"-storageDataPath={d}",
+                                     "-httpListenAddr=127.0.0.1:48428", "-retentionPeriod=100y",
+                                     "-search.disableCache", "-search.latencyOffset=0s"],
+                 "http://127.0.0.1:48428", "/health", d, ["/internal/force_flush", "/internal/force_merge"],
+                 "remote-write", "http://127.0.0.1:48428/api/v1/write"))
     d = os.path.join(work, "prom")
-    systems.append(run_system(
-        "Prometheus (head + WAL)", ["prometheus", "--config.file=/dev/null", f"--storage.tsdb.path={d}",
-                                    "--web.listen-address=127.0.0.1:49090", "--web.enable-remote-write-receiver",
-                                    "--storage.tsdb.retention.time=100y"],
-        "http://127.0.0.1:49090", "/-/ready", d, [], sonde, "remote-write",
-        "http://127.0.0.1:49090/api/v1/write", args, start_ms))
+    plan.append(("Prometheus (head + WAL)", ["prometheus", "--config.file=/dev/null", f"--storage.tsdb.path={d}",
+                                             "--web.listen-address=127.0.0.1:49090",
+                                             "--web.enable-remote-write-receiver",
+                                             "--storage.tsdb.retention.time=100y"],
+                 "http://127.0.0.1:49090", "/-/ready", d, [], "remote-write", "http://127.0.0.1:49090/api/v1/write"))
+    systems = []
+    try:
+        for name, cmd, base, health, d, persist, proto, target in plan:
+            for s in systems:
+                if "proc" in s:
+                    s["proc"].send_signal(signal.SIGSTOP)
+            ceiling = decode_ceiling(sonde, args.series, args.samples, start_ms) if proto == "remote-write" else None
+            s = load_system(name, cmd, base, health, d, persist, sonde, proto, target, args, start_ms)
+            s["decode_ceiling"] = ceiling
+            if not s["answers_queries"]:
+                stop(s.pop("proc"))
+            systems.append(s)
+        # Sonde's servers and VictoriaMetrics interleaved; then Prometheus (the
+        # reference for the answers, 4-10x slower) alone, so that its long queries
+        # and their garbage collection do not run between the others' calls.
+        running = [s for s in systems if "proc" in s]
+        prom = [s for s in running if s["system"].startswith("Prometheus")]
+        for group in ([s for s in running if s not in prom], prom):
+            for s in running:
+                s["proc"].send_signal(signal.SIGCONT if s in group else signal.SIGSTOP)
+            query_phase(group, start_ms / 1000 + 300, start_ms / 1000 + args.samples * 15, args.runs)
+        for s in running:
+            s["proc"].send_signal(signal.SIGCONT)
+            s["peak_rss_mib"] = peak_rss_mib(s["proc"].pid)
+    finally:
+        for s in systems:
+            if "proc" in s:
+                stop(s.pop("proc"))
+    for s in systems:
+        s.pop("base")
+        s.pop("answers_queries")
+        s.setdefault("peak_rss_mib", s["load_rss_mib"])
     ceilings = [s["decode_ceiling"] for s in systems if s.get("decode_ceiling")]
     return {"systems": systems, "decode_ceiling": statistics.median(ceilings)}
 

@@ -45,7 +45,8 @@ pub struct LoadArgs {
     /// Milliseconds between a series' samples (the dataset's scrape interval).
     #[arg(long, default_value_t = 15_000)]
     interval_ms: i64,
-    /// Samples (or calls) per request.
+    /// Samples (or calls) per request, at most: a scrape is cut into at least one
+    /// request per connection.
     #[arg(long, default_value_t = 10_000)]
     batch: usize,
     /// Concurrent connections.
@@ -127,6 +128,14 @@ enum Payload {
     Sonde(sonde_proto::v1::WriteRequest),
     RemoteWrite(Vec<u8>),
     Otlp(ExportMetricsServiceRequest),
+}
+
+/// Samples per request for one scrape of `scrape` samples: at most `batch`, and few
+/// enough that the scrape makes a request for every connection. (With 10,005 series
+/// and batches of 10,000, a scrape was one request of 10,000 samples and one of 5, so
+/// one connection carried the whole load.)
+fn per_request(batch: usize, scrape: usize, conns: usize) -> usize {
+    batch.min(scrape.div_ceil(conns)).max(1)
 }
 
 /// Splits a batch into batches of about `max` samples (whole series).
@@ -239,6 +248,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     // in time order (as Prometheus shards remote_write), and receivers that refuse
     // out-of-order samples accept the load.
     type Batches = Box<dyn Iterator<Item = (usize, WriteBatch)> + Send>;
+    let conns = args.concurrency.max(1);
     let (total, batches): (u64, Batches) = match args.calls {
         Some(n) => {
             let start = args
@@ -268,14 +278,16 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                     // Split per OTLP data point by the producer.
                     Box::new(scrapes.map(|b| (0, b)))
                 } else {
-                    Box::new(scrapes.flat_map(move |b| split(b, batch).into_iter().enumerate()))
+                    Box::new(scrapes.flat_map(move |b| {
+                        let max = per_request(batch, b.sample_count(), conns);
+                        split(b, max).into_iter().enumerate()
+                    }))
                 },
             )
         }
     };
     let protocol = args.protocol;
     let is_calls = args.calls.is_some();
-    let conns = args.concurrency.max(1);
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..conns)
         .map(|_| tokio::sync::mpsc::channel::<(Payload, u64)>(4))
         .unzip();
@@ -283,7 +295,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     // One generated batch as the requests it becomes, each with its shard.
     let encode = move |shard: usize, b: WriteBatch| -> Vec<(usize, Payload, u64)> {
         if protocol == Protocol::Otlp {
-            return otlp_chunks(&b, batch)
+            return otlp_chunks(&b, per_request(batch, b.sample_count(), conns))
                 .into_iter()
                 .enumerate()
                 .map(|(i, (req, samples))| (i, Payload::Otlp(req), samples))
@@ -479,4 +491,32 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         bail!("{} of {} requests failed", errors.len(), lat.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_dataset::{DatasetConfig, Generator};
+
+    #[test]
+    fn a_scrape_makes_a_request_for_every_connection() {
+        let scrape = Generator::new(DatasetConfig::sized(10_000, 1, 1_700_000_000_000))
+            .next_step()
+            .unwrap();
+        let n = scrape.sample_count();
+        assert!(n > 10_000, "the 10k dataset has {n} series");
+        let sizes: Vec<usize> = split(scrape.clone(), per_request(10_000, n, 2))
+            .iter()
+            .map(|b| b.sample_count())
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), n);
+        assert_eq!(sizes.len(), 2, "{sizes:?}");
+        assert!(sizes.iter().all(|&k| k.abs_diff(n / 2) <= 2), "{sizes:?}");
+        // One connection: requests of at most `batch`, as before.
+        let sizes: Vec<usize> = split(scrape, per_request(10_000, n, 1))
+            .iter()
+            .map(|b| b.sample_count())
+            .collect();
+        assert_eq!(sizes, vec![10_000, n - 10_000]);
+    }
 }
