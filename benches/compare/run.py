@@ -152,7 +152,8 @@ def stop(proc):
 
 def compare(args, sonde, work):
     """Loads each system in turn, every other one paused (SIGSTOP) so it takes no CPU
-    from the load; then runs the query phase with all of them running."""
+    from the load; then the query phase: Sonde's remote-write servers and
+    VictoriaMetrics interleaved, then Prometheus alone."""
     start_ms = (int(time.time()) // 60 * 60 - args.samples * 15 - 60) * 1000
     ports = iter(range(44310, 44400, 10))
     plan = []

@@ -208,7 +208,8 @@ fn required_selectors(p: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
 /// (`block_in_place`: the thread's other tasks move to another thread) rather than
 /// being handed to the blocking pool: a query that arrives after an idle spell then
 /// wakes no other thread to start nor this one to answer. With 60 ms between calls
-/// that took 3–10 % off the 10k-series dashboard queries (`benches/README.md`).
+/// the 10k-series dashboard queries took 1–10 % less time (`benches/README.md`). A
+/// panic in `f` is answered as an internal error, as from a blocking-pool task.
 async fn run<F, D>(state: Arc<AppState>, headers: HeaderMap, f: F) -> Response
 where
     F: FnOnce(&AppState, &str) -> Result<D, PromError> + Send + 'static,
