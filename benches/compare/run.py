@@ -119,12 +119,22 @@ def query_phase(systems, q_start, q_end, runs):
                                  "summary": summary(last[id(s)])})
 
 
-def load_system(name, cmd, base, health, data_dir, persist, sonde, protocol, target, args, start_ms):
-    """Starts a system, loads it and persists its data; returns it still running, with
-    what was measured so far."""
+def start(cmd, base, health):
+    """Starts a system and waits until it answers `health`."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait(base + health)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def load_system(name, cmd, base, health, data_dir, persist, sonde, protocol, target, args, start_ms):
+    """Starts a system, loads it and persists its data; returns it still running, with
+    what was measured so far."""
+    proc = start(cmd, base, health)
+    try:
         ingest = load(sonde, protocol, target, args.series, args.samples, start_ms)
         for path in persist:
             http(base + path, b"" if "sonde" in name.lower() else None)
@@ -143,17 +153,15 @@ def load_system(name, cmd, base, health, data_dir, persist, sonde, protocol, tar
             "bytes_per_sample": raw_disk / max(1, ingest["samples"]),
             "bytes_per_sample_with_tiers": disk / max(1, ingest["samples"]),
             # load + flush/merge, before any query
-            "load_rss_mib": peak_rss_mib(proc.pid), "queries": [],
-            "proc": proc, "base": base, "answers_queries": protocol == "remote-write"}
+            "load_rss_mib": peak_rss_mib(proc.pid), "queries": [], "proc": proc, "base": base}
 
 
 def load_only(cmd, base, health, sonde, target, args, start_ms):
     """One more load of a system into a fresh data directory, then stopped: the
     decode ceiling measured just before it and the load's figures."""
     ceiling = decode_ceiling(sonde, args.series, args.samples, start_ms)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(cmd, base, health)
     try:
-        wait(base + health)
         return {"ingest": load(sonde, "remote-write", target, args.series, args.samples, start_ms),
                 "decode_ceiling": ceiling}
     finally:
@@ -171,9 +179,11 @@ def compare(args, sonde, work):
     from the load; then the query phase: Sonde's remote-write servers and
     VictoriaMetrics interleaved, then Prometheus alone."""
     start_ms = (int(time.time()) // 60 * 60 - args.samples * 15 - 60) * 1000
+    # The ingest goal's pair: Sonde at its default fsync policy and VictoriaMetrics.
+    sonde_default, vm = "Sonde remote-write (fsync always)", "VictoriaMetrics"
     ports = iter(range(44310, 44400, 10))
     plan = []
-    for label, proto, fsync in [("Sonde remote-write (fsync always)", "remote-write", "always"),
+    for label, proto, fsync in [(sonde_default, "remote-write", "always"),
                                 ("Sonde remote-write (fsync 100 ms)", "remote-write", "100"),
                                 ("Sonde sonde.v1 gRPC", "sonde", "always"),
                                 ("Sonde OTLP gRPC", "otlp", "always")]:
@@ -186,7 +196,7 @@ def compare(args, sonde, work):
                      base, "/healthz", d, ["/api/v1/admin/flush", "/api/v1/admin/compact"],
                      proto, target))
     d = os.path.join(work, "vm")
-    plan.append(("VictoriaMetrics", ["victoria-metrics", f"-storageDataPath={d}",
+    plan.append((vm, ["victoria-metrics", f"-storageDataPath={d}",
                                      "-httpListenAddr=127.0.0.1:48428", "-retentionPeriod=100y",
                                      "-search.disableCache", "-search.latencyOffset=0s"],
                  "http://127.0.0.1:48428", "/health", d, ["/internal/force_flush", "/internal/force_merge"],
@@ -197,14 +207,13 @@ def compare(args, sonde, work):
                                              "--web.enable-remote-write-receiver",
                                              "--storage.tsdb.retention.time=100y"],
                  "http://127.0.0.1:49090", "/-/ready", d, [], "remote-write", "http://127.0.0.1:49090/api/v1/write"))
-    # The ingest comparison (Sonde at its default fsync policy against
-    # VictoriaMetrics) also loads each of the two `load_rounds - 1` more times, in
-    # turn and before anything else runs, each into a fresh directory: single loads
-    # on this machine move by tens of percent.
+    # The pair is also loaded `load_rounds - 1` more times each, in turn and before
+    # anything else runs, each into a fresh directory: single loads on this machine
+    # move by tens of percent.
     rounds = {}
     for r in range(args.load_rounds - 1):
         for name, cmd, base, health, d, persist, proto, target in plan:
-            if name in ("Sonde remote-write (fsync always)", "VictoriaMetrics"):
+            if name in (sonde_default, vm):
                 fresh = f"{d}-round{r}"
                 rounds.setdefault(name, []).append(load_only(
                     [c.replace(d, fresh) for c in cmd], base, health, sonde, target, args, start_ms))
@@ -225,7 +234,7 @@ def compare(args, sonde, work):
                 mid = sorted(all_rounds, key=lambda x: x["ingest"]["samples_per_sec"])[len(all_rounds) // 2]
                 s["ingest"], s["decode_ceiling"] = mid["ingest"], mid["decode_ceiling"]
                 s["ingest_rounds"] = all_rounds
-            if not s["answers_queries"]:
+            if proto != "remote-write":  # answers no queries
                 stop(s.pop("proc"))
             systems.append(s)
         # Sonde's servers and VictoriaMetrics interleaved; then Prometheus (the
@@ -246,7 +255,6 @@ def compare(args, sonde, work):
                 stop(s.pop("proc"))
     for s in systems:
         s.pop("base")
-        s.pop("answers_queries")
         s.setdefault("peak_rss_mib", s["load_rss_mib"])
     ceilings = [s["decode_ceiling"] for s in systems if s.get("decode_ceiling")]
     return {"systems": systems, "decode_ceiling": statistics.median(ceilings)}
