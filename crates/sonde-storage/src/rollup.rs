@@ -34,8 +34,8 @@ use sonde_types::{DAY_MS, FieldDef, FieldType, Labels, MetricKind, TimestampMs, 
 use crate::engine::Inner;
 use crate::maintain::{Keep, MergeSink, PlanTable, keep_except};
 use crate::manifest::{RollupMeta, SegmentMeta};
-use crate::segment::SegmentWriter;
 use crate::segment::reader::{SeriesRead, read_series};
+use crate::segment::{SegmentWriter, WriteOptions};
 use crate::series::{Column, SeriesData, Values};
 use crate::sketch::Sketch;
 use crate::{Result, ScanRequest, Storage, TableSchema};
@@ -1128,6 +1128,11 @@ impl Inner {
                     };
                 }
             }
+            // A tier's series have a few rows each: zstd saves a little on `:s`.
+            let tier_opts = WriteOptions {
+                compress_scale: true,
+                ..self.config.segment.clone()
+            };
             let mut sink = RollupSink {
                 tiers: tiers
                     .iter()
@@ -1139,7 +1144,7 @@ impl Inner {
                                 &tag_keys,
                                 &field_names,
                                 &bytes_fields,
-                                &self.config.segment,
+                                &tier_opts,
                             )?,
                             tables,
                             active: false,

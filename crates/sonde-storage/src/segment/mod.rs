@@ -184,6 +184,10 @@ pub struct WriteOptions {
     pub page_rows: usize,
     /// Rows per Arrow batch handed to the Parquet writer (bounds memory while writing).
     pub batch_rows: usize,
+    /// Whether the `:s` columns are zstd-compressed too. Off for raw segments, where a
+    /// series is one long run (zstd made the chunk larger); on for rollup tiers, whose
+    /// series have a few rows each, where it saves a little.
+    pub compress_scale: bool,
 }
 
 impl Default for WriteOptions {
@@ -194,6 +198,7 @@ impl Default for WriteOptions {
             max_row_group_rows: 1 << 20,
             page_rows: 8192,
             batch_rows: 64 * 1024,
+            compress_scale: false,
         }
     }
 }
@@ -273,6 +278,17 @@ fn writer_properties(opts: &WriteOptions, fields: &BTreeSet<String>) -> WriterPr
     p = delta(p, TIME_COLUMN.to_string());
     p = delta(p, SERIES_COLUMN.to_string());
     for f in fields {
+        // In a raw segment a scale column is one dictionary value run-length encoded
+        // per series: zstd made its chunk larger (1,516 → 1,848 bytes on the
+        // 10k-series standard dataset), and every query reads it, paying for a zstd
+        // decompression and compression context per chunk (Parquet 59 creates both
+        // per column chunk read). Stored uncompressed there.
+        if !opts.compress_scale {
+            p = p.set_column_compression(
+                ColumnPath::from(format!("{f}{SCALE}")),
+                Compression::UNCOMPRESSED,
+            );
+        }
         // Measured on the standard dataset: per-series deltas of mantissas under
         // BYTE_STREAM_SPLIT + zstd beat DELTA_BINARY_PACKED, whose 128-value blocks
         // widen at every series boundary (benches/README.md). 32-bit mantissas
@@ -1096,6 +1112,18 @@ mod tests {
                     "{name}"
                 );
             }
+        }
+        // Scale columns are stored uncompressed, every other column under zstd.
+        for chunk in meta.row_group(0).columns() {
+            let name = chunk.column_path().string();
+            // (A reader cannot tell zstd's level: the file does not record it.)
+            let zstd = matches!(chunk.compression(), Compression::ZSTD(_));
+            assert_eq!(
+                zstd,
+                !name.ends_with(SCALE),
+                "{name}: {:?}",
+                chunk.compression()
+            );
         }
     }
 }
