@@ -61,11 +61,22 @@ fn bad(msg: impl Into<String>) -> PromError {
     PromError::BadData(msg.into())
 }
 
-/// A response's `data`: a JSON value, or JSON text already written (query results,
-/// which can be large, skip the `Value` tree).
+/// A response's `data`: a JSON value, or a query result, whose whole response body
+/// is written by the query's thread (results can be large: no `Value` tree, no copy
+/// into an envelope).
 pub(crate) enum Data {
     Json(Value),
-    Text(String),
+    Body(Vec<u8>),
+}
+
+impl Data {
+    /// The success response body for a query's result.
+    fn query(v: &sonde_promql::QueryValue) -> Data {
+        let mut body = br#"{"status":"success","data":"#.to_vec();
+        v.write_json(&mut body);
+        body.push(b'}');
+        Data::Body(body)
+    }
 }
 
 impl From<Value> for Data {
@@ -77,8 +88,10 @@ impl From<Value> for Data {
 /// Prometheus' success envelope around `data`.
 pub(crate) fn success(data: impl Into<Data>) -> Response {
     let body = match data.into() {
-        Data::Json(v) => json!({"status": "success", "data": v}).to_string(),
-        Data::Text(t) => format!(r#"{{"status":"success","data":{t}}}"#),
+        Data::Json(v) => json!({"status": "success", "data": v})
+            .to_string()
+            .into_bytes(),
+        Data::Body(b) => b,
     };
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -271,7 +284,7 @@ pub async fn query(
         let v = sonde_promql::instant_query(&state.storage, tenant, &cfg, &query, t)
             .map_err(with_query_context)?;
         state.metrics.promql_query();
-        Ok(Data::Text(v.json_text()))
+        Ok(Data::query(&v))
     })
     .await
 }
@@ -310,7 +323,7 @@ pub async fn query_range(
         )
         .map_err(with_query_context)?;
         state.metrics.promql_query();
-        Ok(Data::Text(v.json_text()))
+        Ok(Data::query(&v))
     })
     .await
 }
