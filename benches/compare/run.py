@@ -4,7 +4,7 @@ dataset (first version of issue 8's harness).
 
 For each system, on loopback with a fresh data directory:
   - ingest with `sonde load --protocol remote-write --pregenerate` (every request
-    encoded before the clock starts; Sonde also over sonde.v1 and OTLP, and under
+    encoded before the clock starts, the page cache synced before each load; Sonde also over sonde.v1 and OTLP, and under
     fsync `interval` = 100 ms): samples/s and p99 request latency. Sonde (fsync
     always) and VictoriaMetrics are loaded `--load-rounds` times (3), alternately,
     each into a fresh directory, and the load with the median rate is reported;
@@ -77,6 +77,11 @@ def du(path, tiers=True):
 
 
 def load(sonde, protocol, target, series, samples, start_ms):
+    """One `sonde load` against a running system. The page cache's dirty pages are
+    written out first (`sync`): the previous system's files, still being written
+    back, otherwise competed with this load's disk writes (Sonde's fdatasync per
+    request, at its default policy, felt it most)."""
+    os.sync()
     out = subprocess.run(
         [sonde, "load", "--protocol", protocol, "--target", target, "--series", str(series),
          "--samples", str(samples), "--start-ms", str(start_ms), "--pregenerate", "--quiet"],
