@@ -3,7 +3,8 @@
 use crate::eval::{Metric, QueryValue};
 
 /// A sample value as Prometheus writes it: shortest round-trip decimal without an
-/// exponent, `NaN`, `+Inf`, `-Inf`.
+/// exponent (of two equally near shortest ones, the one ending in an even digit),
+/// `NaN`, `+Inf`, `-Inf`.
 pub fn format_float(v: f64) -> String {
     let mut out = Vec::new();
     write_float(&mut out, v);
@@ -27,7 +28,7 @@ fn write_float(out: &mut Vec<u8>, v: f64) {
 /// `477563.0`, `0.25`, `1.5e-7`, `-1e21`), without an exponent and without a
 /// trailing `.0`: `477563`, `0.25`, `0.00000015`, `-1000000000000000000000`, as Rust's
 /// and Go's shortest formatting give it. `core::fmt` took a fifth of the 10k-series
-/// cost query's CPU finding the digits; `ryu` takes well under half of that.
+/// cost query's CPU finding the digits; `ryu` takes under half of that.
 fn write_plain(out: &mut Vec<u8>, s: &str) {
     let s = s.as_bytes();
     let Some(e) = s.iter().position(|&c| c == b'e') else {
@@ -74,17 +75,10 @@ fn write_plain(out: &mut Vec<u8>, s: &str) {
 }
 
 impl QueryValue {
-    /// The `data` object of a query response as JSON text, written directly: a matrix
-    /// of many points does not become a tree of `Value`s (one allocation per point).
-    pub fn json_text(&self) -> String {
-        let mut out = Vec::with_capacity(256);
-        self.write_json(&mut out);
-        String::from_utf8(out).expect("JSON text is UTF-8")
-    }
-
-    /// [`QueryValue::json_text`] appended to `out`, so that a response's envelope
-    /// and its data are written into one buffer (a 10k-series answer of 400 series
-    /// is ~740 KB).
+    /// Appends the `data` object of a query response to `out` as JSON text, written
+    /// directly: a matrix of many points does not become a tree of `Value`s (one
+    /// allocation per point), and the response's envelope and its data share one
+    /// buffer (a 10k-series answer of 400 series is ~740 KB).
     pub fn write_json(&self, out: &mut Vec<u8>) {
         match self {
             QueryValue::Scalar(t, v) => {
@@ -218,7 +212,7 @@ mod tests {
     }
 
     /// The encoding as `serde_json` values (what the server answered with before
-    /// `json_text`): the reference the text must parse to.
+    /// `write_json`): the reference the text must parse to.
     fn reference_json(v: &QueryValue) -> Value {
         let metric_json = |m: &Metric| -> Value {
             Value::Object(
@@ -323,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn json_text_is_the_json_value() {
+    fn written_json_is_the_json_value() {
         let metric: Metric = vec![
             ("__name__".into(), "m".into()),
             ("q".into(), "quote \" back \\ nl \n tab \t ü \u{1}".into()),
@@ -377,7 +371,9 @@ mod tests {
             QueryValue::String(0, "s".into()),
         ];
         for v in values {
-            let parsed: Value = serde_json::from_str(&v.json_text()).unwrap();
+            let mut text = Vec::new();
+            v.write_json(&mut text);
+            let parsed: Value = serde_json::from_slice(&text).unwrap();
             assert_eq!(parsed, reference_json(&v), "{v:?}");
         }
     }

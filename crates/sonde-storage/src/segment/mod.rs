@@ -1113,17 +1113,28 @@ mod tests {
                 );
             }
         }
-        // Scale columns are stored uncompressed, every other column under zstd.
-        for chunk in meta.row_group(0).columns() {
-            let name = chunk.column_path().string();
-            // (A reader cannot tell zstd's level: the file does not record it.)
-            let zstd = matches!(chunk.compression(), Compression::ZSTD(_));
-            assert_eq!(
-                zstd,
-                !name.ends_with(SCALE),
-                "{name}: {:?}",
-                chunk.compression()
-            );
+        // Scale columns are stored uncompressed, every other column under zstd; with
+        // `compress_scale` (rollup tiers) every column under zstd.
+        let tier = WriteOptions {
+            compress_scale: true,
+            ..opts.clone()
+        };
+        let tier = encode_segment(std::slice::from_ref(&chunk), &tier).unwrap();
+        let tier = ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes::Bytes::from(tier.parquet))
+            .unwrap();
+        for (meta, compress_scale) in [(&meta, false), (&tier, true)] {
+            for chunk in meta.row_group(0).columns() {
+                let name = chunk.column_path().string();
+                // (A reader cannot tell zstd's level: the file does not record it.)
+                let zstd = matches!(chunk.compression(), Compression::ZSTD(_));
+                assert_eq!(
+                    zstd,
+                    compress_scale || !name.ends_with(SCALE),
+                    "{name}: {:?}",
+                    chunk.compression()
+                );
+            }
         }
     }
 }
