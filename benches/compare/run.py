@@ -4,11 +4,11 @@ dataset (first version of issue 8's harness).
 
 For each system, on loopback with a fresh data directory:
   - ingest with `sonde load --protocol remote-write --pregenerate` (every request
-    encoded before the clock starts, the page cache synced before each load; Sonde also over sonde.v1 and OTLP, and under
-    fsync `interval` = 100 ms): samples/s and p99 request latency. Sonde (fsync
-    always) and VictoriaMetrics are loaded `--load-rounds` times (3), alternately,
-    each into a fresh directory, and the load with the median rate is reported;
-    the others once;
+    encoded before the clock starts, the page cache synced before each load; Sonde
+    also over sonde.v1 and OTLP, and under fsync `interval` = 100 ms): samples/s and
+    p99 request latency. Sonde (fsync always) and VictoriaMetrics are loaded
+    `--load-rounds` times (3), alternately, each into a fresh directory, and the load
+    with the median rate is reported; the others once;
   - the decode ceiling: the same remote_write payloads decoded (snappy + protobuf,
     Sonde's decoder, every CPU) with no storage, measured just before each
     remote_write load (the machine's speed drifts: one measurement at the end of a run

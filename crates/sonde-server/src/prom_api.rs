@@ -72,11 +72,17 @@ pub(crate) enum Data {
 impl Data {
     /// The success response body for a query's result.
     fn query(v: &sonde_promql::QueryValue) -> Data {
-        let mut body = br#"{"status":"success","data":"#.to_vec();
-        v.write_json(&mut body);
-        body.push(b'}');
-        Data::Body(body)
+        Data::Body(enveloped(|out| v.write_json(out)))
     }
+}
+
+/// Prometheus' success envelope, `{"status":"success","data":…}`, around the data
+/// `write_data` appends.
+fn enveloped(write_data: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut body = br#"{"status":"success","data":"#.to_vec();
+    write_data(&mut body);
+    body.push(b'}');
+    body
 }
 
 impl From<Value> for Data {
@@ -88,9 +94,9 @@ impl From<Value> for Data {
 /// Prometheus' success envelope around `data`.
 pub(crate) fn success(data: impl Into<Data>) -> Response {
     let body = match data.into() {
-        Data::Json(v) => json!({"status": "success", "data": v})
-            .to_string()
-            .into_bytes(),
+        Data::Json(v) => enveloped(|out| {
+            serde_json::to_writer(out, &v).expect("writing JSON to memory");
+        }),
         Data::Body(b) => b,
     };
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
