@@ -124,21 +124,24 @@ def query_phase(systems, q_start, q_end, runs):
                                  "summary": summary(last[id(s)])})
 
 
-def start(cmd, base, health):
-    """Starts a system and waits until it answers `health`."""
+def start(cmd, base, health, sonde, protocol, args, start_ms):
+    """Measures the decode ceiling (before a remote_write load; else None), then
+    starts a system and waits until it answers `health`."""
+    ceiling = (decode_ceiling(sonde, args.series, args.samples, start_ms)
+               if protocol == "remote-write" else None)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait(base + health)
     except BaseException:
         stop(proc)
         raise
-    return proc
+    return proc, ceiling
 
 
 def load_system(name, cmd, base, health, data_dir, persist, sonde, protocol, target, args, start_ms):
     """Starts a system, loads it and persists its data; returns it still running, with
     what was measured so far."""
-    proc = start(cmd, base, health)
+    proc, ceiling = start(cmd, base, health, sonde, protocol, args, start_ms)
     try:
         ingest = load(sonde, protocol, target, args.series, args.samples, start_ms)
         for path in persist:
@@ -154,7 +157,7 @@ def load_system(name, cmd, base, health, data_dir, persist, sonde, protocol, tar
         stop(proc)
         raise
     raw_disk = du(data_dir, tiers=False)
-    return {"system": name, "ingest": ingest, "disk_bytes": raw_disk,
+    return {"system": name, "ingest": ingest, "decode_ceiling": ceiling, "disk_bytes": raw_disk,
             "bytes_per_sample": raw_disk / max(1, ingest["samples"]),
             "bytes_per_sample_with_tiers": disk / max(1, ingest["samples"]),
             # load + flush/merge, before any query
@@ -164,8 +167,7 @@ def load_system(name, cmd, base, health, data_dir, persist, sonde, protocol, tar
 def load_only(cmd, base, health, sonde, target, args, start_ms):
     """One more load of a system into a fresh data directory, then stopped: the
     decode ceiling measured just before it and the load's figures."""
-    ceiling = decode_ceiling(sonde, args.series, args.samples, start_ms)
-    proc = start(cmd, base, health)
+    proc, ceiling = start(cmd, base, health, sonde, "remote-write", args, start_ms)
     try:
         return {"ingest": load(sonde, "remote-write", target, args.series, args.samples, start_ms),
                 "decode_ceiling": ceiling}
@@ -229,13 +231,11 @@ def compare(args, sonde, work):
             for s in systems:
                 if "proc" in s:
                     s["proc"].send_signal(signal.SIGSTOP)
-            ceiling = decode_ceiling(sonde, args.series, args.samples, start_ms) if proto == "remote-write" else None
             s = load_system(name, cmd, base, health, d, persist, sonde, proto, target, args, start_ms)
-            s["decode_ceiling"] = ceiling
             if name in rounds:
                 # The load with the median rate stands for the system (its ceiling
                 # with it); bytes, memory and queries are the last load's.
-                all_rounds = rounds[name] + [{"ingest": s["ingest"], "decode_ceiling": ceiling}]
+                all_rounds = rounds[name] + [{k: s[k] for k in ("ingest", "decode_ceiling")}]
                 mid = sorted(all_rounds, key=lambda x: x["ingest"]["samples_per_sec"])[len(all_rounds) // 2]
                 s["ingest"], s["decode_ceiling"] = mid["ingest"], mid["decode_ceiling"]
                 s["ingest_rounds"] = all_rounds
