@@ -521,6 +521,7 @@ impl SegmentWriter {
             rows: data.len() as u32,
             min_time: lo,
             max_time: hi,
+            even: index::evenly_spaced(&data.ts),
         });
         meta.min_time = meta.min_time.min(lo);
         meta.max_time = meta.max_time.max(hi);
@@ -1040,6 +1041,109 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Evenly spaced series are flagged in the index; reading only such series
+    /// computes their timestamps instead of reading `time`, and takes none of their
+    /// rows after the time range. The answers equal those of a read that takes
+    /// every row and the `time` column (the same file with a version 1 index).
+    #[test]
+    fn evenly_spaced_series_read_without_time() {
+        let mk = |ts: Vec<i64>| {
+            let n = ts.len();
+            let v = (0..n).map(|i| (i * i) as f64 * 0.25).collect();
+            series(ts, v, (0..n as i64).collect(), None)
+        };
+        let even: Vec<i64> = (0..300).map(|i| 1_000_000 + i * 1000).collect();
+        let mut jittered = even.clone();
+        jittered[7] += 1;
+        let sparse: Vec<i64> = (0..20).map(|i| 1_000_500 + i * 15_000).collect();
+        let fields = vec![
+            FieldDef::new("v", FieldType::F64),
+            FieldDef::new("c", FieldType::I64),
+        ];
+        let labels: Vec<Labels> = ["a", "b", "c"]
+            .iter()
+            .map(|v| Labels::new([("k", *v)]).unwrap())
+            .collect();
+        let data = [mk(even), mk(jittered), mk(sparse)];
+        let chunk = TableChunk {
+            name: "t",
+            kind: MetricKind::Gauge,
+            fields: &fields,
+            order: Vec::new(),
+            series: labels
+                .iter()
+                .zip(&data)
+                .map(|(l, d)| (l, SeriesRows::Ready(Cow::Borrowed(d))))
+                .collect(),
+        };
+        let opts = WriteOptions {
+            batch_rows: 128,
+            page_rows: 64,
+            max_row_group_rows: 256,
+            ..WriteOptions::default()
+        };
+        let enc = encode_segment(std::slice::from_ref(&chunk), &opts).unwrap();
+        let flags: Vec<_> = enc.index.tables[0].series.iter().map(|s| s.even).collect();
+        assert_eq!(flags, [true, false, true]);
+        let vfs = SimVfs::new();
+        let path = Path::new("/s.parquet");
+        vfs.write_synced(path, &enc.parquet).unwrap();
+        let footer = super::reader::load_footer(&vfs, path).unwrap();
+        let it = enc.index.table("t").unwrap();
+        let mut uneven = it.clone();
+        uneven.series.iter_mut().for_each(|s| s.even = false);
+        let read = |table: &IndexTable, ordinals: &[u32], start: i64, end: i64| {
+            let req = SeriesRead {
+                path: path.into(),
+                footer: &footer,
+                table,
+                ordinals,
+                fields: &fields,
+                start,
+                end,
+            };
+            read_series(&vfs, &req).unwrap()
+        };
+        let mut checked = 0;
+        for ordinals in [&[0u32][..], &[2], &[0, 2], &[0, 1, 2], &[1]] {
+            for (start, end) in [
+                (i64::MIN, i64::MAX),
+                (1_000_000, 1_299_000),
+                (1_000_001, 1_000_999), // between two rows of `a`
+                (1_050_250, 1_100_000),
+                (1_123_456, 1_234_567),
+                (1_299_000, i64::MAX),
+                (i64::MIN, 999_999),
+                (2_000_000, i64::MAX),
+            ] {
+                let (got, bytes) = read(it, ordinals, start, end);
+                let (want, all_bytes) = read(&uneven, ordinals, start, end);
+                assert_eq!(got.len(), want.len(), "{ordinals:?} {start} {end}");
+                for ((gl, gd), (wl, wd)) in got.iter().zip(&want) {
+                    assert_eq!(gl, wl);
+                    assert_eq!(gd.ts, wd.ts, "{gl} {start} {end}");
+                    assert_eq!(gd.cols, wd.cols, "{gl} {start} {end}");
+                    let o = labels.iter().position(|l| l == gl).unwrap();
+                    assert_eq!(gd, &data[o].time_slice(start, end));
+                    checked += gd.ts.len();
+                }
+                if ordinals == [1] {
+                    assert_eq!(bytes, all_bytes, "`b` is uneven: read as before");
+                } else if ordinals.contains(&1) {
+                    // `time` is read; only rows of `a` and `c` after `end` are not.
+                    assert!(bytes <= all_bytes, "{ordinals:?} {start} {end}");
+                } else if !got.is_empty() {
+                    assert!(bytes < all_bytes, "{ordinals:?} {start} {end}");
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+        // An early range of an evenly spaced series reads its first pages only.
+        let (_, early) = read(it, &[0], 1_023_456, 1_034_567);
+        let (_, whole) = read(it, &[0], i64::MIN, i64::MAX);
+        assert!(early * 2 < whole, "{early} vs {whole}");
     }
 
     /// Value columns keep pages of `page_rows` values (a selective read decodes
