@@ -89,10 +89,7 @@ impl DayCatalog {
     }
 
     pub fn decode(data: &[u8], path: &Path) -> Result<Self> {
-        let version = data
-            .get(8..12)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-            .unwrap_or(VERSION);
+        let version = crate::codec::sealed_version(data).unwrap_or(VERSION);
         let unpacked;
         let body = if version == 1 {
             crate::codec::open_sealed(data, MAGIC, 1, "catalog", path)?

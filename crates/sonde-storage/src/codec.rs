@@ -134,6 +134,13 @@ pub fn seal_file(magic: &[u8; 8], version: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The version in a sealed file's header, for readers of more than one version
+/// (`None` when the file is too short to have one; [`open_sealed`] then says so).
+pub fn sealed_version(data: &[u8]) -> Option<u32> {
+    data.get(8..12)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
+}
+
 /// Checks the shared file header (magic, version, length, checksum) and returns the
 /// body; errors name the file and what is wrong with it.
 pub fn open_sealed<'a>(

@@ -191,10 +191,7 @@ impl SegmentIndex {
 
     fn decode_only(data: &[u8], path: &Path, only: Option<&str>) -> Result<Self> {
         // Version 1 is read too; any other is refused by `open_sealed`.
-        let version = match data
-            .get(8..12)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-        {
+        let version = match crate::codec::sealed_version(data) {
             Some(1) => 1,
             _ => VERSION,
         };

@@ -285,7 +285,10 @@ pub fn read_series_parts(
                 (None, Some(step)) => {
                     let done = r.rows - left as u64;
                     Times::Even {
-                        first: r.series.min_time.wrapping_add(done as i64 * step),
+                        first: r
+                            .series
+                            .min_time
+                            .wrapping_add((done as i64).wrapping_mul(step)),
                         step,
                     }
                 }
@@ -396,9 +399,11 @@ impl<'a> Run<'a> {
         };
         // Row i is at min_time + i × step; i128 keeps extreme bounds exact.
         let (min, step) = (i128::from(series.min_time), i128::from(step));
-        let at = |t: TimestampMs| (i128::from(t) - min).div_euclid(step);
-        let first_in = at(start) + i128::from((i128::from(start) - min).rem_euclid(step) != 0);
-        let last_in = at(end).min(i128::from(series.rows) - 1);
+        // The first row at or after `start` (a ceiling), the last at or before `end`.
+        let first_in = -(min - i128::from(start)).div_euclid(step);
+        let last_in = (i128::from(end) - min)
+            .div_euclid(step)
+            .min(i128::from(series.rows) - 1);
         (first_in.max(0) <= last_in).then(|| Run {
             rows: (last_in + 1) as u64,
             ..all
@@ -498,7 +503,7 @@ fn append_rows(
         Times::Column(ts) => chunk.ts.extend_from_slice(&ts.values()[range.clone()]),
         Times::Even { first, step } => chunk
             .ts
-            .extend((0..n as i64).map(|i| first.wrapping_add(i * step))),
+            .extend((0..n as i64).map(|i| first.wrapping_add(i.wrapping_mul(step)))),
     }
     for ((f, cols), acc) in fields.iter().zip(field_cols).zip(acc.iter_mut()) {
         let (m, s, fl, w) = match *cols {
