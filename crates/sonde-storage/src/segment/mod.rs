@@ -872,6 +872,17 @@ mod tests {
         }
     }
 
+    /// Pages of 64 rows, row groups of 256, batches of 128: a few hundred rows of a
+    /// series span pages, row groups and Arrow batches.
+    fn small_pages() -> WriteOptions {
+        WriteOptions {
+            batch_rows: 128,
+            page_rows: 64,
+            max_row_group_rows: 256,
+            ..WriteOptions::default()
+        }
+    }
+
     /// The file as segments were written before 2026-11-29: every mantissa in a
     /// 64-bit `:m`, no `:w`.
     fn with_64_bit_mantissas(parquet: &[u8]) -> Vec<u8> {
@@ -977,13 +988,7 @@ mod tests {
                 ),
             ],
         };
-        let opts = WriteOptions {
-            batch_rows: 128,
-            page_rows: 64,
-            max_row_group_rows: 256,
-            ..WriteOptions::default()
-        };
-        let enc = encode_segment(std::slice::from_ref(&chunk), &opts).unwrap();
+        let enc = encode_segment(std::slice::from_ref(&chunk), &small_pages()).unwrap();
         let vfs = SimVfs::new();
         let path = Path::new("/s.parquet");
         vfs.write_synced(path, &enc.parquet).unwrap();
@@ -1078,13 +1083,7 @@ mod tests {
                 .map(|(l, d)| (l, SeriesRows::Ready(Cow::Borrowed(d))))
                 .collect(),
         };
-        let opts = WriteOptions {
-            batch_rows: 128,
-            page_rows: 64,
-            max_row_group_rows: 256,
-            ..WriteOptions::default()
-        };
-        let enc = encode_segment(std::slice::from_ref(&chunk), &opts).unwrap();
+        let enc = encode_segment(std::slice::from_ref(&chunk), &small_pages()).unwrap();
         let flags: Vec<_> = enc.index.tables[0].series.iter().map(|s| s.even).collect();
         assert_eq!(flags, [true, false, true]);
         let vfs = SimVfs::new();
