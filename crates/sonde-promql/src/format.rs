@@ -43,15 +43,13 @@ fn write_plain(out: &mut Vec<u8>, s: &str) {
         Some(m) => (true, m),
         None => (false, &s[..e]),
     };
-    // The mantissa is `d` or `d.ddd` (at most 17 digits), its first digit not 0.
+    // The mantissa is `d` or `d.ddd` (at most 17 digits), its first digit not 0 and
+    // its last not 0 either (shortest digits: a trailing 0 could be dropped).
     let mut buf = [0u8; 24];
     let mut n = 0;
     for &c in mantissa.iter().filter(|&&c| c != b'.') {
         buf[n] = c;
         n += 1;
-    }
-    while n > 1 && buf[n - 1] == b'0' {
-        n -= 1;
     }
     let digits = &buf[..n];
     // Where the decimal point falls among the digits.
@@ -385,7 +383,7 @@ mod tests {
         assert_eq!(format_float(1e-7), "0.0000001");
         assert_eq!(format_float(1e21), "1000000000000000000000");
         assert_eq!(format_float(-2.5), "-2.5");
-        // A tie, rounded to even as Prometheus 3 answers `-1511490363518567.25`.
+        // A tie, rounded to even as Prometheus (2.42) answers `-1511490363518567.25`.
         assert_eq!(
             format_float(-1_511_490_363_518_567.2),
             "-1511490363518567.2"

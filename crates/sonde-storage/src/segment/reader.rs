@@ -242,7 +242,7 @@ pub fn read_series_parts(
     // When every series read is evenly spaced, its timestamps are computed and
     // `time` is not read (a third of the bytes a query decompresses and decodes:
     // the jump back at each series start widens its delta blocks to ~22 bits).
-    let read_time = wanted.is_empty() || runs.iter().any(|r| r.step.is_none());
+    let read_time = wanted.is_empty() || runs.iter().any(|r| !r.series.even);
     if read_time {
         wanted.push(time_idx);
     }
@@ -280,7 +280,7 @@ pub fn read_series_parts(
         while row < batch.num_rows() {
             let Some(r) = current else { break };
             let take = left.min(batch.num_rows() - row);
-            let times = match (ts, r.step) {
+            let times = match (ts, r.series.step()) {
                 (Some(ts), _) => Times::Column(ts),
                 (None, Some(step)) => {
                     let done = r.rows - left as u64;
@@ -379,8 +379,6 @@ fn load_offset_index(
 struct Run<'a> {
     series: &'a IndexSeries,
     rows: u64,
-    /// The series' step when it is evenly spaced.
-    step: Option<i64>,
 }
 
 impl<'a> Run<'a> {
@@ -392,9 +390,8 @@ impl<'a> Run<'a> {
         let all = Run {
             series,
             rows: u64::from(series.rows),
-            step: series.step(),
         };
-        let Some(step) = all.step.filter(|&s| s > 0) else {
+        let Some(step) = series.step().filter(|&s| s > 0) else {
             return Some(all);
         };
         // Row i is at min_time + i × step; i128 keeps extreme bounds exact.
