@@ -146,11 +146,20 @@ impl Groups {
 
     /// Folds one series' step values into group `i`.
     pub fn add(&mut self, i: usize, vals: &[Option<f64>]) {
-        let states = &mut self.states[i * self.n..(i + 1) * self.n];
-        for (st, v) in states.iter_mut().zip(vals) {
-            if let Some(v) = *v {
-                self.op.push(st, v);
+        #[inline(always)]
+        fn fold(op: Op, states: &mut [State], vals: &[Option<f64>]) {
+            for (st, v) in states.iter_mut().zip(vals) {
+                if let Some(v) = *v {
+                    op.push(st, v);
+                }
             }
+        }
+        let states = &mut self.states[i * self.n..(i + 1) * self.n];
+        // `sum` (the usual dashboard aggregation) gets a loop of its own, without a
+        // branch on the operation per value.
+        match self.op {
+            Op::Sum => fold(Op::Sum, states, vals),
+            op => fold(op, states, vals),
         }
     }
 

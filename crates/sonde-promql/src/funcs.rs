@@ -143,18 +143,16 @@ fn reset_prefix(vals: &[f64]) -> Option<Vec<f64>> {
     Some(out)
 }
 
-/// `rate`, `increase` and `delta` with Prometheus' extrapolation. For counters,
-/// `resets` is the window's slice of [`reset_prefix`] (`None`: no resets).
-#[allow(clippy::too_many_arguments)]
+/// `rate`, `increase` and `delta` of one window with Prometheus' extrapolation
+/// (`ex` holds which). For counters, `resets` is the window's slice of
+/// [`reset_prefix`] (`None`: no resets).
 fn extrapolated(
+    ex: &mut Extrapolation,
     ts: &[i64],
     vals: &[f64],
-    counter: bool,
     resets: Option<&[f64]>,
     wstart: i64,
     wend: i64,
-    rate: bool,
-    range_s: f64,
 ) -> Option<f64> {
     if ts.len() < 2 {
         return None;
@@ -164,62 +162,108 @@ fn extrapolated(
     if let Some(r) = resets {
         result += r[n - 1] - r[0];
     }
-    Some(extrapolate(
-        result,
-        (ts[0], vals[0]),
-        ts[n - 1],
-        n,
-        (wstart, wend),
-        counter,
-        rate,
-        range_s,
-    ))
+    Some(ex.apply(result, (ts[0], vals[0]), ts[n - 1], n, (wstart, wend)))
 }
 
-/// Prometheus' extrapolation of a window's raw `result` (last − first, plus what
-/// counter resets lost) from its first sample `(t, v)`, last sample time and sample
-/// count `n` (≥ 2) to the window edges.
+/// Prometheus' extrapolation of windows' raw results to the window edges (`rate`,
+/// `increase`, `delta`), for one series' windows in turn.
 ///
-/// Durations stay in milliseconds and the comparisons are cross-multiplied, so the
-/// usual window (both edges within 1.1 sample intervals) costs one division —
-/// this runs once per series and step, and divisions were most of its time. The
-/// answer equals Prometheus' formula up to float rounding.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn extrapolate(
-    result: f64,
-    (t0, v0): (i64, f64),
-    t1: i64,
-    n: usize,
-    (wstart, wend): (i64, i64),
+/// The factor a window's result is multiplied by depends only on where its samples
+/// sit in it, and costs divisions: computed per window, it was most of this
+/// function's time. On evenly spaced samples under a step that is a multiple of
+/// their interval (the usual dashboard), every window but the first few sits the
+/// same way, so the last window's factor is kept and reused when the next sits
+/// alike. Durations stay in milliseconds and the edge tests are cross-multiplied.
+/// The factor is the extrapolated over the sampled interval, divided by the range
+/// in seconds for a rate (Prometheus 2.x divides the product by the range instead:
+/// the answers differ by float rounding at most).
+#[derive(Debug, Clone)]
+pub(crate) struct Extrapolation {
     counter: bool,
     rate: bool,
     range_s: f64,
-) -> f64 {
-    let mut to_start = (t0 - wstart) as f64;
-    let to_end = (wend - t1) as f64;
-    let sampled = (t1 - t0) as f64;
-    let intervals = (n - 1) as f64;
-    // A counter is not extrapolated below zero: `sampled * v0 / result` is how long
-    // it took to rise from zero to `v0` at the window's average rate.
-    if counter && result > 0.0 && v0 >= 0.0 && sampled * v0 < to_start * result {
-        to_start = sampled * v0 / result;
+    last: Option<(Placement, f64)>,
+}
+
+/// Where a window's samples sit in it: milliseconds from the window's start to the
+/// first sample and from the last sample to its end, between the first and last
+/// samples, and the sample count (≥ 2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Placement {
+    to_start: i64,
+    to_end: i64,
+    sampled: i64,
+    n: usize,
+}
+
+impl Extrapolation {
+    /// For a counter (`rate`, `increase`; never extrapolated below zero) or a gauge
+    /// (`delta`); a rate is per second of the `range_s` range.
+    pub fn new(counter: bool, rate: bool, range_s: f64) -> Self {
+        Extrapolation {
+            counter,
+            rate,
+            range_s,
+            last: None,
+        }
     }
-    // An edge within 1.1 average intervals (`sampled / intervals`) is extrapolated
-    // to; otherwise half an average interval is added.
-    let limit = sampled * 1.1;
-    let half = || sampled / intervals / 2.0;
-    let mut interval = sampled;
-    interval += if to_start * intervals < limit {
-        to_start
-    } else {
-        half()
-    };
-    interval += if to_end * intervals < limit {
-        to_end
-    } else {
-        half()
-    };
-    result * interval / if rate { sampled * range_s } else { sampled }
+
+    /// A window `(wstart, wend)`'s raw `result` (last − first, plus what counter
+    /// resets lost), from its first sample `(t0, v0)`, last sample time `t1` and
+    /// sample count `n` (≥ 2), extrapolated.
+    pub fn apply(
+        &mut self,
+        result: f64,
+        (t0, v0): (i64, f64),
+        t1: i64,
+        n: usize,
+        (wstart, wend): (i64, i64),
+    ) -> f64 {
+        let p = Placement {
+            to_start: t0 - wstart,
+            to_end: wend - t1,
+            sampled: t1 - t0,
+            n,
+        };
+        // A counter is not extrapolated below zero: `sampled * v0 / result` is how
+        // long it took to rise from zero to `v0` at the window's average rate.
+        let (sampled, to_start) = (p.sampled as f64, p.to_start as f64);
+        if self.counter && result > 0.0 && v0 >= 0.0 && sampled * v0 < to_start * result {
+            return result * self.factor(p, sampled * v0 / result);
+        }
+        match self.last {
+            Some((q, f)) if q == p => result * f,
+            _ => {
+                let f = self.factor(p, to_start);
+                self.last = Some((p, f));
+                result * f
+            }
+        }
+    }
+
+    /// The factor for placement `p`, its start extrapolated over `to_start`.
+    fn factor(&self, p: Placement, to_start: f64) -> f64 {
+        let to_end = p.to_end as f64;
+        let sampled = p.sampled as f64;
+        let intervals = (p.n - 1) as f64;
+        // An edge within 1.1 average intervals (`sampled / intervals`) is
+        // extrapolated to; otherwise half an average interval is added.
+        let limit = sampled * 1.1;
+        let half = || sampled / intervals / 2.0;
+        let mut interval = sampled;
+        interval += if to_start * intervals < limit {
+            to_start
+        } else {
+            half()
+        };
+        interval += if to_end * intervals < limit {
+            to_end
+        } else {
+            half()
+        };
+        let f = interval / sampled;
+        if self.rate { f / self.range_s } else { f }
+    }
 }
 
 /// Sum of the deltas in `(wstart, wend]` (delta temporality).
@@ -413,6 +457,7 @@ impl RangeFn {
         } else {
             None
         };
+        let mut ex = Extrapolation::new(kind != Kind::Delta, kind == Kind::Rate, range_s);
         arg.windows(raw, g, |step, lo, ts, vals, ws, we| {
             let window_resets = resets.as_deref().map(|r| &r[lo..lo + vals.len()]);
             match kind {
@@ -420,17 +465,10 @@ impl RangeFn {
                     let s = delta_sum(ts, vals, ws)?;
                     Some(if kind == Kind::Rate { s / range_s } else { s })
                 }
-                Kind::Rate | Kind::Increase => extrapolated(
-                    ts,
-                    vals,
-                    true,
-                    window_resets,
-                    ws,
-                    we,
-                    kind == Kind::Rate,
-                    range_s,
-                ),
-                Kind::Delta => extrapolated(ts, vals, false, None, ws, we, false, range_s),
+                Kind::Rate | Kind::Increase => {
+                    extrapolated(&mut ex, ts, vals, window_resets, ws, we)
+                }
+                Kind::Delta => extrapolated(&mut ex, ts, vals, None, ws, we),
                 Kind::PredictLinear => {
                     if vals.len() < 2 {
                         return None;
@@ -1051,28 +1089,39 @@ pub(crate) fn aggregate(
         "topk" | "bottomk" => {
             let k = scalar_param(&param)?;
             let mut keep: Vec<Vec<bool>> = vec![vec![false; g.n]; input.len()];
+            // Best first, NaN last, ties by input order: a total order, so picking
+            // the first `kk` needs no full sort.
+            let order = |a: &(f64, usize), b: &(f64, usize)| {
+                let o = match (a.0.is_nan(), b.0.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ if op == "topk" => b.0.total_cmp(&a.0),
+                    _ => a.0.total_cmp(&b.0),
+                };
+                o.then(a.1.cmp(&b.1))
+            };
+            let mut present: Vec<(f64, usize)> = Vec::new();
             for (_, members) in &groups {
                 for step in 0..g.n {
                     let kk = k[step];
                     if kk.is_nan() || kk < 1.0 {
                         continue;
                     }
-                    let kk = (kk as i64).min(members.len() as i64) as usize;
-                    let mut present: Vec<(f64, usize)> = members
-                        .iter()
-                        .filter_map(|&i| input[i].vals[step].map(|v| (v, i)))
-                        .collect();
-                    present.sort_by(|a, b| {
-                        let o = match (a.0.is_nan(), b.0.is_nan()) {
-                            (true, true) => std::cmp::Ordering::Equal,
-                            (true, false) => std::cmp::Ordering::Greater,
-                            (false, true) => std::cmp::Ordering::Less,
-                            _ if op == "topk" => b.0.total_cmp(&a.0),
-                            _ => a.0.total_cmp(&b.0),
-                        };
-                        o.then(a.1.cmp(&b.1))
-                    });
-                    for &(_, i) in present.iter().take(kk) {
+                    present.clear();
+                    present.extend(
+                        members
+                            .iter()
+                            .filter_map(|&i| input[i].vals[step].map(|v| (v, i))),
+                    );
+                    let kk = (kk as i64).min(present.len() as i64) as usize;
+                    if kk == 0 {
+                        continue;
+                    }
+                    if kk < present.len() {
+                        present.select_nth_unstable_by(kk - 1, order);
+                    }
+                    for &(_, i) in &present[..kk] {
                         keep[i][step] = true;
                     }
                 }
@@ -1191,9 +1240,45 @@ mod tests {
         let ts = [10_000, 20_000, 30_000, 40_000, 50_000];
         let vals = [10.0, 20.0, 30.0, 40.0, 50.0];
         assert_eq!(reset_prefix(&vals), None, "no reset");
-        let r = extrapolated(&ts, &vals, true, None, 0, 60_000, false, 60.0).unwrap();
+        let mut ex = Extrapolation::new(true, false, 60.0);
+        let r = extrapolated(&mut ex, &ts, &vals, None, 0, 60_000).unwrap();
         // Both gaps (10 s) are below 1.1x the sample interval: extrapolated to both edges.
         assert!((r - 60.0).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn a_kept_factor_gives_what_a_fresh_one_gives() {
+        // Windows of 300 s, samples every 15 s, each window placed alike; the values
+        // change, and the fourth window's counter starts near zero, so its start is
+        // clamped even though it sits like the others.
+        let windows = [
+            (12.0, 1_000.0),
+            (7.5, 1_012.0),
+            (30.0, 2_000.0),
+            (10.0, 0.1),
+            (10.0, 5_000.0),
+        ];
+        for (counter, rate) in [(true, true), (true, false), (false, false)] {
+            let mut kept = Extrapolation::new(counter, rate, 300.0);
+            let mut answers = Vec::new();
+            for (i, &(result, v0)) in windows.iter().enumerate() {
+                let at = i as i64 * 60_000;
+                let w = (at, at + 300_000);
+                let a = kept.apply(result, (at + 15_000, v0), at + 285_000, 19, w);
+                let fresh = Extrapolation::new(counter, rate, 300.0).apply(
+                    result,
+                    (at + 15_000, v0),
+                    at + 285_000,
+                    19,
+                    w,
+                );
+                assert_eq!(a.to_bits(), fresh.to_bits(), "window {i}");
+                answers.push(a / result);
+            }
+            // The clamp applies to counters only.
+            assert_eq!(answers[3] < answers[0], counter, "{answers:?}");
+            assert!((answers[0] - answers[4]).abs() < 1e-12, "{answers:?}");
+        }
     }
 
     #[test]
@@ -1203,15 +1288,14 @@ mod tests {
         assert_eq!(r, [0.0, 0.0, 8.0, 8.0, 12.0]);
         // Window 1..4: 8 → 2 → 4 is one reset: 4 - 8 + 8 = 4.
         let ts = [0, 10_000, 20_000, 30_000, 40_000];
+        let mut ex = Extrapolation::new(true, false, 20.0);
         let inc = extrapolated(
+            &mut ex,
             &ts[1..4],
             &vals[1..4],
-            true,
             Some(&r[1..4]),
             10_000,
             30_000,
-            false,
-            20.0,
         );
         assert_eq!(inc, Some(4.0));
     }

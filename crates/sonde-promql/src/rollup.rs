@@ -24,7 +24,7 @@ use sonde_types::MetricKind;
 use crate::eval::{
     Evaluator, Grid, Series, Val, drop_name, merge_same, offset_ms, selector_matchers,
 };
-use crate::funcs::{extrapolate, kahan_inc};
+use crate::funcs::{Extrapolation, kahan_inc};
 use crate::select::{resolve, split, storage_matchers};
 use crate::{PromError, Result};
 
@@ -322,15 +322,12 @@ fn eval(name: &str, b: &Buckets, w: &Window, delta: bool, range_s: f64) -> Optio
             } else {
                 v1 - v0
             };
-            Some(extrapolate(
+            Some(Extrapolation::new(counter, name == "rate", range_s).apply(
                 result,
                 (t0, v0),
                 t1,
                 n as usize,
                 (w.s, w.e),
-                counter,
-                name == "rate",
-                range_s,
             ))
         }
         "count_over_time" => Some(n as f64),
