@@ -129,8 +129,10 @@ fn parse_cached(query: &str) -> Result<Arc<promql_parser::parser::Expr>> {
 
 /// Most parsed queries [`parse_cached`] keeps.
 pub const PARSED_QUERIES: usize = 512;
-/// Longer queries are parsed every time (a generated query rarely repeats).
-const MAX_CACHED_QUERY_BYTES: usize = 16 << 10;
+/// Longer queries are parsed every time: a generated query rarely repeats, and the
+/// bound keeps large queries from filling the cache's memory (dashboard queries are
+/// well under 1 KiB).
+const MAX_CACHED_QUERY_BYTES: usize = 4 << 10;
 
 /// Parsed queries with the tick of their last use.
 #[derive(Default)]
