@@ -25,10 +25,10 @@ mod select;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use foldhash::HashMap;
 use parking_lot::Mutex;
 
 use sonde_storage::Storage;
+use sonde_storage::lru::Lru;
 
 pub use eval::{Metric, QueryValue, Raw, Series};
 pub use format::format_float;
@@ -116,13 +116,14 @@ pub fn parse(query: &str) -> Result<promql_parser::parser::Expr> {
 /// that parse are kept; at most [`PARSED_QUERIES`] of them, the least recently
 /// used going first.
 fn parse_cached(query: &str) -> Result<Arc<promql_parser::parser::Expr>> {
-    static CACHE: LazyLock<Mutex<ParseCache>> = LazyLock::new(Default::default);
+    static CACHE: LazyLock<Mutex<ParseCache>> =
+        LazyLock::new(|| Mutex::new(ParseCache::new(PARSED_QUERIES)));
     if let Some(expr) = CACHE.lock().get(query) {
         return Ok(expr);
     }
     let expr = Arc::new(parse(query)?);
     if query.len() <= MAX_CACHED_QUERY_BYTES {
-        CACHE.lock().insert(query, expr.clone());
+        CACHE.lock().insert(query.to_string(), expr.clone(), 1);
     }
     Ok(expr)
 }
@@ -134,38 +135,8 @@ pub const PARSED_QUERIES: usize = 512;
 /// well under 1 KiB).
 const MAX_CACHED_QUERY_BYTES: usize = 4 << 10;
 
-/// Parsed queries with the tick of their last use.
-#[derive(Default)]
-struct ParseCache {
-    map: HashMap<String, (Arc<promql_parser::parser::Expr>, u64)>,
-    tick: u64,
-}
-
-impl ParseCache {
-    fn get(&mut self, query: &str) -> Option<Arc<promql_parser::parser::Expr>> {
-        self.tick += 1;
-        let (expr, used) = self.map.get_mut(query)?;
-        *used = self.tick;
-        Some(expr.clone())
-    }
-
-    fn insert(&mut self, query: &str, expr: Arc<promql_parser::parser::Expr>) {
-        if self.map.len() >= PARSED_QUERIES && !self.map.contains_key(query) {
-            // A scan over a few hundred entries, only when a new query arrives at a
-            // full cache.
-            if let Some(oldest) = self
-                .map
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(q, _)| q.clone())
-            {
-                self.map.remove(&oldest);
-            }
-        }
-        self.tick += 1;
-        self.map.insert(query.to_string(), (expr, self.tick));
-    }
-}
+/// Parsed queries by their text, each weighing one.
+type ParseCache = Lru<String, Arc<promql_parser::parser::Expr>>;
 
 /// An instant query at `time_ms`.
 pub fn instant_query(
@@ -282,21 +253,21 @@ mod tests {
             );
         }
 
-        let mut cache = ParseCache::default();
+        let mut cache = ParseCache::new(PARSED_QUERIES);
         let expr = Arc::new(parse("up").unwrap());
         for i in 0..PARSED_QUERIES {
-            cache.insert(&format!("up{i}"), expr.clone());
+            cache.insert(format!("up{i}"), expr.clone(), 1);
         }
         // Used recently: `up0` stays when the next new query evicts one.
         assert!(cache.get("up0").is_some());
-        cache.insert("new", expr.clone());
-        assert_eq!(cache.map.len(), PARSED_QUERIES);
+        cache.insert("new".to_string(), expr.clone(), 1);
+        assert_eq!(cache.len(), PARSED_QUERIES);
         assert!(cache.get("up0").is_some(), "recently used");
         assert!(cache.get("up1").is_none(), "least recently used, evicted");
         assert!(cache.get("new").is_some());
         // Inserting a query already cached evicts nothing.
-        cache.insert("new", expr);
-        assert_eq!(cache.map.len(), PARSED_QUERIES);
+        cache.insert("new".to_string(), expr, 1);
+        assert_eq!(cache.len(), PARSED_QUERIES);
         assert!(cache.get("up2").is_some());
     }
 }

@@ -32,6 +32,7 @@ pub mod dedup;
 mod engine;
 mod error;
 pub mod head;
+pub mod lru;
 mod maintain;
 pub mod manifest;
 pub mod objstore;

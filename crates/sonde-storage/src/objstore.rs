@@ -26,6 +26,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use parking_lot::Mutex;
 
+use crate::lru::Lru;
 use crate::vfs::{AppendFile, ReadAt, Vfs};
 
 /// Where segment files live when not on the local disk.
@@ -418,77 +419,29 @@ impl ReadAt for ObjectFile {
 
 /// A least-recently-used cache of object blocks, bounded in bytes.
 struct BlockCache {
-    capacity: usize,
-    state: Mutex<CacheState>,
-}
-
-#[derive(Default)]
-struct CacheState {
-    bytes: usize,
-    tick: u64,
-    blocks: HashMap<(ObjPath, u64), (u64, Bytes)>,
-    by_use: BTreeMap<u64, (ObjPath, u64)>,
+    blocks: Mutex<Lru<(ObjPath, u64), Bytes>>,
 }
 
 impl BlockCache {
     fn new(capacity: usize) -> Self {
         BlockCache {
-            capacity,
-            state: Mutex::new(CacheState::default()),
+            blocks: Mutex::new(Lru::new(capacity)),
         }
     }
 
     fn get(&self, key: &ObjPath, block: u64) -> Option<Bytes> {
-        let mut st = self.state.lock();
-        let st = &mut *st;
-        st.tick += 1;
-        let tick = st.tick;
-        let entry = st.blocks.get_mut(&(key.clone(), block))?;
-        st.by_use.remove(&entry.0);
-        entry.0 = tick;
-        st.by_use.insert(tick, (key.clone(), block));
-        Some(entry.1.clone())
+        self.blocks.lock().get(&(key.clone(), block))
     }
 
     fn insert(&self, key: &ObjPath, block: u64, data: Bytes) {
-        if data.len() > self.capacity {
-            return;
-        }
-        let mut st = self.state.lock();
-        let st = &mut *st;
-        st.tick += 1;
-        let tick = st.tick;
-        st.bytes += data.len();
-        if let Some((old_tick, old)) = st.blocks.insert((key.clone(), block), (tick, data)) {
-            st.by_use.remove(&old_tick);
-            st.bytes -= old.len();
-        }
-        st.by_use.insert(tick, (key.clone(), block));
-        while st.bytes > self.capacity {
-            let Some((_, k)) = st.by_use.pop_first() else {
-                break;
-            };
-            if let Some((_, d)) = st.blocks.remove(&k) {
-                st.bytes -= d.len();
-            }
-        }
+        let weight = data.len();
+        self.blocks
+            .lock()
+            .insert((key.clone(), block), data, weight);
     }
 
     fn remove_object(&self, key: &ObjPath) {
-        let mut st = self.state.lock();
-        let st = &mut *st;
-        let gone: Vec<(ObjPath, u64)> = st
-            .blocks
-            .keys()
-            .filter(|(k, _)| k == key)
-            .cloned()
-            .collect();
-        for k in gone {
-            if let Some((tick, d)) = st.blocks.remove(&k) {
-                st.by_use.remove(&tick);
-                st.bytes -= d.len();
-            }
-        }
+        self.blocks.lock().retain(|(k, _)| k != key);
     }
 }
 
@@ -508,7 +461,7 @@ mod tests {
         assert!(c.get(&k, 0).is_some() && c.get(&k, 2).is_some());
         c.remove_object(&k);
         assert!(c.get(&k, 0).is_none());
-        assert_eq!(c.state.lock().bytes, 0);
+        assert_eq!(c.blocks.lock().weight(), 0);
     }
 
     #[test]
