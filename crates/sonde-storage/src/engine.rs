@@ -301,7 +301,7 @@ impl Storage {
                     dedup.insert(&tenant, k, keys.written_ms);
                 }
                 register_batch(schemas.entry(tenant.clone()).or_default(), &batch);
-                head.apply(&tenant, batch, seq, now);
+                head.apply(&tenant, &batch, seq, now);
                 Ok(())
             },
         )?;
@@ -1037,12 +1037,19 @@ fn wal_thread(inner: Arc<Inner>, mut writer: WalWriter, rx: Receiver<WalMsg>) {
                     for (i, (_, _, _, _, reply)) in appends.iter().enumerate() {
                         let _ = reply.send(Ok(Some(first + i as u64)));
                     }
-                    for (i, (tenant, batch, _, _, _)) in appends.drain(..).enumerate() {
-                        head.apply(&tenant, batch, first + i as u64, now);
+                    for (i, (tenant, batch, _, _, _)) in appends.iter().enumerate() {
+                        head.apply(tenant, batch, first + i as u64, now);
                     }
                     if head.sample_bytes() >= inner.config.max_head_bytes {
                         inner.wake.notify_one();
                     }
+                    // The batches are freed after the head's lock is released, so
+                    // readers and the next writes' checks need not wait for it:
+                    // freeing a request's 10k one-sample series (memory the request
+                    // threads allocated) was a quarter of the apply in a profile.
+                    drop(head);
+                    drop(st);
+                    appends.clear();
                     Ok(())
                 }
                 Err(e) => {

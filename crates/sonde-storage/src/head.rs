@@ -74,7 +74,7 @@ impl TableHead {
     }
 
     /// Appends one table's series (its fields already added by `add_fields`).
-    fn append(&mut self, tb: TableBatch) -> Applied {
+    fn append(&mut self, tb: &TableBatch) -> Applied {
         let field_map: Vec<usize> = tb
             .fields
             .iter()
@@ -200,7 +200,7 @@ pub struct Head {
 impl Head {
     /// Applies a validated batch whose field types were checked against the schema,
     /// consuming it.
-    pub fn apply(&mut self, tenant: &str, batch: WriteBatch, seq: u64, now_ms: TimestampMs) {
+    pub fn apply(&mut self, tenant: &str, batch: &WriteBatch, seq: u64, now_ms: TimestampMs) {
         self.first_write_ms.get_or_insert(now_ms);
         self.last_seq = self.last_seq.max(seq);
         let tables = match self.tenants.get_mut(tenant) {
@@ -208,7 +208,7 @@ impl Head {
             None => self.tenants.entry(tenant.to_string()).or_default(),
         };
         let mut out = Applied::default();
-        for tb in batch.tables {
+        for tb in &batch.tables {
             let th = match tables.get_mut(&tb.table) {
                 Some(t) => t,
                 None => tables
@@ -337,7 +337,7 @@ mod tests {
             ));
         }
         let mut h = Head::default();
-        h.apply("t1", WriteBatch { tables: vec![t] }, 1, 0);
+        h.apply("t1", &WriteBatch { tables: vec![t] }, 1, 0);
         let th = h.table("t1", "m").unwrap();
         let got = th.select("m", &[Matcher::eq("user", "u42")], 0, 1500);
         assert_eq!(got.len(), 1);
@@ -358,7 +358,7 @@ mod tests {
             vec![3000],
             vec![1.0],
         ));
-        h.apply("t1", WriteBatch { tables: vec![t] }, 2, 0);
+        h.apply("t1", &WriteBatch { tables: vec![t] }, 2, 0);
         let second = h.cut();
         assert_eq!(
             second
