@@ -861,7 +861,7 @@ fn register_batch(tables: &mut BTreeMap<String, TableSchema>, batch: &WriteBatch
         // the previous series' adds nothing.
         let mut last: Option<&sonde_types::Labels> = None;
         for s in &t.series {
-            if last.is_some_and(|l| l.names().eq(s.labels.names())) {
+            if last.is_some_and(|l| l.same_names(&s.labels)) {
                 continue;
             }
             for (k, _) in s.labels.iter() {

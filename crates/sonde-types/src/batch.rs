@@ -233,13 +233,18 @@ impl WriteBatch {
                     ));
                 }
             }
+            // A set whose names equal the previous set's passed the name check.
+            let mut last: Option<&Labels> = None;
             for s in &t.series {
                 s.labels.validate(limits)?;
-                if let Some(f) = t.fields.iter().find(|f| s.labels.get(&f.name).is_some()) {
-                    return Err(Error::invalid(
-                        format!("table {table:?} label {:?}", f.name),
-                        "has the same name as a field",
-                    ));
+                if !last.is_some_and(|l| l.same_names(&s.labels)) {
+                    if let Some(f) = t.fields.iter().find(|f| s.labels.get(&f.name).is_some()) {
+                        return Err(Error::invalid(
+                            format!("table {table:?} label {:?}", f.name),
+                            "has the same name as a field",
+                        ));
+                    }
+                    last = Some(&s.labels);
                 }
                 if s.fields.len() != t.fields.len() {
                     return Err(Error::invalid(
@@ -346,5 +351,39 @@ mod tests {
         b.tables[0].fields[0].ty = FieldType::F64;
         let e = b.validate(&Limits::default(), 10_000).unwrap_err();
         assert!(e.to_string().contains("declared F64"), "{e}");
+    }
+
+    #[test]
+    fn a_label_named_like_a_field_is_found_in_any_series() {
+        // Series whose names equal the previous series' are not checked again: the
+        // offending label must still be found in a series after others.
+        for offender in [1, 3] {
+            let mut b = batch();
+            let t = &mut b.tables[0];
+            for (i, labels) in [
+                vec![("model", "m2")],
+                vec![("model", "m3"), ("region", "eu")],
+                vec![("model", "m4"), ("region", "us")],
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut labels = labels;
+                if i + 1 == offender {
+                    labels.push(("value", "x"));
+                }
+                t.series.push(SeriesBatch::i64(
+                    Labels::new(labels).unwrap(),
+                    vec![1000],
+                    vec![1],
+                ));
+            }
+            let e = b.validate(&Limits::default(), 10_000).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "table \"llm_tokens_total\" label \"value\": has the same name as a field",
+                "offender {offender}"
+            );
+        }
     }
 }

@@ -201,6 +201,30 @@ impl Labels {
         self.iter().map(|(k, _)| k)
     }
 
+    /// Whether both sets have the same names in the same order (values may differ):
+    /// `self.names().eq(other.names())`, as a byte comparison of the packed names.
+    /// The series of one request mostly share their names, and the checks that
+    /// depend on names alone (schema registration, labels named like fields) are
+    /// skipped for a set whose names equal the previous set's.
+    pub fn same_names(&self, other: &Labels) -> bool {
+        let (a, b) = (&*self.0, &*other.0);
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
+        if a.ends.len() != b.ends.len() {
+            return false;
+        }
+        let (ab, bb) = (a.buf.as_bytes(), b.buf.as_bytes());
+        let (mut sa, mut sb) = (0usize, 0usize);
+        for (ae, be) in a.ends.chunks_exact(2).zip(b.ends.chunks_exact(2)) {
+            if ab[sa..ae[0] as usize] != bb[sb..be[0] as usize] {
+                return false;
+            }
+            (sa, sb) = (ae[1] as usize, be[1] as usize);
+        }
+        true
+    }
+
     pub fn len(&self) -> usize {
         self.0.ends.len() / 2
     }
@@ -331,6 +355,31 @@ impl fmt::Display for Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_names_compares_names_only() {
+        let l = |pairs: &[(&str, &str)]| Labels::new(pairs.iter().copied()).unwrap();
+        let a = l(&[("job", "api"), ("model", "m1")]);
+        assert!(a.same_names(&a.clone()), "one shared copy");
+        assert!(a.same_names(&l(&[("job", "worker"), ("model", "m22")])));
+        // A name that moves into the value, another name, another count.
+        assert!(!l(&[("a", "bc")]).same_names(&l(&[("ab", "c")])));
+        assert!(!a.same_names(&l(&[("job", "api"), ("mode", "m1")])));
+        assert!(!a.same_names(&l(&[("job", "api")])));
+        assert!(!a.same_names(&l(&[("job", "api"), ("model", "m1"), ("zone", "z")])));
+        // Always what comparing the name iterators says.
+        let sets = [
+            a.clone(),
+            l(&[("a", "bc")]),
+            l(&[("ab", "c")]),
+            l(&[("job", "x"), ("model", "y")]),
+        ];
+        for x in &sets {
+            for y in &sets {
+                assert_eq!(x.same_names(y), x.names().eq(y.names()), "{x} vs {y}");
+            }
+        }
+    }
 
     #[test]
     fn sorted_and_empty_values_dropped() {
