@@ -198,8 +198,9 @@ pub struct Head {
 }
 
 impl Head {
-    /// Applies a validated batch whose field types were checked against the schema,
-    /// consuming it.
+    /// Applies a validated batch whose field types were checked against the schema.
+    /// The caller frees the batch: the WAL thread does so after releasing the head's
+    /// lock.
     pub fn apply(&mut self, tenant: &str, batch: &WriteBatch, seq: u64, now_ms: TimestampMs) {
         self.first_write_ms.get_or_insert(now_ms);
         self.last_seq = self.last_seq.max(seq);
