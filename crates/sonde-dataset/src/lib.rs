@@ -335,15 +335,15 @@ impl CallGenerator {
             .expect("valid labels");
             table.series.push(SeriesBatch {
                 labels,
-                timestamps: vec![ts],
-                fields: vec![
-                    sonde_types::FieldColumn::I64(vec![tin]),
-                    sonde_types::FieldColumn::I64(vec![tout]),
-                    sonde_types::FieldColumn::I64(vec![cached]),
-                    sonde_types::FieldColumn::I64(vec![reasoning]),
-                    sonde_types::FieldColumn::F64(vec![ttft]),
-                    sonde_types::FieldColumn::F64(vec![duration]),
-                    sonde_types::FieldColumn::F64(vec![cost]),
+                timestamps: sonde_types::smallvec![ts],
+                fields: sonde_types::smallvec![
+                    sonde_types::FieldColumn::I64(sonde_types::smallvec![tin]),
+                    sonde_types::FieldColumn::I64(sonde_types::smallvec![tout]),
+                    sonde_types::FieldColumn::I64(sonde_types::smallvec![cached]),
+                    sonde_types::FieldColumn::I64(sonde_types::smallvec![reasoning]),
+                    sonde_types::FieldColumn::F64(sonde_types::smallvec![ttft]),
+                    sonde_types::FieldColumn::F64(sonde_types::smallvec![duration]),
+                    sonde_types::FieldColumn::F64(sonde_types::smallvec![cost]),
                 ],
             });
         }

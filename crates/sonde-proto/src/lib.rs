@@ -80,8 +80,8 @@ pub fn table_batch(t: v1::TableWrite) -> Result<TableBatch, ConvertError> {
             .iter()
             .zip(&fields)
             .map(|(v, def)| match def.ty {
-                FieldType::F64 if v.i64.is_empty() => Ok(FieldColumn::F64(v.f64.clone())),
-                FieldType::I64 if v.f64.is_empty() => Ok(FieldColumn::I64(v.i64.clone())),
+                FieldType::F64 if v.i64.is_empty() => Ok(FieldColumn::F64(v.f64[..].into())),
+                FieldType::I64 if v.f64.is_empty() => Ok(FieldColumn::I64(v.i64[..].into())),
                 _ => Err(err(format!(
                     "series {labels} field {:?}: values must be in `{}`",
                     def.name,
@@ -92,10 +92,10 @@ pub fn table_batch(t: v1::TableWrite) -> Result<TableBatch, ConvertError> {
                     }
                 ))),
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<_, _>>()?;
         series.push(SeriesBatch {
             labels,
-            timestamps: s.timestamps_ms.clone(),
+            timestamps: s.timestamps_ms[..].into(),
             fields: cols,
         });
     }
@@ -149,18 +149,18 @@ pub fn to_v1(batch: &sonde_types::WriteBatch) -> v1::WriteRequest {
                                 value: v.to_string(),
                             })
                             .collect(),
-                        timestamps_ms: s.timestamps.clone(),
+                        timestamps_ms: s.timestamps.to_vec(),
                         fields: s
                             .fields
                             .iter()
                             .map(|c| match c {
                                 FieldColumn::F64(v) => v1::FieldValues {
-                                    f64: v.clone(),
+                                    f64: v.to_vec(),
                                     i64: vec![],
                                 },
                                 FieldColumn::I64(v) => v1::FieldValues {
                                     f64: vec![],
-                                    i64: v.clone(),
+                                    i64: v.to_vec(),
                                 },
                             })
                             .collect(),
@@ -193,7 +193,7 @@ pub fn to_remote_write(batch: &sonde_types::WriteBatch) -> prometheus::WriteRequ
                 }));
                 labels.sort_by(|a, b| a.name.cmp(&b.name));
                 let values: Vec<f64> = match col {
-                    FieldColumn::F64(v) => v.clone(),
+                    FieldColumn::F64(v) => v.to_vec(),
                     FieldColumn::I64(v) => v.iter().map(|&x| x as f64).collect(),
                 };
                 out.timeseries.push(prometheus::TimeSeries {

@@ -20,8 +20,8 @@ fn counter(model: &str, points: &[(i64, f64)]) -> WriteBatch {
     let mut t = TableBatch::single("llm_tokens_total", MetricKind::Counter, FieldType::F64);
     t.series.push(SeriesBatch::f64(
         Labels::new([("model", model), ("token_type", "input")]).unwrap(),
-        points.iter().map(|p| p.0).collect(),
-        points.iter().map(|p| p.1).collect(),
+        points.iter().map(|p| p.0).collect::<Vec<_>>(),
+        points.iter().map(|p| p.1).collect::<Vec<_>>(),
     ));
     WriteBatch { tables: vec![t] }
 }
@@ -238,10 +238,10 @@ async fn schemas_evolve() {
     };
     new.series.push(SeriesBatch {
         labels: Labels::new([("model", "gpt-4o"), ("region", "eu")]).unwrap(),
-        timestamps: vec![T0 + 1000],
-        fields: vec![
-            sonde_types::FieldColumn::F64(vec![2.5]),
-            sonde_types::FieldColumn::F64(vec![0.25]),
+        timestamps: sonde_types::smallvec![T0 + 1000],
+        fields: sonde_types::smallvec![
+            sonde_types::FieldColumn::F64(sonde_types::smallvec![2.5]),
+            sonde_types::FieldColumn::F64(sonde_types::smallvec![0.25]),
         ],
     });
     s.write("acme", WriteBatch { tables: vec![new] }).unwrap();

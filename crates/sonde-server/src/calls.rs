@@ -72,13 +72,13 @@ impl Tables {
         });
         let s = series.entry(labels.clone()).or_insert_with(|| SeriesBatch {
             labels: labels.clone(),
-            timestamps: Vec::new(),
+            timestamps: Default::default(),
             fields: fields
                 .iter()
                 .map(|f| match f.ty {
-                    FieldType::I64 => FieldColumn::I64(Vec::new()),
+                    FieldType::I64 => FieldColumn::I64(Default::default()),
                     // Call fields are numbers (these defs come from the values).
-                    FieldType::F64 | FieldType::Bytes => FieldColumn::F64(Vec::new()),
+                    FieldType::F64 | FieldType::Bytes => FieldColumn::F64(Default::default()),
                 })
                 .collect(),
         });

@@ -23,7 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prost::Message;
 use sonde_proto::prometheus::{MetricMetadata, metric_metadata::MetricType};
-use sonde_types::{FieldType, Labels, MetricKind, NAME_LABEL, SeriesBatch, TableBatch};
+use sonde_types::{FieldType, Labels, MetricKind, NAME_LABEL, Samples, SeriesBatch, TableBatch};
 
 use crate::AppState;
 use crate::ingest::{Rejected, ingest};
@@ -257,8 +257,8 @@ struct ScannedSeries<'a> {
     /// none or they interleave with other fields (the labels are then read from the
     /// whole message, skipping the rest).
     label_span: Option<&'a [u8]>,
-    timestamps: Vec<i64>,
-    values: Vec<f64>,
+    timestamps: Samples<i64>,
+    values: Samples<f64>,
     histograms: u64,
 }
 
@@ -266,7 +266,7 @@ struct ScannedSeries<'a> {
 fn scan_series(msg: &[u8]) -> Result<ScannedSeries<'_>, String> {
     let mut r = Reader(msg);
     let (mut first, mut end, mut contiguous) = (None::<usize>, 0, true);
-    let (mut timestamps, mut values) = (Vec::new(), Vec::new());
+    let (mut timestamps, mut values) = (Samples::new(), Samples::new());
     let mut histograms = 0u64;
     loop {
         let at = msg.len() - r.0.len();
@@ -453,7 +453,7 @@ mod tests {
         assert_eq!(ok[0].kind, MetricKind::Gauge, "metadata wins over the name");
         let a = &ok[0].series[0];
         assert_eq!(a.labels.iter().collect::<Vec<_>>(), vec![("job", "a")]);
-        assert_eq!(a.timestamps, vec![1_000, 2_000, -5]);
+        assert_eq!(a.timestamps[..], [1_000, 2_000, -5]);
         match &a.fields[0] {
             sonde_types::FieldColumn::F64(v) => {
                 assert_eq!(v[0], 1.5);
@@ -463,6 +463,16 @@ mod tests {
                 );
                 assert!(v[2].is_nan());
             }
+            other => panic!("{other:?}"),
+        }
+        let b = &ok[0].series[1];
+        assert_eq!(b.timestamps[..], [1_000]);
+        assert!(
+            !b.timestamps.spilled() && !b.fields.spilled(),
+            "a one-sample series allocates nothing of its own"
+        );
+        match &b.fields[0] {
+            sonde_types::FieldColumn::F64(v) => assert!(!v.spilled()),
             other => panic!("{other:?}"),
         }
         let errs: Vec<&Rejected> = tables.iter().filter_map(|t| t.as_ref().err()).collect();

@@ -444,12 +444,12 @@ mod tests {
         for i in 0..240i64 {
             v += ((i * 7919) % 1000) as f64;
             let t = [1_700_000_000_000 + i * 15_000];
-            let col = [FieldColumn::F64(vec![v])];
+            let col = [FieldColumn::F64(sonde_types::smallvec![v])];
             plain.append(&t, &col, &[0], &types);
             hs.append(&t, &col, &[0], &types);
         }
         // A rewrite of an old timestamp: normalization must still see it last.
-        let col = [FieldColumn::F64(vec![-1.0])];
+        let col = [FieldColumn::F64(sonde_types::smallvec![-1.0])];
         plain.append(&[1_700_000_000_000], &col, &[0], &types);
         hs.append(&[1_700_000_000_000], &col, &[0], &types);
         assert_eq!(hs.len(), plain.len());

@@ -6,7 +6,8 @@
 //! making old WAL files unreadable.
 
 use sonde_types::{
-    FieldColumn, FieldDef, FieldType, Labels, MetricKind, SeriesBatch, TableBatch, WriteBatch,
+    FieldColumn, FieldDef, FieldType, Labels, MetricKind, Samples, SeriesBatch, SmallVec,
+    TableBatch, WriteBatch,
 };
 
 /// Version of the persisted write-batch encoding. Format 4 writes each series' labels
@@ -398,13 +399,13 @@ pub fn decode_batch(buf: &[u8]) -> Result<(String, WriteBatch, RecordKeys), Deco
             let labels = Labels::new(pairs).map_err(|_| bad("labels"))?;
             prev = labels.clone();
             let n = d.len("row count", 1)?;
-            let mut timestamps = Vec::with_capacity(n);
+            let mut timestamps = Samples::with_capacity(n);
             let mut prev = 0i64;
             for _ in 0..n {
                 prev = prev.wrapping_add(d.ivar("timestamp")?);
                 timestamps.push(prev);
             }
-            let mut cols = Vec::with_capacity(fields.len());
+            let mut cols = SmallVec::with_capacity(fields.len());
             for f in &fields {
                 cols.push(match f.ty {
                     FieldType::F64 => {

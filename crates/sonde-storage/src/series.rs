@@ -419,7 +419,7 @@ mod tests {
 
     fn series(ts: &[i64], v: &[f64]) -> SeriesData {
         let mut s = SeriesData::new();
-        s.append(ts, &[FieldColumn::F64(v.to_vec())], &[0], &[FieldType::F64]);
+        s.append(ts, &[FieldColumn::F64(v.into())], &[0], &[FieldType::F64]);
         s
     }
 
@@ -458,8 +458,18 @@ mod tests {
     fn missing_fields_are_null() {
         let mut s = SeriesData::new();
         let types = [FieldType::I64, FieldType::F64];
-        s.append(&[1], &[FieldColumn::I64(vec![7])], &[0], &types);
-        s.append(&[2], &[FieldColumn::F64(vec![0.5])], &[1], &types);
+        s.append(
+            &[1],
+            &[FieldColumn::I64(sonde_types::smallvec![7])],
+            &[0],
+            &types,
+        );
+        s.append(
+            &[2],
+            &[FieldColumn::F64(sonde_types::smallvec![0.5])],
+            &[1],
+            &types,
+        );
         let a = s.cols[0].as_ref().unwrap();
         let b = s.cols[1].as_ref().unwrap();
         assert_eq!(a.valid, Some(vec![true, false]));

@@ -15,11 +15,13 @@ mod labels;
 mod limits;
 
 pub use batch::{
-    FieldColumn, FieldDef, FieldType, MetricKind, SeriesBatch, TableBatch, WriteBatch,
+    FieldColumn, FieldDef, FieldType, MetricKind, Samples, SeriesBatch, TableBatch, WriteBatch,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use labels::{Labels, NAME_LABEL, TIME_COLUMN};
 pub use limits::Limits;
+/// The inline vector of [`Samples`] and [`SeriesBatch::fields`], for building them.
+pub use smallvec::{SmallVec, smallvec};
 
 /// Time in milliseconds since the Unix epoch, UTC.
 pub type TimestampMs = i64;

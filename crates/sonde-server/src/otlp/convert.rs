@@ -33,7 +33,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     metric::Data, number_data_point,
 };
 use sonde_types::{
-    FieldType, Labels, Limits, MetricKind, SeriesBatch, TableBatch, TimestampMs,
+    FieldType, Labels, Limits, MetricKind, Samples, SeriesBatch, TableBatch, TimestampMs,
     validate_table_name,
 };
 
@@ -177,9 +177,11 @@ impl Builder<'_> {
             let i = match acc.index.get(&labels) {
                 Some(&i) => i,
                 None => {
-                    acc.batch
-                        .series
-                        .push(SeriesBatch::f64(labels.clone(), Vec::new(), Vec::new()));
+                    acc.batch.series.push(SeriesBatch::f64(
+                        labels.clone(),
+                        Samples::new(),
+                        Samples::new(),
+                    ));
                     acc.index.insert(labels, acc.batch.series.len() - 1);
                     acc.batch.series.len() - 1
                 }

@@ -26,10 +26,10 @@ fn tokens_at(t0: i64, tenants: usize, users: usize, user_offset: usize) -> Write
                     ("user_id", format!("u{user:03}")),
                 ])
                 .unwrap();
-                let ts = (0..ROWS).map(|i| t0 + i * 15_000).collect();
+                let ts: Vec<i64> = (0..ROWS).map(|i| t0 + i * 15_000).collect();
                 // Irregular increments (an LCG), so value pages are not trivially small.
                 let mut x = (tenant * 1000 + user * 2 + k) as u64;
-                let v = (0..ROWS)
+                let v: Vec<i64> = (0..ROWS)
                     .scan(0i64, |acc, _| {
                         x = x
                             .wrapping_mul(6364136223846793005)
